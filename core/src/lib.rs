@@ -1,0 +1,23 @@
+//! rehearse-core: Rehearse's domain types and pure logic.
+//!
+//! Everything here is a function of its inputs: no files, no processes, no network, no clock
+//! (callers pass times in). That keeps the rules that decide a verdict exhaustively testable.
+//!
+//! Layout:
+//! - [`plan`]: the plan file (TOML) — parsing, validation, unknown keys refused by name.
+//! - [`expect`]: check expectations (`>= 1000`, `= 'ok'`) and their evaluation.
+//! - [`format`]: recognising a PostgreSQL dump's format (and the server version) from its first bytes.
+//! - [`script`]: the line filter a plain SQL dump passes through on its way to `psql`.
+//! - [`install`]: choosing a PostgreSQL installation for a dump's major version.
+//! - [`report`]: the verification report, its phases, and the verdict rules.
+//! - [`render`]: the human and JUnit renderings of a report (JSON is serde).
+//!
+//! Must not depend on: tokio, tonic, storage engines, or any other crate of this workspace.
+
+pub mod expect;
+pub mod format;
+pub mod install;
+pub mod plan;
+pub mod render;
+pub mod report;
+pub mod script;

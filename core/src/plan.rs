@@ -1,0 +1,463 @@
+//! The plan: what to verify and what "good" means.
+//!
+//! A plan arrives as TOML (a file, or later an API message). Parsing is two steps: serde reads the
+//! raw shape with `deny_unknown_fields` — a typo such as `expct` must be an error naming the key,
+//! never a silently disabled check — then [`Plan::from_raw`] validates values (durations, hashes,
+//! expectations) and produces the typed [`Plan`] the pipeline uses.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::expect::Expectation;
+
+/// The default for `timeout` when a plan gives none: long enough for a large restore, short
+/// enough that a hung one is noticed the same day.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
+
+/// A plan that was refused, with the reason a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("plan is not valid TOML: {0}")]
+    Syntax(String),
+    #[error(
+        "{key}: {value:?} is not a duration ({reason}); write e.g. \"15m\", \"26h\", \"1h 30m\""
+    )]
+    Duration {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("artifact.blake3: expected 64 hex digits, got {0:?}")]
+    Blake3(String),
+    #[error("artifact.engine: unknown engine {0:?} (supported: postgres)")]
+    Engine(String),
+    #[error("artifact.url is empty")]
+    EmptyUrl,
+    #[error("check {name:?}: expect: {reason}")]
+    Expect { name: String, reason: String },
+    #[error("check {0:?}: sql is empty")]
+    EmptySql(String),
+    #[error("checks: the name {0:?} is used twice")]
+    DuplicateCheck(String),
+    #[error("targets.rpo needs targets.freshness: the query that finds the newest data")]
+    RpoWithoutFreshness,
+    #[error("timeout must be longer than zero")]
+    ZeroTimeout,
+}
+
+/// The database engine that knows how to restore and query an artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Postgres,
+}
+
+impl Engine {
+    pub fn parse(name: &str) -> Result<Engine, PlanError> {
+        match name {
+            "postgres" | "postgresql" => Ok(Engine::Postgres),
+            other => Err(PlanError::Engine(other.to_owned())),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A blake3 digest, as 32 bytes; displayed as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Blake3Digest(pub [u8; 32]);
+
+impl Blake3Digest {
+    pub fn parse_hex(s: &str) -> Option<Blake3Digest> {
+        let s = s.trim();
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Blake3Digest(out))
+    }
+}
+
+impl fmt::Display for Blake3Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Blake3Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blake3Digest({self})")
+    }
+}
+
+/// A validated plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: Option<String>,
+    /// Whole-verification limit; exceeding it fails the verdict "timed out".
+    pub timeout: Duration,
+    pub artifact: ArtifactSpec,
+    pub targets: Targets,
+    /// The plan's own checks, run in order before the built-in ones.
+    pub checks: Vec<Check>,
+    pub builtin: Builtin,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactSpec {
+    /// `file:///path`, or a plain path.
+    pub url: String,
+    pub engine: Engine,
+    /// When set, a mismatch fails the verification in phase `checksum`.
+    pub blake3: Option<Blake3Digest>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Targets {
+    pub rto: Option<Duration>,
+    pub rpo: Option<Duration>,
+    /// A query returning the newest data timestamp; RPO = verification start − its result.
+    pub freshness: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub sql: String,
+    pub expect: Expectation,
+}
+
+/// Switches for the checks every verification runs unless told not to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Builtin {
+    /// Exact row count of every table, reported (never fails the verdict on its own).
+    pub row_counts: bool,
+    /// The engine's integrity checker (`pg_amcheck` for postgres) where available.
+    pub integrity: bool,
+}
+
+impl Default for Builtin {
+    fn default() -> Self {
+        Builtin {
+            row_counts: true,
+            integrity: true,
+        }
+    }
+}
+
+/// The plan file as written. Field names here are the file format: keep them stable.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    pub artifact: RawArtifact,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<RawTargets>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<RawCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<RawBuiltin>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArtifact {
+    pub url: String,
+    pub engine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub name: String,
+    pub sql: String,
+    pub expect: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuiltin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_counts: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<bool>,
+}
+
+fn duration(key: &'static str, value: &str) -> Result<Duration, PlanError> {
+    humantime::parse_duration(value.trim()).map_err(|e| PlanError::Duration {
+        key,
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn optional_duration(
+    key: &'static str,
+    value: Option<&str>,
+) -> Result<Option<Duration>, PlanError> {
+    value.map(|v| duration(key, v)).transpose()
+}
+
+impl Plan {
+    /// Parses and validates a plan file's text.
+    pub fn from_toml(text: &str) -> Result<Plan, PlanError> {
+        let raw: RawPlan =
+            toml::from_str(text).map_err(|e| PlanError::Syntax(one_line(&e.to_string())))?;
+        Plan::from_raw(raw)
+    }
+
+    pub fn from_raw(raw: RawPlan) -> Result<Plan, PlanError> {
+        let timeout =
+            optional_duration("timeout", raw.timeout.as_deref())?.unwrap_or(DEFAULT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(PlanError::ZeroTimeout);
+        }
+        let url = raw.artifact.url.trim().to_owned();
+        if url.is_empty() {
+            return Err(PlanError::EmptyUrl);
+        }
+        let engine = Engine::parse(raw.artifact.engine.trim())?;
+        let blake3 = match raw.artifact.blake3 {
+            Some(hex) => Some(Blake3Digest::parse_hex(&hex).ok_or(PlanError::Blake3(hex))?),
+            None => None,
+        };
+        let raw_targets = raw.targets.unwrap_or_default();
+        let targets = Targets {
+            rto: optional_duration("targets.rto", raw_targets.rto.as_deref())?,
+            rpo: optional_duration("targets.rpo", raw_targets.rpo.as_deref())?,
+            freshness: raw_targets.freshness.filter(|q| !q.trim().is_empty()),
+        };
+        if targets.rpo.is_some() && targets.freshness.is_none() {
+            return Err(PlanError::RpoWithoutFreshness);
+        }
+        let mut checks: Vec<Check> = Vec::with_capacity(raw.checks.len());
+        for c in raw.checks {
+            if checks.iter().any(|seen| seen.name == c.name) {
+                return Err(PlanError::DuplicateCheck(c.name));
+            }
+            if c.sql.trim().is_empty() {
+                return Err(PlanError::EmptySql(c.name));
+            }
+            let expect = Expectation::parse(&c.expect).map_err(|reason| PlanError::Expect {
+                name: c.name.clone(),
+                reason,
+            })?;
+            checks.push(Check {
+                name: c.name,
+                sql: c.sql,
+                expect,
+            });
+        }
+        let builtin = raw.builtin.map_or_else(Builtin::default, |b| Builtin {
+            row_counts: b.row_counts.unwrap_or(true),
+            integrity: b.integrity.unwrap_or(true),
+        });
+        Ok(Plan {
+            name: raw.name,
+            timeout,
+            artifact: ArtifactSpec {
+                url,
+                engine,
+                blake3,
+            },
+            targets,
+            checks,
+            builtin,
+        })
+    }
+
+    /// The plan written back as its file shape (durations in humantime form).
+    pub fn to_raw(&self) -> RawPlan {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let t = &self.targets;
+        let has_targets = t.rto.is_some() || t.rpo.is_some() || t.freshness.is_some();
+        RawPlan {
+            name: self.name.clone(),
+            timeout: (self.timeout != DEFAULT_TIMEOUT).then(|| fmt(self.timeout)),
+            artifact: RawArtifact {
+                url: self.artifact.url.clone(),
+                engine: self.artifact.engine.to_string(),
+                blake3: self.artifact.blake3.map(|d| d.to_string()),
+            },
+            targets: has_targets.then(|| RawTargets {
+                rto: t.rto.map(fmt),
+                rpo: t.rpo.map(fmt),
+                freshness: t.freshness.clone(),
+            }),
+            checks: self
+                .checks
+                .iter()
+                .map(|c| RawCheck {
+                    name: c.name.clone(),
+                    sql: c.sql.clone(),
+                    expect: c.expect.to_string(),
+                })
+                .collect(),
+            builtin: (self.builtin != Builtin::default()).then_some(RawBuiltin {
+                row_counts: Some(self.builtin.row_counts),
+                integrity: Some(self.builtin.integrity),
+            }),
+        }
+    }
+
+    /// The plan as TOML text that [`Plan::from_toml`] reads back to the same plan.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.to_raw())
+            .unwrap_or_else(|e| format!("# plan could not be written: {e}\n"))
+    }
+}
+
+/// Error texts from the TOML parser span several lines (with a caret under the column); the CLI
+/// promises one line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && *l != "^")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+name = "shop nightly"
+timeout = "3h"
+[artifact]
+url = "file:///var/backups/shop.dump"
+engine = "postgres"
+blake3 = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+[targets]
+rto = "15m"
+rpo = "26h"
+freshness = "SELECT max(created_at) FROM orders"
+[[checks]]
+name = "orders"
+sql = "SELECT count(*) FROM orders"
+expect = ">= 1000"
+"#;
+
+    #[test]
+    fn full_plan_parses() {
+        let plan = Plan::from_toml(FULL).expect("valid plan");
+        assert_eq!(plan.name.as_deref(), Some("shop nightly"));
+        assert_eq!(plan.timeout, Duration::from_secs(3 * 3600));
+        assert_eq!(plan.artifact.engine, Engine::Postgres);
+        assert_eq!(plan.targets.rto, Some(Duration::from_secs(15 * 60)));
+        assert_eq!(plan.targets.rpo, Some(Duration::from_secs(26 * 3600)));
+        assert_eq!(plan.checks.len(), 1);
+        assert_eq!(plan.checks[0].expect.to_string(), ">= 1000");
+        assert_eq!(
+            plan.artifact.blake3.map(|d| d.to_string()).as_deref(),
+            Some("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
+        );
+        assert_eq!(plan.builtin, Builtin::default());
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let plan = Plan::from_toml(FULL).expect("valid plan");
+        assert_eq!(Plan::from_toml(&plan.to_toml()).expect("reparse"), plan);
+    }
+
+    #[test]
+    fn minimal_plan_gets_defaults() {
+        let plan = Plan::from_toml("[artifact]\nurl = \"/tmp/x.dump\"\nengine = \"postgres\"\n")
+            .expect("valid");
+        assert_eq!(plan.timeout, DEFAULT_TIMEOUT);
+        assert!(plan.checks.is_empty());
+        assert_eq!(plan.targets, Targets::default());
+    }
+
+    fn err(text: &str) -> String {
+        Plan::from_toml(text)
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err("[artifact]\nurl = \"x\"\nengine = \"postgres\"\nblak3 = \"00\"\n");
+        assert!(e.contains("blak3"), "{e}");
+        let e = err("tmeout = \"1h\"\n[artifact]\nurl = \"x\"\nengine = \"postgres\"\n");
+        assert!(e.contains("tmeout"), "{e}");
+        let e = err(
+            "[artifact]\nurl = \"x\"\nengine = \"postgres\"\n[[checks]]\nname = \"a\"\nsql = \"select 1\"\nexpct = \"= 1\"\n",
+        );
+        assert!(e.contains("expct"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        let base = "[artifact]\nurl = \"x\"\nengine = \"postgres\"\n";
+        assert!(err(&format!("timeout = \"soon\"\n{base}")).starts_with("timeout:"));
+        assert!(err(&format!("{base}[targets]\nrto = \"fast\"\n")).starts_with("targets.rto:"));
+        assert!(err(&format!("{base}[targets]\nrpo = \"1h\"\n")).contains("freshness"));
+        assert!(err("[artifact]\nurl = \"x\"\nengine = \"oracle\"\n").contains("oracle"));
+        assert!(
+            err("[artifact]\nurl = \"x\"\nengine = \"postgres\"\nblake3 = \"abc\"\n")
+                .contains("64 hex")
+        );
+        assert!(err("[artifact]\nurl = \"  \"\nengine = \"postgres\"\n").contains("empty"));
+        assert!(
+            err(&format!(
+                "{base}[[checks]]\nname = \"a\"\nsql = \"select 1\"\nexpect = \"about 3\"\n"
+            ))
+            .contains("check \"a\"")
+        );
+        assert!(err(&format!(
+            "{base}[[checks]]\nname = \"a\"\nsql = \"select 1\"\nexpect = \"= 1\"\n[[checks]]\nname = \"a\"\nsql = \"select 2\"\nexpect = \"= 2\"\n"
+        ))
+        .contains("twice"));
+        assert!(err("[artifact]\nengine = \"postgres\"\n").contains("url"));
+        assert!(err(&format!("timeout = \"0s\"\n{base}")).contains("zero"));
+    }
+
+    #[test]
+    fn builtin_switches() {
+        let plan = Plan::from_toml(
+            "[artifact]\nurl = \"x\"\nengine = \"postgres\"\n[builtin]\nintegrity = false\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            plan.builtin,
+            Builtin {
+                row_counts: true,
+                integrity: false
+            }
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! The verification report and the rules that turn its facts into a verdict.
+//!
+//! The pipeline records facts (phase timings, check results, the first failure); [`Report::finish`]
+//! applies the targets and decides the verdict. A failed verification is a verdict with a phase and
+//! a reason, never an error of the program.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Targets;
+
+/// The phases of one verification, in order. RTO runs from the start of `Fetch` to the end of
+/// `Checks`; `Teardown` is reported apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Fetch,
+    Checksum,
+    Provision,
+    Restore,
+    Checks,
+    Teardown,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Fetch,
+        Phase::Checksum,
+        Phase::Provision,
+        Phase::Restore,
+        Phase::Checks,
+        Phase::Teardown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Fetch => "fetch",
+            Phase::Checksum => "checksum",
+            Phase::Provision => "provision",
+            Phase::Restore => "restore",
+            Phase::Checks => "checks",
+            Phase::Teardown => "teardown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactReport {
+    pub url: String,
+    pub bytes: u64,
+    /// blake3 of the artifact's bytes as stored (what `b3sum` prints); for a directory, of its manifest.
+    pub blake3: Option<String>,
+    /// The format recognised from the content, e.g. "pg_dump custom", "plain SQL (zstd)".
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    pub name: Phase,
+    pub ms: u64,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub name: String,
+    pub sql: String,
+    pub expect: String,
+    /// First column of the first row, as text; `None` for no row, NULL, or a query error.
+    pub observed: Option<String>,
+    pub ok: bool,
+    /// Why the check failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRows {
+    pub name: String,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegrityReport {
+    pub tool: String,
+    pub ok: bool,
+    /// The tool's findings (empty when clean), or why it could not run.
+    pub output: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetReport {
+    /// "rto" or "rpo".
+    pub name: String,
+    pub target_ms: u64,
+    pub observed_ms: Option<u64>,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// A phase name, or "targets" when every phase passed but an RTO/RPO target was missed.
+    pub phase: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub artifact: ArtifactReport,
+    pub engine: String,
+    pub runtime: String,
+    /// RFC 3339, UTC: when the verification started (RPO is measured from here).
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// The database the data was restored into and checked in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    pub phases: Vec<PhaseReport>,
+    /// Start of fetch to end of checks; present once the checks phase ran to its end.
+    pub rto_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_data_at: Option<String>,
+    pub targets: Vec<TargetReport>,
+    pub checks: Vec<CheckReport>,
+    pub tables: Vec<TableRows>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<IntegrityReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Things a reader should know that are not failures (e.g. roles created, isolation used).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn new(url: &str, engine: &str, runtime: &str, started_at: String) -> Report {
+        Report {
+            verdict: Verdict::Passed,
+            name: None,
+            artifact: ArtifactReport {
+                url: url.to_owned(),
+                ..ArtifactReport::default()
+            },
+            engine: engine.to_owned(),
+            runtime: runtime.to_owned(),
+            started_at,
+            server_version: None,
+            database: None,
+            phases: Vec::new(),
+            rto_ms: None,
+            rpo_ms: None,
+            newest_data_at: None,
+            targets: Vec::new(),
+            checks: Vec::new(),
+            tables: Vec::new(),
+            integrity: None,
+            failure: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Records the first failure; later ones are consequences and are not allowed to mask it.
+    pub fn fail(&mut self, phase: &str, reason: impl Into<String>) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                phase: phase.to_owned(),
+                reason: reason.into(),
+            });
+        }
+    }
+
+    pub fn phase_ms(&self, phase: Phase) -> Option<u64> {
+        self.phases.iter().find(|p| p.name == phase).map(|p| p.ms)
+    }
+
+    /// Applies the targets and sets the verdict. `newest_data_ms` is the freshness query's result
+    /// and `started_ms` the verification start, both in ms since the Unix epoch.
+    pub fn finish(&mut self, targets: &Targets, started_ms: i64, newest_data_ms: Option<i64>) {
+        if let Some(newest) = newest_data_ms {
+            let age = started_ms.saturating_sub(newest);
+            if age < 0 {
+                self.notes.push(format!("the newest data is {} later than the verification start (clock skew at the source?); RPO taken as 0", human_ms(age.unsigned_abs())));
+            }
+            self.rpo_ms = Some(age.max(0).unsigned_abs());
+        }
+        self.targets.clear();
+        let mut misses = Vec::new();
+        for (name, target, observed) in [
+            ("rto", targets.rto, self.rto_ms),
+            ("rpo", targets.rpo, self.rpo_ms),
+        ] {
+            let Some(target) = target else { continue };
+            let target_ms = duration_ms(target);
+            let ok = observed.is_some_and(|o| o <= target_ms);
+            // An unmeasured RTO is the consequence of an earlier failure, already the reason.
+            if !ok && self.failure.is_none() {
+                misses.push(match observed {
+                    Some(o) => format!(
+                        "{} {} exceeds the target {} by {}",
+                        name.to_uppercase(),
+                        human_ms(o),
+                        human_ms(target_ms),
+                        human_ms(o - target_ms)
+                    ),
+                    None => format!(
+                        "{} could not be measured (the freshness query found no timestamp)",
+                        name.to_uppercase()
+                    ),
+                });
+            }
+            self.targets.push(TargetReport {
+                name: name.to_owned(),
+                target_ms,
+                observed_ms: observed,
+                ok,
+            });
+        }
+        if !misses.is_empty() {
+            self.fail("targets", misses.join("; "));
+        }
+        self.verdict = if self.failure.is_some() {
+            Verdict::Failed
+        } else {
+            Verdict::Passed
+        };
+    }
+}
+
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds for people: "850ms", "2.4s", "3m 12s", "26h 5m".
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m {}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h {}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(rto: Option<u64>, rpo: Option<u64>) -> Targets {
+        Targets {
+            rto: rto.map(Duration::from_millis),
+            rpo: rpo.map(Duration::from_millis),
+            freshness: rpo.map(|_| "select now()".to_owned()),
+        }
+    }
+
+    fn report() -> Report {
+        let mut r = Report::new(
+            "file:///x",
+            "postgres",
+            "process",
+            "2026-11-22T00:00:00Z".into(),
+        );
+        r.rto_ms = Some(90_000);
+        r
+    }
+
+    #[test]
+    fn passes_within_targets() {
+        let mut r = report();
+        r.finish(
+            &targets(Some(15 * 60_000), Some(26 * 3_600_000)),
+            100_000_000,
+            Some(99_000_000),
+        );
+        assert_eq!(r.verdict, Verdict::Passed);
+        assert_eq!(r.rpo_ms, Some(1_000_000));
+        assert!(r.targets.iter().all(|t| t.ok));
+    }
+
+    #[test]
+    fn missed_rto_says_by_how_much() {
+        let mut r = report();
+        r.finish(&targets(Some(60_000), None), 0, None);
+        assert_eq!(r.verdict, Verdict::Failed);
+        let f = r.failure.expect("failure");
+        assert_eq!(f.phase, "targets");
+        assert_eq!(f.reason, "RTO 1m 30s exceeds the target 1m 0s by 30.0s");
+    }
+
+    #[test]
+    fn missed_rpo_and_unmeasurable_rpo() {
+        let mut r = report();
+        r.finish(&targets(None, Some(1_000)), 10_000, Some(0));
+        assert!(
+            r.failure
+                .as_ref()
+                .is_some_and(|f| f.reason.starts_with("RPO 10.0s exceeds"))
+        );
+        let mut r = report();
+        r.finish(&targets(None, Some(1_000)), 10_000, None);
+        assert!(
+            r.failure
+                .as_ref()
+                .is_some_and(|f| f.reason.contains("could not be measured"))
+        );
+    }
+
+    #[test]
+    fn first_failure_wins_and_is_not_masked_by_targets() {
+        let mut r = report();
+        r.rto_ms = None;
+        r.fail("restore", "pg_restore exited with status 1");
+        r.fail("checks", "later");
+        r.finish(&targets(Some(1), None), 0, None);
+        assert_eq!(r.verdict, Verdict::Failed);
+        assert_eq!(
+            r.failure.as_ref().map(|f| f.phase.as_str()),
+            Some("restore")
+        );
+        assert_eq!(r.targets.len(), 1);
+        assert!(!r.targets[0].ok);
+    }
+
+    #[test]
+    fn future_data_is_noted_not_negative() {
+        let mut r = report();
+        r.finish(&targets(None, None), 1_000, Some(5_000));
+        assert_eq!(r.rpo_ms, Some(0));
+        assert_eq!(r.notes.len(), 1);
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_ms(850), "850ms");
+        assert_eq!(human_ms(2_400), "2.4s");
+        assert_eq!(human_ms(192_000), "3m 12s");
+        assert_eq!(human_ms(26 * 3_600_000 + 300_000), "26h 5m");
+    }
+}
