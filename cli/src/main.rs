@@ -1,1 +1,372 @@
-fn main() {}
+//! `rehearse`: the one binary users run. Parses flags, sets up logging, calls the libraries.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
+use rehearse_core::render;
+use rehearse_core::report::{Report, Verdict};
+use rehearse_worker::sample::{self, DumpFormat, SampleDatabase};
+use rehearse_worker::{Verifier, VerifyError, VerifyOptions};
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CODES: &str = "Exit codes:
+  0    passed: the backup restored and every check and target held
+  1    verification failed: missing, truncated, corrupt or wrong-format artifact, checksum
+       mismatch, restore error, failed check, missed RTO/RPO target, or timeout
+  2    could not verify: bad plan or flags, no PostgreSQL server binaries, sandbox could not start
+  130  interrupted (Ctrl-C / SIGTERM); the sandbox was torn down";
+
+/// Rehearse proves that backups restore: it restores a backup into a throwaway sandbox, checks the
+/// data, times the recovery, and reports a verdict.
+#[derive(Debug, Parser)]
+#[command(name = "rehearse", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "warn", env = "REHEARSE_LOG")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify one backup now: restore it into a throwaway sandbox, run the checks, print a verdict.
+    ///
+    /// With --plan, everything comes from the plan file. Without it, give the artifact and the
+    /// checks as flags: `rehearse verify /backups/shop.dump --check 'SELECT count(*) FROM orders'
+    /// --expect '>= 1000' --rto 15m`.
+    #[command(after_help = EXIT_CODES)]
+    Verify(VerifyArgs),
+    /// Make a sample database with real data, dump it with the real pg_dump, verify the dump and
+    /// print the report: Rehearse at work in one command.
+    #[command(after_help = EXIT_CODES)]
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+    Junit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Runtime {
+    /// Local PostgreSQL binaries in a private temp dir; unprivileged and without network when run as root.
+    Process,
+}
+
+#[derive(Debug, Args)]
+struct SandboxArgs {
+    /// Where the sandbox runs restores.
+    #[arg(long, value_enum, default_value = "process", env = "REHEARSE_RUNTIME")]
+    runtime: Runtime,
+    /// Directory for sandbox dirs (one `rehearse-*` dir per verification, removed afterwards).
+    #[arg(long, env = "REHEARSE_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Directory for caches kept between runs (initdb templates) [default: /var/cache/rehearse
+    /// as root, else ~/.cache/rehearse].
+    #[arg(long, env = "REHEARSE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Unprivileged user the database server and psql run as, when rehearse runs as root.
+    #[arg(long, default_value = "nobody", env = "REHEARSE_SANDBOX_USER")]
+    sandbox_user: String,
+    /// Parallel jobs for pg_restore and pg_amcheck [default: number of CPUs, at most 8].
+    #[arg(long, env = "REHEARSE_JOBS")]
+    jobs: Option<usize>,
+}
+
+impl SandboxArgs {
+    fn options(&self) -> VerifyOptions {
+        let mut opts = VerifyOptions::default();
+        if let Some(dir) = &self.work_dir {
+            opts.work_root = dir.clone();
+        }
+        if let Some(dir) = &self.cache_dir {
+            opts.cache_dir = dir.clone();
+        }
+        opts.sandbox_user = self.sandbox_user.clone();
+        if let Some(jobs) = self.jobs {
+            opts.jobs = jobs.max(1);
+        }
+        opts
+    }
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The backup to verify (a path or file:// URL), when no --plan is given.
+    #[arg(
+        value_name = "ARTIFACT",
+        required_unless_present = "plan",
+        conflicts_with = "plan"
+    )]
+    artifact: Option<String>,
+    /// Plan file (TOML) saying what to verify and what "good" means.
+    #[arg(long, value_name = "PLAN.toml")]
+    plan: Option<PathBuf>,
+    /// Output format of the report on stdout.
+    #[arg(long, short, value_enum, default_value = "human")]
+    output: Output,
+    /// Engine of the artifact (quick form).
+    #[arg(long, default_value = "postgres", conflicts_with = "plan")]
+    engine: String,
+    /// Expected blake3 of the artifact, 64 hex digits (quick form); a mismatch fails the checksum phase.
+    #[arg(long, conflicts_with = "plan")]
+    blake3: Option<String>,
+    /// SQL whose first value is checked (quick form, repeatable); pairs with --expect in order.
+    #[arg(long = "check", value_name = "SQL", conflicts_with = "plan")]
+    checks: Vec<String>,
+    /// Expectation for the --check at the same position: `>= 1000`, `= 0`, `= 'ok'`.
+    #[arg(long = "expect", value_name = "EXPR", conflicts_with = "plan")]
+    expects: Vec<String>,
+    /// RTO target (quick form), e.g. 15m: exceeded fails the verdict.
+    #[arg(long, conflicts_with = "plan")]
+    rto: Option<String>,
+    /// RPO target (quick form), e.g. 26h; needs --freshness.
+    #[arg(long, conflicts_with = "plan")]
+    rpo: Option<String>,
+    /// Query returning the newest data timestamp, for RPO (quick form).
+    #[arg(long, value_name = "SQL", conflicts_with = "plan")]
+    freshness: Option<String>,
+    /// Limit for the whole verification (quick form) [default: 3h].
+    #[arg(long, conflicts_with = "plan")]
+    timeout: Option<String>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Number of orders in the sample database (customers: a tenth of it).
+    #[arg(long, default_value_t = 20_000)]
+    orders: u32,
+    /// Output format of the report on stdout.
+    #[arg(long, short, value_enum, default_value = "human")]
+    output: Output,
+    /// Keep the sample dump and its plan in this directory instead of a temp dir.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// Exit code 2, with a one-line reason.
+struct CouldNotVerify(anyhow::Error);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rehearse: start async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cancel = CancellationToken::new();
+    runtime.spawn(shutdown_signal(cancel.clone()));
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Verify(args) => verify(args, &cancel).await,
+            Command::Demo(args) => demo(args, &cancel).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(CouldNotVerify(e)) => {
+            if matches!(
+                e.downcast_ref::<VerifyError>(),
+                Some(VerifyError::Interrupted)
+            ) {
+                eprintln!("rehearse: interrupted; sandbox torn down");
+                return ExitCode::from(130);
+            }
+            eprintln!("rehearse: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Cancels on Ctrl-C or SIGTERM: the verification stops, tears its sandbox down, and exits 130.
+async fn shutdown_signal(cancel: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+    cancel.cancel();
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CouldNotVerify {
+    fn from(e: E) -> Self {
+        CouldNotVerify(e.into())
+    }
+}
+
+async fn verify(args: VerifyArgs, cancel: &CancellationToken) -> Result<ExitCode, CouldNotVerify> {
+    let plan = match &args.plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read plan {}", path.display()))?;
+            Plan::from_toml(&text).with_context(|| format!("plan {}", path.display()))?
+        }
+        None => quick_plan(&args)?,
+    };
+    let verifier = Verifier::new(args.sandbox.options())?;
+    let report = verifier.verify(&plan, cancel).await?;
+    print_report(&report, args.output)
+}
+
+fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
+    let artifact = args
+        .artifact
+        .clone()
+        .context("give an ARTIFACT or --plan")?;
+    if args.checks.len() != args.expects.len() {
+        anyhow::bail!(
+            "each --check needs an --expect (got {} --check and {} --expect)",
+            args.checks.len(),
+            args.expects.len()
+        );
+    }
+    let checks = args
+        .checks
+        .iter()
+        .zip(&args.expects)
+        .enumerate()
+        .map(|(i, (sql, expect))| RawCheck {
+            name: format!("check {}", i + 1),
+            sql: sql.clone(),
+            expect: expect.clone(),
+        })
+        .collect();
+    let has_targets = args.rto.is_some() || args.rpo.is_some() || args.freshness.is_some();
+    let raw = RawPlan {
+        name: None,
+        timeout: args.timeout.clone(),
+        artifact: RawArtifact {
+            url: artifact,
+            engine: args.engine.clone(),
+            blake3: args.blake3.clone(),
+        },
+        targets: has_targets.then(|| RawTargets {
+            rto: args.rto.clone(),
+            rpo: args.rpo.clone(),
+            freshness: args.freshness.clone(),
+        }),
+        checks,
+        builtin: None,
+    };
+    Ok(Plan::from_raw(raw)?)
+}
+
+fn print_report(report: &Report, output: Output) -> Result<ExitCode, CouldNotVerify> {
+    let text = match output {
+        Output::Human => render::human(report),
+        Output::Json => serde_json::to_string_pretty(report).context("write JSON report")? + "\n",
+        Output::Junit => render::junit(report),
+    };
+    print!("{text}");
+    Ok(match report.verdict {
+        Verdict::Passed => ExitCode::SUCCESS,
+        Verdict::Failed => ExitCode::from(1),
+    })
+}
+
+async fn demo(args: DemoArgs, cancel: &CancellationToken) -> Result<ExitCode, CouldNotVerify> {
+    let verifier = Verifier::new(args.sandbox.options())?;
+    let (dir, _temp) = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            (dir.clone(), None)
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("rehearse-demo-")
+                .tempdir()
+                .context("create demo dir")?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    };
+    let dump = dir.join("shop.dump");
+    let human = args.output == Output::Human;
+    if human {
+        eprintln!(
+            "rehearse demo: creating a sample shop database with {} orders…",
+            args.orders
+        );
+    }
+    let made = tokio::select! {
+        made = make_sample(&verifier, args.orders, &dump) => made,
+        () = cancel.cancelled() => return Err(VerifyError::Interrupted.into()),
+    };
+    made.map_err(|e| anyhow::anyhow!("demo: {e}"))?;
+    let digest = rehearse_worker::checksum::hash_file(&dump)
+        .context("hash the sample dump")?
+        .0;
+    let plan = sample::demo_plan(&dump, args.orders, Some(digest.to_hex().to_string()));
+    let plan_text = plan.to_toml();
+    std::fs::write(dir.join("plan.toml"), &plan_text).context("write demo plan")?;
+    if human {
+        eprintln!(
+            "rehearse demo: dumped it with pg_dump to {}; verifying with this plan:\n",
+            dump.display()
+        );
+        eprintln!(
+            "{}",
+            plan_text
+                .trim_end()
+                .lines()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        eprintln!();
+    }
+    let report = verifier.verify(&plan, cancel).await?;
+    let code = print_report(&report, args.output)?;
+    if human && args.keep.is_some() {
+        eprintln!(
+            "\nrehearse demo: kept {} — run it again with: rehearse verify --plan {}",
+            dump.display(),
+            dir.join("plan.toml").display()
+        );
+    }
+    Ok(code)
+}
+
+async fn make_sample(
+    verifier: &Verifier,
+    orders: u32,
+    dump: &std::path::Path,
+) -> Result<(), String> {
+    let db = SampleDatabase::create(verifier, orders).await?;
+    let dumped = db.dump(DumpFormat::Custom, dump).await;
+    let stopped = db.stop().await;
+    dumped.and(stopped)
+}

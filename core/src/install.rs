@@ -34,9 +34,63 @@ pub fn choose(installs: &[Installation], dump_major: Option<u32>) -> Result<&Ins
         })
 }
 
+/// Whether psql of this version has restricted mode (`\restrict KEY`), which refuses every
+/// meta-command until `\unrestrict KEY`: added in 13.22, 14.19, 15.14, 16.10, 17.6 and 18.
+pub fn psql_has_restrict(major: u32, minor: u32) -> bool {
+    match major {
+        0..=12 => false,
+        13 => minor >= 22,
+        14 => minor >= 19,
+        15 => minor >= 14,
+        16 => minor >= 10,
+        17 => minor >= 6,
+        _ => true,
+    }
+}
+
+/// Parses "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" or "psql (PostgreSQL) 16.2" into
+/// (major, minor, the version text).
+pub fn parse_version_output(text: &str) -> Option<(u32, u32, String)> {
+    let version = text
+        .split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Some((major, minor, version.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restrict_support_by_version() {
+        assert!(psql_has_restrict(15, 18));
+        assert!(psql_has_restrict(15, 14));
+        assert!(!psql_has_restrict(15, 13));
+        assert!(!psql_has_restrict(12, 99));
+        assert!(psql_has_restrict(18, 0));
+    }
+
+    #[test]
+    fn version_output() {
+        assert_eq!(
+            parse_version_output("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some((15, 18, "15.18".into()))
+        );
+        assert_eq!(
+            parse_version_output("psql (PostgreSQL) 17beta1"),
+            Some((17, 0, "17beta1".into()))
+        );
+        assert_eq!(
+            parse_version_output("postgres (PostgreSQL) 9.6.24"),
+            Some((9, 6, "9.6.24".into()))
+        );
+        assert_eq!(parse_version_output("garbage"), None);
+    }
 
     fn at(major: u32) -> Installation {
         Installation {

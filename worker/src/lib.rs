@@ -1,1 +1,43 @@
-//! wip
+//! rehearse-worker: turns a plan into a verdict.
+//!
+//! Today it runs the whole verification in-process (the embedded `rehearse verify`); with the
+//! fleet issue it also becomes the agent that takes jobs from the coordinator.
+//!
+//! Layout:
+//! - [`pipeline`]: one verification, phase by phase, with the RTO clock, timeout and interrupt.
+//! - [`source`]: where artifacts come from (local files and directories today).
+//! - [`checksum`]: blake3 in one pass, on all cores.
+//! - [`sandbox`]: the process sandbox runtime — private dirs, unprivileged user, no network, reaper.
+//! - [`postgres`]: the postgres engine — installations, disposable cluster, restore, inspection.
+//! - [`sample`]: the demo's sample database, dumped with the real pg_dump (also the test fixture).
+//! - [`tail`]: bounded capture of a tool's stderr for failure reasons.
+//!
+//! Pure decisions (plan, formats, verdict rules, the script filter) live in `rehearse_core`.
+//! Must not depend on: rehearse-coordinator.
+
+pub mod checksum;
+pub mod pipeline;
+pub mod postgres;
+pub mod sample;
+pub mod sandbox;
+pub mod source;
+pub mod tail;
+
+pub use pipeline::{Verifier, VerifyError, VerifyOptions};
+
+/// 32 random hex digits, for keys a dump must not be able to guess (psql's `\restrict` key,
+/// dollar-quote tags). Seeded by the OS through std's `RandomState`, mixed with time and pid.
+pub fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = blake3::Hasher::new();
+    for _ in 0..4 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        hasher.update(&h.finish().to_le_bytes());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.update(&nanos.to_le_bytes());
+    hasher.finalize().to_hex()[..32].to_owned()
+}

@@ -1,0 +1,415 @@
+//! One verification, phase by phase: fetch → checksum → provision → restore → checks → teardown.
+//!
+//! Each phase is timed on one clock. RTO is the start of fetch to the end of checks; teardown is
+//! reported apart. A failure in any phase ends the run with a `failed` verdict naming the phase
+//! and the reason; the sandbox is torn down on every path — pass, fail, timeout, interrupt.
+//! Only what stops a verification from happening at all (no PostgreSQL, a sandbox that cannot
+//! start, an interrupt) is an error of this module.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rehearse_core::format::{SNIFF_LEN, Sniffed, sniff};
+use rehearse_core::install;
+use rehearse_core::plan::Plan;
+use rehearse_core::report::{Phase, PhaseReport, Report, duration_ms};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::checksum;
+use crate::postgres::binaries::{self, Installed};
+use crate::postgres::cluster::{ClusterError, PgCluster};
+use crate::postgres::inspect;
+use crate::postgres::restore::{self, Compression, Input};
+use crate::sandbox::{self, ProcessRuntime, SandboxError};
+use crate::source::{self, LocalArtifact};
+
+/// Records a failed phase and ends the run: a verdict, not an error. (A macro rather than a
+/// method so the borrow of the sandbox held in `run.cluster` can stay alive beside it.)
+macro_rules! fail {
+    ($run:ident, $phase:expr, $reason:expr) => {{
+        $run.report.fail($phase.as_str(), $reason);
+        $run.clock.end(false);
+        return Ok(());
+    }};
+}
+
+/// Where and how verifications run.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Sandbox directories are made here (one `rehearse-*` dir per verification).
+    pub work_root: PathBuf,
+    /// Long-lived caches (initdb templates).
+    pub cache_dir: PathBuf,
+    /// The unprivileged user sandbox processes run as when started as root.
+    pub sandbox_user: String,
+    /// Parallel jobs for pg_restore and pg_amcheck.
+    pub jobs: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            work_root: std::env::temp_dir(),
+            cache_dir: sandbox::default_cache_dir(),
+            sandbox_user: "nobody".to_owned(),
+            jobs: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
+        }
+    }
+}
+
+/// Why a verification could not happen (exit code 2), or was interrupted.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    Sandbox(#[from] SandboxError),
+    #[error("{0}")]
+    NoServer(String),
+    #[error("sandbox could not start: {0}")]
+    Provision(#[from] ClusterError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Runs verifications with one runtime and the PostgreSQL installations found at start.
+#[derive(Debug)]
+pub struct Verifier {
+    rt: ProcessRuntime,
+    installs: Vec<Installed>,
+    opts: VerifyOptions,
+}
+
+impl Verifier {
+    /// Sets up the runtime, reaps sandboxes left by dead processes, finds PostgreSQL.
+    pub fn new(opts: VerifyOptions) -> Result<Verifier, VerifyError> {
+        let rt = ProcessRuntime::new(&opts.work_root, &opts.sandbox_user)?;
+        if rt.user().is_some() && !sandbox::in_path("unshare") {
+            return Err(VerifyError::NoServer(
+                "unshare (util-linux) is needed to isolate the sandbox but is not in PATH".into(),
+            ));
+        }
+        let reaped = sandbox::reap_stale(rt.work_root());
+        if reaped > 0 {
+            warn!(
+                reaped,
+                "removed sandboxes left behind by processes that died"
+            );
+        }
+        let installs = binaries::discover();
+        Ok(Verifier { rt, installs, opts })
+    }
+
+    pub fn runtime(&self) -> &ProcessRuntime {
+        &self.rt
+    }
+
+    pub fn installations(&self) -> &[Installed] {
+        &self.installs
+    }
+
+    pub fn options(&self) -> &VerifyOptions {
+        &self.opts
+    }
+
+    /// Verifies one plan. `Ok` carries the verdict (passed or failed); `Err` means no verdict.
+    pub async fn verify(
+        &self,
+        plan: &Plan,
+        cancel: &CancellationToken,
+    ) -> Result<Report, VerifyError> {
+        let started = SystemTime::now();
+        let mut report = Report::new(
+            &plan.artifact.url,
+            plan.artifact.engine.as_str(),
+            "process",
+            humantime::format_rfc3339_seconds(started).to_string(),
+        );
+        report.name = plan.name.clone();
+        let mut run = Run {
+            report,
+            clock: Clock::default(),
+            cluster: None,
+            newest_ms: None,
+        };
+        info!(artifact = %plan.artifact.url, "verification started");
+
+        let ended = {
+            let work = tokio::time::timeout(plan.timeout, self.phases(plan, &mut run));
+            tokio::pin!(work);
+            tokio::select! {
+                r = &mut work => match r {
+                    Ok(result) => Ended::Done(result),
+                    Err(_) => Ended::TimedOut,
+                },
+                () = cancel.cancelled() => Ended::Interrupted,
+            }
+        };
+        let mut outcome = Ok(());
+        match ended {
+            Ended::Done(result) => outcome = result,
+            Ended::TimedOut => {
+                let phase = run.clock.interrupt();
+                run.report.fail(
+                    phase.as_str(),
+                    format!(
+                        "timed out after {} (plan timeout)",
+                        humantime::format_duration(plan.timeout)
+                    ),
+                );
+            }
+            Ended::Interrupted => {
+                run.clock.interrupt();
+                outcome = Err(VerifyError::Interrupted);
+            }
+        }
+        if let Some(cluster) = run.cluster.take() {
+            run.clock.begin(Phase::Teardown);
+            let stopped = cluster.stop().await;
+            if let Err(e) = &stopped {
+                warn!(error = %e, "teardown incomplete");
+                run.report.notes.push(format!("teardown incomplete: {e}"));
+            }
+            run.clock.end(stopped.is_ok());
+        }
+        outcome?;
+        run.report.phases = run.clock.phases;
+        let started_ms = started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| duration_ms(d) as i64);
+        run.report.finish(&plan.targets, started_ms, run.newest_ms);
+        info!(verdict = ?run.report.verdict, rto_ms = ?run.report.rto_ms, "verification finished");
+        Ok(run.report)
+    }
+
+    async fn phases(&self, plan: &Plan, run: &mut Run) -> Result<(), VerifyError> {
+        // fetch: locate and open the artifact. For a local file there is nothing to transfer.
+        run.clock.begin(Phase::Fetch);
+        let mut artifact = match source::open(&plan.artifact.url) {
+            Ok(a) => a,
+            Err(reason) => fail!(run, Phase::Fetch, reason),
+        };
+        run.report.artifact.bytes = artifact.bytes;
+        run.clock.end(true);
+
+        // checksum: the one pass over the bytes.
+        run.clock.begin(Phase::Checksum);
+        let path = artifact.path.clone();
+        let is_dir = artifact.is_dir;
+        let hashed = tokio::task::spawn_blocking(move || {
+            if is_dir {
+                checksum::hash_tree(&path).map(|(h, n, _)| (h, n))
+            } else {
+                checksum::hash_file(&path)
+            }
+        })
+        .await;
+        let (digest, bytes) = match hashed {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => fail!(run, Phase::Checksum, format!("read artifact: {e}")),
+            Err(e) => fail!(run, Phase::Checksum, format!("checksum task failed: {e}")),
+        };
+        artifact.bytes = bytes;
+        run.report.artifact.bytes = bytes;
+        run.report.artifact.blake3 = Some(digest.to_hex().to_string());
+        if let Some(expected) = plan.artifact.blake3
+            && expected.0 != *digest.as_bytes()
+        {
+            fail!(
+                run,
+                Phase::Checksum,
+                format!(
+                    "blake3 mismatch: expected {expected}, got {}",
+                    digest.to_hex()
+                )
+            );
+        }
+        run.clock.end(true);
+
+        // What is it? Decided from the content before any sandbox is made for it.
+        let (input, server_major, format) = match classify(&artifact) {
+            Ok(found) => found,
+            Err(reason) => {
+                run.clock.begin(Phase::Restore);
+                fail!(run, Phase::Restore, reason);
+            }
+        };
+        run.report.artifact.format = Some(format);
+        let installed = install::choose(&self.install_list(), server_major)
+            .map_err(VerifyError::NoServer)
+            .and_then(|chosen| {
+                self.installs
+                    .iter()
+                    .find(|i| i.install == *chosen)
+                    .ok_or_else(|| VerifyError::NoServer("installation vanished".into()))
+            })?;
+        run.report.server_version = Some(installed.version.clone());
+
+        run.clock.begin(Phase::Provision);
+        let cluster = run.cluster.insert(PgCluster::create(&self.rt, installed)?);
+        cluster.start(&self.rt, &self.opts.cache_dir).await?;
+        run.report.notes.push(self.rt.isolation_note());
+        run.clock.end(true);
+
+        run.clock.begin(Phase::Restore);
+        let restored = match restore::restore(cluster, &self.rt, input, self.opts.jobs).await {
+            Ok(r) => r,
+            Err(reason) => fail!(run, Phase::Restore, reason),
+        };
+        if let Err(reason) = artifact.unchanged() {
+            fail!(run, Phase::Restore, reason);
+        }
+        run.report.database = Some(restored.database.clone());
+        run.report.notes.extend(restored.notes);
+        run.clock.end(true);
+
+        run.clock.begin(Phase::Checks);
+        let found =
+            match inspect::inspect(cluster, &self.rt, &restored.database, plan, self.opts.jobs)
+                .await
+            {
+                Ok(found) => found,
+                Err(reason) => fail!(run, Phase::Checks, reason),
+            };
+        run.report.checks = found.checks;
+        run.report.tables = found.tables;
+        run.report.integrity = found.integrity;
+        run.report.notes.extend(found.notes);
+        if let Some((ms, text)) = found.newest {
+            run.newest_ms = Some(ms);
+            run.report.newest_data_at = Some(text);
+        }
+        let ok = found.failure.is_none();
+        if let Some(reason) = found.failure {
+            run.report.fail(Phase::Checks.as_str(), reason);
+        }
+        run.clock.end(ok);
+        run.report.rto_ms = run.clock.since_start();
+        Ok(())
+    }
+
+    fn install_list(&self) -> Vec<install::Installation> {
+        self.installs.iter().map(|i| i.install.clone()).collect()
+    }
+}
+
+enum Ended {
+    Done(Result<(), VerifyError>),
+    TimedOut,
+    Interrupted,
+}
+
+/// The state of one verification while it runs.
+struct Run {
+    report: Report,
+    clock: Clock,
+    /// The sandbox, once made; torn down by `verify` whatever happens to the phases.
+    cluster: Option<PgCluster>,
+    newest_ms: Option<i64>,
+}
+
+/// Times phases; the RTO clock starts with the first phase.
+#[derive(Debug, Default)]
+struct Clock {
+    start: Option<Instant>,
+    current: Option<(Phase, Instant)>,
+    phases: Vec<PhaseReport>,
+}
+
+impl Clock {
+    fn begin(&mut self, phase: Phase) {
+        let now = Instant::now();
+        self.start.get_or_insert(now);
+        self.current = Some((phase, now));
+    }
+
+    fn end(&mut self, ok: bool) {
+        if let Some((phase, began)) = self.current.take() {
+            self.phases.push(PhaseReport {
+                name: phase,
+                ms: ms(began.elapsed()),
+                ok,
+            });
+        }
+    }
+
+    /// Ends the running phase as failed (timeout, interrupt) and says which it was.
+    fn interrupt(&mut self) -> Phase {
+        let phase = self.current.map_or(Phase::Fetch, |(p, _)| p);
+        self.end(false);
+        phase
+    }
+
+    fn since_start(&self) -> Option<u64> {
+        self.start.map(|s| ms(s.elapsed()))
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    duration_ms(d)
+}
+
+/// Decides how to restore an artifact from its content. `Err` is the failure reason.
+fn classify(artifact: &LocalArtifact) -> Result<(Input, Option<u32>, String), String> {
+    let path = artifact.path.clone();
+    if artifact.is_dir {
+        return match rehearse_core::format::archive_server_major(&artifact.head) {
+            Some(major) => Ok((
+                Input::SeekableArchive(path),
+                Some(major),
+                "pg_dump directory".into(),
+            )),
+            None if artifact.head.starts_with(b"PGDMP") => Ok((
+                Input::SeekableArchive(path),
+                None,
+                "pg_dump directory".into(),
+            )),
+            None => Err(format!(
+                "{} has a toc.dat that is not a pg_dump archive header",
+                path.display()
+            )),
+        };
+    }
+    let outer = sniff(&artifact.head);
+    let (inner, compression) = match outer {
+        Sniffed::Gzip | Sniffed::Zstd => {
+            let compression = if outer == Sniffed::Gzip {
+                Compression::Gzip
+            } else {
+                Compression::Zstd
+            };
+            let head = restore::decompressed_head(&path, compression, SNIFF_LEN)?;
+            (sniff(&head), compression)
+        }
+        other => (other, Compression::None),
+    };
+    let suffix = match compression {
+        Compression::None => String::new(),
+        c => format!(" ({})", c.as_str()),
+    };
+    let label = format!("{}{suffix}", inner.describe());
+    match (inner, compression) {
+        (Sniffed::Custom { server_major }, Compression::None) => {
+            Ok((Input::SeekableArchive(path), server_major, label))
+        }
+        (Sniffed::Tar { server_major }, Compression::None) => {
+            Ok((Input::TarArchive(path), server_major, label))
+        }
+        (Sniffed::Custom { server_major } | Sniffed::Tar { server_major }, c) => {
+            Ok((Input::ArchiveStream(path, c), server_major, label))
+        }
+        (Sniffed::PlainSql { server_major }, c) => Ok((Input::Plain(path, c), server_major, label)),
+        (Sniffed::MysqlDump, _) => Err(format!(
+            "the artifact is a MySQL/MariaDB dump{suffix}, not a PostgreSQL one (engine = \"postgres\")"
+        )),
+        (Sniffed::Empty, _) => Err(format!("the artifact decompresses to nothing{suffix}")),
+        (Sniffed::Gzip | Sniffed::Zstd, _) => Err(format!(
+            "the artifact is compressed twice{suffix}; not a PostgreSQL dump"
+        )),
+        (Sniffed::Unknown { hint }, _) => Err(format!(
+            "not a PostgreSQL dump: the content{suffix} is not pg_dump custom, directory or tar format, nor SQL text ({hint})"
+        )),
+    }
+}

@@ -1,0 +1,283 @@
+//! Looking at the restored data: the plan's checks, the freshness query (for RPO), exact row counts
+//! of every table, and `pg_amcheck` (heap and B-tree structure) where it is installed.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use rehearse_core::plan::Plan;
+use rehearse_core::report::{CheckReport, IntegrityReport, TableRows};
+use rehearse_core::script::quote_ident;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use super::SUPERUSER;
+use super::cluster::{PORT, PgCluster};
+use crate::sandbox::ProcessRuntime;
+use crate::tail;
+
+/// Opens a connection over the sandbox's unix socket.
+pub async fn connect(socket_dir: &Path, database: &str) -> Result<Client, String> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host_path(socket_dir)
+        .port(PORT)
+        .user(SUPERUSER)
+        .dbname(database)
+        .application_name("rehearse")
+        .connect(NoTls)
+        .await
+        .map_err(|e| format!("connect to database {database:?}: {}", db_message(&e)))?;
+    // The connection task ends when the client is dropped or the server goes away.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+pub async fn create_database(socket_dir: &Path, name: &str) -> Result<(), String> {
+    let client = connect(socket_dir, "postgres").await?;
+    client
+        .simple_query(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote_ident(name)
+        ))
+        .await
+        .map(drop)
+        .map_err(|e| format!("create database {name}: {}", db_message(&e)))
+}
+
+/// The server's own words when there are some, else the client error.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity().to_lowercase(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// First column of the first row, as text (`None` for no row or NULL).
+async fn first_value(client: &Client, sql: &str) -> Result<Option<String>, String> {
+    let messages = client.simple_query(sql).await.map_err(|e| db_message(&e))?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .flatten())
+}
+
+/// What the checks phase found.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    pub checks: Vec<CheckReport>,
+    /// The freshness query's result, ms since the epoch, and as the server printed it.
+    pub newest: Option<(i64, String)>,
+    pub tables: Vec<TableRows>,
+    pub integrity: Option<IntegrityReport>,
+    /// The reason the checks phase failed, if it did.
+    pub failure: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl Inspection {
+    fn fail(&mut self, reason: String) {
+        self.failure.get_or_insert(reason);
+    }
+}
+
+pub async fn inspect(
+    cluster: &PgCluster,
+    rt: &ProcessRuntime,
+    database: &str,
+    plan: &Plan,
+    jobs: usize,
+) -> Result<Inspection, String> {
+    let client = connect(cluster.socket_dir(), database).await?;
+    let mut found = Inspection::default();
+    for check in &plan.checks {
+        let (observed, outcome) = match first_value(&client, &check.sql).await {
+            Ok(observed) => {
+                let outcome = check.expect.evaluate(observed.as_deref());
+                (observed, outcome)
+            }
+            Err(e) => (None, Err(format!("query failed: {e}"))),
+        };
+        if let Err(reason) = &outcome {
+            found.fail(format!("check {:?}: {reason}", check.name));
+        }
+        found.checks.push(CheckReport {
+            name: check.name.clone(),
+            sql: check.sql.clone(),
+            expect: check.expect.to_string(),
+            observed,
+            ok: outcome.is_ok(),
+            reason: outcome.err(),
+        });
+    }
+    if let Some(sql) = &plan.targets.freshness {
+        match freshness(&client, sql).await {
+            Ok(newest) => found.newest = newest,
+            Err(e) => found.fail(format!("freshness query failed: {e}")),
+        }
+    }
+    // Row counts and amcheck are independent; run them side by side (amcheck is its own process).
+    let counts = async {
+        if plan.builtin.row_counts {
+            Some(row_counts(&client).await)
+        } else {
+            None
+        }
+    };
+    let integrity = async {
+        if plan.builtin.integrity {
+            Some(amcheck(cluster, rt, database, jobs).await)
+        } else {
+            None
+        }
+    };
+    let (counts, integrity) = tokio::join!(counts, integrity);
+    match counts {
+        Some(Ok(tables)) => found.tables = tables,
+        Some(Err(e)) => found.fail(format!("row counts failed: {e}")),
+        None => {}
+    }
+    match integrity {
+        Some(Amcheck::Ran(report)) => {
+            if !report.ok {
+                found.fail(format!(
+                    "pg_amcheck found corruption: {}",
+                    tail::last_lines(&report.output, 2)
+                ));
+            }
+            found.integrity = Some(report);
+        }
+        Some(Amcheck::Unavailable(why)) => {
+            found.notes.push(format!("integrity check skipped: {why}"))
+        }
+        None => {}
+    }
+    Ok(found)
+}
+
+/// Runs the freshness query wrapped so the server does the time arithmetic: a `timestamptz`,
+/// `timestamp` (taken as UTC) or `date` comes back as ms since the epoch.
+async fn freshness(client: &Client, sql: &str) -> Result<Option<(i64, String)>, String> {
+    let inner = sql.trim().trim_end_matches(';');
+    let wrapped = format!(
+        "SELECT (extract(epoch FROM f.t) * 1000)::float8::text, f.t::text FROM ({inner}) AS f(t) LIMIT 1"
+    );
+    let messages = client
+        .simple_query(&wrapped)
+        .await
+        .map_err(|e| db_message(&e))?;
+    for m in messages {
+        if let SimpleQueryMessage::Row(row) = m {
+            let (Some(ms), Some(text)) = (row.get(0), row.get(1)) else {
+                return Ok(None);
+            };
+            let ms = ms
+                .parse::<f64>()
+                .map_err(|_| format!("freshness value {text:?} is not a time"))?;
+            return Ok(Some((ms as i64, text.to_owned())));
+        }
+    }
+    Ok(None)
+}
+
+async fn row_counts(client: &Client) -> Result<Vec<TableRows>, String> {
+    // Ordinary and partitioned tables; partitions are counted through their parent.
+    let list = "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                ORDER BY 1, 2";
+    let mut tables = Vec::new();
+    for m in client
+        .simple_query(list)
+        .await
+        .map_err(|e| db_message(&e))?
+    {
+        let SimpleQueryMessage::Row(row) = m else {
+            continue;
+        };
+        let (Some(schema), Some(name)) = (row.get(0), row.get(1)) else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_ident(schema),
+            quote_ident(name)
+        );
+        let rows = first_value(client, &sql)
+            .await
+            .map_err(|e| format!("{schema}.{name}: {e}"))?;
+        let rows = rows.and_then(|r| r.parse().ok()).unwrap_or(0);
+        tables.push(TableRows {
+            name: format!("{schema}.{name}"),
+            rows,
+        });
+    }
+    Ok(tables)
+}
+
+enum Amcheck {
+    Ran(IntegrityReport),
+    Unavailable(String),
+}
+
+async fn amcheck(cluster: &PgCluster, rt: &ProcessRuntime, database: &str, jobs: usize) -> Amcheck {
+    let bin = cluster.installed.bin("pg_amcheck");
+    if !bin.is_file() {
+        return Amcheck::Unavailable(format!(
+            "pg_amcheck not installed in {}",
+            cluster.installed.install.bindir.display()
+        ));
+    }
+    let out = rt
+        .client_command(&bin, cluster.dir())
+        .args([
+            "--install-missing",
+            "--no-strict-names",
+            "-p",
+            &PORT.to_string(),
+            "-U",
+            SUPERUSER,
+            "-j",
+            &jobs.max(1).to_string(),
+            "-h",
+        ])
+        .arg(cluster.socket_dir())
+        .arg(database)
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => return Amcheck::Unavailable(format!("run pg_amcheck: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    match out.status.code() {
+        Some(0) => Amcheck::Ran(IntegrityReport {
+            tool: "pg_amcheck".into(),
+            ok: true,
+            output: stdout,
+        }),
+        // pg_amcheck: exit 2 means it found corruption.
+        Some(2) => Amcheck::Ran(IntegrityReport {
+            tool: "pg_amcheck".into(),
+            ok: false,
+            output: format!("{stdout}\n{stderr}").trim().to_owned(),
+        }),
+        _ if stderr.contains("extension") => Amcheck::Unavailable(format!(
+            "the amcheck extension is not available: {}",
+            tail::last_lines(&stderr, 1)
+        )),
+        _ => Amcheck::Ran(IntegrityReport {
+            tool: "pg_amcheck".into(),
+            ok: false,
+            output: format!(
+                "pg_amcheck failed ({}): {}",
+                out.status,
+                tail::last_lines(&stderr, 2)
+            ),
+        }),
+    }
+}

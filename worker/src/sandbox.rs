@@ -1,0 +1,383 @@
+//! The process sandbox runtime: restores run as local processes in a private temp dir.
+//!
+//! What it gives (and the docker runtime will give more of):
+//! - a private directory per verification (`<work-root>/rehearse-XXXXXX`, mode 0700), owned by the
+//!   sandbox user, holding the database's data, its unix socket and its log;
+//! - when started as root: every process that touches the dump's content (server, psql) runs as an
+//!   unprivileged user (`nobody` by default) in a fresh network namespace with no interfaces up
+//!   (`unshare --net --setuid --setgid`, which also drops supplementary groups);
+//! - a clean environment: no inherited variables (storage credentials never reach the sandbox);
+//! - an owner file naming the process that made the dir, so [`reap_stale`] can remove sandboxes
+//!   whose owner died (kill -9) — nothing is left running, nothing left on disk.
+//!
+//! It cannot give: CPU/memory/pids limits, or isolation from the host's filesystem beyond Unix
+//! permissions (the sandbox user can read world-readable files and write world-writable ones). For
+//! untrusted backups, prefer the docker runtime.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, Uid, User, chown};
+use tracing::{debug, info, warn};
+
+/// Prefix of every sandbox directory; the reaper only ever touches directories named so.
+pub const DIR_PREFIX: &str = "rehearse-";
+const OWNER_FILE: &str = "rehearse.owner";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox user {0:?} does not exist (set --sandbox-user to an unprivileged user)")]
+    NoSuchUser(String),
+    #[error("sandbox user {0:?} is root; the sandbox must run unprivileged")]
+    RootUser(String),
+    #[error("create sandbox dir in {dir}: {source}")]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("hand sandbox dir {dir} to the sandbox user: {source}")]
+    Chown { dir: PathBuf, source: nix::Error },
+}
+
+/// The unprivileged identity sandbox processes run as.
+#[derive(Debug, Clone)]
+pub struct SandboxUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// How sandboxes are made; one per process, shared by every verification it runs.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    work_root: PathBuf,
+    /// `Some` when running as root: processes switch to it and enter a new network namespace.
+    user: Option<SandboxUser>,
+}
+
+impl ProcessRuntime {
+    /// `sandbox_user` is used only when running as root (a non-root process cannot switch user,
+    /// and its sandboxes run as itself).
+    pub fn new(work_root: &Path, sandbox_user: &str) -> Result<ProcessRuntime, SandboxError> {
+        let user = if Uid::effective().is_root() {
+            let u = User::from_name(sandbox_user)
+                .ok()
+                .flatten()
+                .ok_or_else(|| SandboxError::NoSuchUser(sandbox_user.to_owned()))?;
+            if u.uid.is_root() {
+                return Err(SandboxError::RootUser(sandbox_user.to_owned()));
+            }
+            Some(SandboxUser {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            })
+        } else {
+            None
+        };
+        fs::create_dir_all(work_root).map_err(|source| SandboxError::CreateDir {
+            dir: work_root.to_owned(),
+            source,
+        })?;
+        Ok(ProcessRuntime {
+            work_root: work_root.to_owned(),
+            user,
+        })
+    }
+
+    pub fn work_root(&self) -> &Path {
+        &self.work_root
+    }
+
+    pub fn user(&self) -> Option<&SandboxUser> {
+        self.user.as_ref()
+    }
+
+    /// A sentence for the report: how contained this sandbox is.
+    pub fn isolation_note(&self) -> String {
+        match &self.user {
+            Some(u) => format!("process sandbox: server and psql ran as {} in a network namespace without interfaces", u.name),
+            None => "process sandbox: running unprivileged already, so no user switch and no network namespace (run as root, or use the docker runtime, for untrusted backups)".to_owned(),
+        }
+    }
+
+    /// Makes a private directory for one verification, owned by the sandbox user.
+    pub fn create_dir(&self) -> Result<SandboxDir, SandboxError> {
+        let dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir_in(&self.work_root)
+            .map_err(|source| SandboxError::CreateDir {
+                dir: self.work_root.clone(),
+                source,
+            })?;
+        let path = dir.path().to_owned();
+        // The owner file goes in first: a dir without one is never mistaken for a live sandbox.
+        fs::write(
+            path.join(OWNER_FILE),
+            owner_stamp(std::process::id()).unwrap_or_default(),
+        )
+        .map_err(|source| SandboxError::CreateDir {
+            dir: path.clone(),
+            source,
+        })?;
+        self.give(&path)?;
+        Ok(SandboxDir { dir: Some(dir) })
+    }
+
+    /// Hands a path to the sandbox user (no-op when not root).
+    pub fn give(&self, path: &Path) -> Result<(), SandboxError> {
+        if let Some(u) = &self.user {
+            chown(path, Some(u.uid.into()), Some(u.gid.into())).map_err(|source| {
+                SandboxError::Chown {
+                    dir: path.to_owned(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A command for a program that touches dump content: clean environment, and when root, the
+    /// sandbox user inside a new network namespace. `home` becomes `$HOME` (psql looks there).
+    pub fn command(&self, program: &Path, home: &Path) -> tokio::process::Command {
+        let mut cmd = match &self.user {
+            Some(u) => {
+                let mut c = tokio::process::Command::new("unshare");
+                c.arg("--net")
+                    .arg(format!("--setuid={}", u.uid))
+                    .arg(format!("--setgid={}", u.gid))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => tokio::process::Command::new(program),
+        };
+        clean_env(&mut cmd, home);
+        cmd
+    }
+
+    /// A command for a client tool that does not interpret dump content as commands (pg_restore,
+    /// pg_dump, pg_amcheck): it runs as the invoking user, so it can read artifacts the sandbox
+    /// user cannot, but still with a clean environment.
+    pub fn client_command(&self, program: &Path, home: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(program);
+        clean_env(&mut cmd, home);
+        cmd
+    }
+}
+
+fn clean_env(cmd: &mut tokio::process::Command, home: &Path) {
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", home)
+        .env("LC_ALL", "C.UTF-8")
+        .env("TZ", "UTC")
+        .env("PGTZ", "UTC")
+        .kill_on_drop(true);
+}
+
+/// One verification's private directory. Removed by [`SandboxDir::remove`] (teardown) or, as a
+/// last resort, on drop.
+#[derive(Debug)]
+pub struct SandboxDir {
+    /// `None` once removed.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl SandboxDir {
+    pub fn path(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map_or(Path::new("/nonexistent"), |d| d.path())
+    }
+
+    pub fn remove(&mut self) -> std::io::Result<()> {
+        match self.dir.take() {
+            Some(d) => d.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// "pid starttime": the start time tells a live owner from a new process that reused its pid.
+fn owner_stamp(pid: u32) -> Option<String> {
+    Some(format!("{pid} {}", process_start_time(pid)?))
+}
+
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime); the command name (field 2) may contain spaces, so count after ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn owner_alive(stamp: &str) -> bool {
+    let mut parts = stamp.split_whitespace();
+    let (Some(pid), Some(start)) = (
+        parts.next().and_then(|p| p.parse::<u32>().ok()),
+        parts.next().and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        return false;
+    };
+    process_start_time(pid) == Some(start)
+}
+
+/// Removes sandboxes under `work_root` whose owner process is gone: kills their database server
+/// (found through its pid file, and only if that process really serves that directory) and
+/// deletes the directory. Returns how many were reaped. Never touches anything not named
+/// `rehearse-*`, nor a sandbox whose owner still runs.
+pub fn reap_stale(work_root: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(work_root) else {
+        return 0;
+    };
+    let mut reaped = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_sandbox = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(DIR_PREFIX))
+            && path.is_dir();
+        if !is_sandbox {
+            continue;
+        }
+        let stamp = match fs::read_to_string(path.join(OWNER_FILE)) {
+            Ok(s) => s,
+            // No owner file yet: only a crash in the instant between mkdir and write leaves that;
+            // give a live creator time to write it.
+            Err(_) if recently_modified(&path, Duration::from_secs(60)) => continue,
+            Err(_) => String::new(),
+        };
+        if owner_alive(&stamp) {
+            continue;
+        }
+        kill_servers_in(&path);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {
+                info!(dir = %path.display(), "reaped sandbox left by a dead process");
+                reaped += 1;
+            }
+            Err(e) => warn!(dir = %path.display(), error = %e, "could not remove stale sandbox"),
+        }
+    }
+    reaped
+}
+
+fn recently_modified(path: &Path, within: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < within)
+}
+
+/// Kills the postmaster of every data directory inside `dir`, if it is still running there.
+fn kill_servers_in(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pidfile = entry.path().join("postmaster.pid");
+        let Some(pid) = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // Line 2 of postmaster.pid is the data directory: make sure the pid still serves it.
+        let serves = fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmd| cmd.contains(entry.path().to_string_lossy().as_ref()));
+        if serves {
+            debug!(pid, "killing orphaned database server");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            wait_gone(pid, Duration::from_secs(5));
+        }
+    }
+}
+
+/// Polls until a process is gone (it is not our child, so it cannot be waited for).
+pub fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Makes a directory readable and traversable by the sandbox user (for a cache shared by sandboxes).
+pub fn make_shared_dir(path: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+}
+
+/// The default location for caches when none is given.
+pub fn default_cache_dir() -> PathBuf {
+    if Uid::effective().is_root() {
+        return PathBuf::from("/var/cache/rehearse");
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("rehearse")
+}
+
+/// Whether a program name resolves in PATH (for `unshare`, checked once at start).
+pub fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(OsStr::new(program)).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_garbage_is_not() {
+        let stamp = owner_stamp(std::process::id()).expect("own stamp");
+        assert!(owner_alive(&stamp));
+        assert!(!owner_alive("1 0"));
+        assert!(!owner_alive(""));
+        assert!(!owner_alive("not a stamp"));
+    }
+
+    #[test]
+    fn reaper_removes_dead_owners_only() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dead = root.path().join("rehearse-dead");
+        fs::create_dir(&dead).expect("mkdir");
+        fs::write(dead.join(OWNER_FILE), "999999999 1").expect("write");
+        let live = root.path().join("rehearse-live");
+        fs::create_dir(&live).expect("mkdir");
+        fs::write(
+            live.join(OWNER_FILE),
+            owner_stamp(std::process::id()).expect("stamp"),
+        )
+        .expect("write");
+        let other = root.path().join("unrelated");
+        fs::create_dir(&other).expect("mkdir");
+        assert_eq!(reap_stale(root.path()), 1);
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(other.exists());
+    }
+}

@@ -1,0 +1,153 @@
+//! Where artifacts come from. Today: local files and directories, by `file://` URL or plain path.
+//! (S3 and other object stores arrive behind the same shape with the artifact-sources issue.)
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use rehearse_core::format::SNIFF_LEN;
+
+/// A local artifact, opened far enough to know what it is.
+#[derive(Debug, Clone)]
+pub struct LocalArtifact {
+    pub path: PathBuf,
+    pub is_dir: bool,
+    /// File size (for a directory: filled in by the checksum pass).
+    pub bytes: u64,
+    /// The first bytes (for a directory: of its `toc.dat`).
+    pub head: Vec<u8>,
+    /// Size and modification time when opened; a change by the end means the artifact moved under us.
+    pub stamp: Option<(u64, SystemTime)>,
+}
+
+/// Turns a plan URL into a local path; `Err` is the failure reason.
+pub fn local_path(url: &str) -> Result<PathBuf, String> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        // file:///abs/path (empty host) or file://localhost/abs/path
+        let path = rest.strip_prefix("localhost").unwrap_or(rest);
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{url:?} is not a local file URL (expected file:///absolute/path)"
+            ));
+        }
+        return Ok(PathBuf::from(path));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(format!(
+            "artifact URL scheme {scheme:?} is not supported yet (supported: file://, or a plain path)"
+        ));
+    }
+    Ok(PathBuf::from(url))
+}
+
+/// Opens the artifact: existence, kind, size, first bytes. `Err` is the failure reason.
+pub fn open(url: &str) -> Result<LocalArtifact, String> {
+    let path = local_path(url)?;
+    let meta = fs::metadata(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("artifact not found: {}", path.display()),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "artifact not readable (permission denied): {}",
+            path.display()
+        ),
+        _ => format!("cannot open artifact {}: {e}", path.display()),
+    })?;
+    if meta.is_dir() {
+        let toc = path.join("toc.dat");
+        let head = read_head(&toc).map_err(|e| {
+            format!(
+                "{} is a directory but not a pg_dump directory archive (toc.dat: {e})",
+                path.display()
+            )
+        })?;
+        return Ok(LocalArtifact {
+            path,
+            is_dir: true,
+            bytes: 0,
+            head,
+            stamp: None,
+        });
+    }
+    if !meta.is_file() {
+        return Err(format!(
+            "artifact is not a regular file: {}",
+            path.display()
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(format!("artifact is empty (0 bytes): {}", path.display()));
+    }
+    let head =
+        read_head(&path).map_err(|e| format!("cannot read artifact {}: {e}", path.display()))?;
+    Ok(LocalArtifact {
+        path,
+        is_dir: false,
+        bytes: meta.len(),
+        head,
+        stamp: meta.modified().ok().map(|m| (meta.len(), m)),
+    })
+}
+
+fn read_head(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    File::open(path)?
+        .take(SNIFF_LEN as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+impl LocalArtifact {
+    /// `Err` (the failure reason) when the file changed since it was opened.
+    pub fn unchanged(&self) -> Result<(), String> {
+        let Some((len, mtime)) = self.stamp else {
+            return Ok(());
+        };
+        let now = fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        if now == Some((len, mtime)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "artifact {} changed during the verification",
+                self.path.display()
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_paths() {
+        assert_eq!(
+            local_path("file:///var/b/x.dump"),
+            Ok(PathBuf::from("/var/b/x.dump"))
+        );
+        assert_eq!(local_path("file://localhost/x"), Ok(PathBuf::from("/x")));
+        assert_eq!(
+            local_path("relative/x.dump"),
+            Ok(PathBuf::from("relative/x.dump"))
+        );
+        assert!(local_path("s3://bucket/key").is_err_and(|e| e.contains("s3")));
+        assert!(local_path("file://host/x").is_err());
+    }
+
+    #[test]
+    fn missing_and_empty_are_reasons() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.dump");
+        assert!(
+            open(missing.to_str().expect("utf8"))
+                .is_err_and(|e| e.starts_with("artifact not found"))
+        );
+        let empty = dir.path().join("empty.dump");
+        fs::write(&empty, b"").expect("write");
+        assert!(
+            open(empty.to_str().expect("utf8")).is_err_and(|e| e.starts_with("artifact is empty"))
+        );
+        assert!(open(dir.path().to_str().expect("utf8")).is_err_and(|e| e.contains("toc.dat")));
+    }
+}
