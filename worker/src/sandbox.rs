@@ -180,8 +180,8 @@ fn clean_env(cmd: &mut tokio::process::Command, home: &Path) {
         .kill_on_drop(true);
 }
 
-/// One verification's private directory. Removed by [`SandboxDir::remove`] (teardown) or, as a
-/// last resort, on drop.
+/// One verification's private directory. Removed by [`SandboxDir::remove`] (teardown: first every
+/// process still working in it is killed) or, as a last resort, on drop.
 #[derive(Debug)]
 pub struct SandboxDir {
     /// `None` once removed.
@@ -195,11 +195,33 @@ impl SandboxDir {
             .map_or(Path::new("/nonexistent"), |d| d.path())
     }
 
-    pub fn remove(&mut self) -> std::io::Result<()> {
-        match self.dir.take() {
-            Some(d) => d.close(),
-            None => Ok(()),
+    /// Moves the directory out (this value no longer owns it), e.g. to remove it on a blocking thread.
+    pub fn detach(&mut self) -> SandboxDir {
+        SandboxDir {
+            dir: self.dir.take(),
         }
+    }
+
+    /// Removes the directory. A process killed a moment ago (an interrupted copy or restore
+    /// tool) may still be writing into it, so removal is retried briefly until the dir stays gone.
+    pub fn remove(&mut self) -> std::io::Result<()> {
+        let Some(dir) = self.dir.take() else {
+            return Ok(());
+        };
+        let path = dir.keep();
+        kill_processes_in(&path);
+        let mut last = Ok(());
+        for _ in 0..100 {
+            last = match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+            if last.is_ok() && !path.exists() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        last
     }
 }
 
@@ -259,7 +281,7 @@ pub fn reap_stale(work_root: &Path) -> usize {
         if owner_alive(&stamp) {
             continue;
         }
-        kill_servers_in(&path);
+        kill_processes_in(&path);
         match fs::remove_dir_all(&path) {
             Ok(()) => {
                 info!(dir = %path.display(), "reaped sandbox left by a dead process");
@@ -279,28 +301,38 @@ fn recently_modified(path: &Path, within: Duration) -> bool {
         .is_some_and(|age| age < within)
 }
 
-/// Kills the postmaster of every data directory inside `dir`, if it is still running there.
-fn kill_servers_in(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
+/// Kills every process whose command line names `dir` (the server: `-D dir/data`; psql and
+/// pg_restore: `-h dir`; an interrupted `cp` into it) and waits until they are gone. Sandbox dir
+/// names are unique, so nothing else matches. Returns how many were killed.
+pub fn kill_processes_in(dir: &Path) -> usize {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
     };
+    let mut killed = Vec::new();
     for entry in entries.flatten() {
-        let pidfile = entry.path().join("postmaster.pid");
-        let Some(pid) = fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.lines().next()?.trim().parse::<i32>().ok())
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| *n != me)
+            .and_then(|n| n.parse::<i32>().ok())
         else {
             continue;
         };
-        // Line 2 of postmaster.pid is the data directory: make sure the pid still serves it.
-        let serves = fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|cmd| cmd.contains(entry.path().to_string_lossy().as_ref()));
-        if serves {
-            debug!(pid, "killing orphaned database server");
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            debug!(pid, dir = %dir.display(), "killing sandbox process");
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            wait_gone(pid, Duration::from_secs(5));
+            killed.push(pid);
         }
     }
+    for pid in &killed {
+        wait_gone(*pid, Duration::from_secs(5));
+    }
+    killed.len()
 }
 
 /// Polls until a process is gone (it is not our child, so it cannot be waited for).

@@ -1,0 +1,213 @@
+//! Shared set-up for the PostgreSQL integration tests: a verifier on a private work root, the
+//! sample dumps (made once per target dir with the real pg_dump), and the leftover assertions.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rehearse_core::plan::Plan;
+use rehearse_core::report::{Report, Verdict};
+use rehearse_worker::sample::{DumpFormat, SampleDatabase};
+use rehearse_worker::{Verifier, VerifyOptions};
+use tokio_util::sync::CancellationToken;
+
+pub const ORDERS: u32 = 2_000;
+
+/// A verifier whose sandboxes live in a work root of this test's own.
+pub struct TestEnv {
+    pub root: tempfile::TempDir,
+    pub verifier: Verifier,
+}
+
+pub fn target_tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// Fails loudly when PostgreSQL is missing: these tests must run wherever CI runs.
+pub fn env() -> TestEnv {
+    let root = tempfile::Builder::new()
+        .prefix("verify-")
+        .tempdir_in(target_tmp())
+        .expect("test work root");
+    // The sandbox user must be able to reach its sandbox dir inside the work root.
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod work root");
+    let opts = VerifyOptions {
+        work_root: root.path().to_owned(),
+        cache_dir: target_tmp().join("cache"),
+        jobs: 2,
+        ..VerifyOptions::default()
+    };
+    let verifier = Verifier::new(opts).expect("verifier");
+    assert!(
+        !verifier.installations().is_empty(),
+        "PostgreSQL server binaries are required for these tests (run scripts/test, which installs them)"
+    );
+    TestEnv { root, verifier }
+}
+
+impl TestEnv {
+    pub async fn verify(&self, plan: &Plan) -> Report {
+        let report = self
+            .verifier
+            .verify(plan, &CancellationToken::new())
+            .await
+            .expect("a verdict, not an error");
+        self.assert_clean();
+        report
+    }
+
+    /// No sandbox dir left, and no process serving anything under this work root.
+    pub fn assert_clean(&self) {
+        let left: Vec<_> = fs::read_dir(self.root.path())
+            .expect("read work root")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "sandbox dirs left behind: {left:?}");
+        let procs = processes_mentioning(self.root.path());
+        assert!(procs.is_empty(), "processes left behind: {procs:?}");
+    }
+
+    pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        // Artifacts live beside the work root, not in it (the work root must end empty).
+        let dir = self.root.path().with_extension("artifacts");
+        fs::create_dir_all(&dir).expect("artifact dir");
+        let path = dir.join(name);
+        fs::write(&path, bytes).expect("write artifact");
+        path
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.root.path().with_extension("artifacts"));
+    }
+}
+
+/// Processes whose command line mentions `path` (postgres, psql, pg_restore started for it).
+pub fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        });
+        if cmdline.contains(&needle) && !zombie {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+/// The sample dumps, made once per target dir (concurrent test processes race harmlessly: each
+/// builds in its own staging dir and the first rename wins).
+pub async fn fixtures() -> PathBuf {
+    let dir = target_tmp().join(format!("fixtures-v1-{ORDERS}"));
+    if dir.join("complete").is_file() {
+        return dir;
+    }
+    let staging = tempfile::Builder::new()
+        .prefix("fixtures-staging-")
+        .tempdir_in(target_tmp())
+        .expect("staging dir");
+    fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let work = staging.path().join("work");
+    fs::create_dir(&work).expect("work");
+    fs::set_permissions(&work, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = staging.path().join("out");
+    fs::create_dir(&out).expect("out");
+    let opts = VerifyOptions {
+        work_root: work.clone(),
+        cache_dir: target_tmp().join("cache"),
+        jobs: 2,
+        ..VerifyOptions::default()
+    };
+    let verifier = Verifier::new(opts).expect("verifier");
+    let db = SampleDatabase::create(&verifier, ORDERS)
+        .await
+        .expect("sample database");
+    for (format, name) in [
+        (DumpFormat::Custom, "custom.dump"),
+        (DumpFormat::Directory, "dir.dump"),
+        (DumpFormat::Tar, "tar.dump"),
+        (DumpFormat::Plain, "plain.sql"),
+    ] {
+        db.dump(format, &out.join(name)).await.expect("pg_dump");
+    }
+    db.stop().await.expect("stop sample");
+    let plain = fs::read(out.join("plain.sql")).expect("plain");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&plain).expect("gzip");
+    fs::write(out.join("plain.sql.gz"), gz.finish().expect("gzip")).expect("write gz");
+    fs::write(
+        out.join("plain.sql.zst"),
+        zstd::encode_all(&plain[..], 3).expect("zstd"),
+    )
+    .expect("write zst");
+    fs::write(out.join("complete"), b"").expect("marker");
+    if fs::rename(&out, &dir).is_err() {
+        assert!(
+            dir.join("complete").is_file(),
+            "fixtures missing after a lost race"
+        );
+    }
+    dir
+}
+
+pub fn plan(artifact: &Path, extra: &str) -> Plan {
+    let text = format!(
+        "[artifact]\nurl = \"file://{}\"\nengine = \"postgres\"\n{extra}",
+        artifact.display()
+    );
+    Plan::from_toml(&text).expect("test plan")
+}
+
+/// The checks every good shop dump must pass.
+pub fn shop_checks() -> String {
+    format!(
+        "[targets]\nrto = \"10m\"\nrpo = \"26h\"\nfreshness = \"SELECT max(created_at) FROM orders\"\n\
+         [[checks]]\nname = \"orders\"\nsql = \"SELECT count(*) FROM orders\"\nexpect = \">= {ORDERS}\"\n\
+         [[checks]]\nname = \"revenue view\"\nsql = \"SELECT count(*) FROM daily_revenue\"\nexpect = \"> 0\"\n"
+    )
+}
+
+pub fn assert_passed(report: &Report) {
+    assert_eq!(
+        report.verdict,
+        Verdict::Passed,
+        "expected a pass: {:#?}",
+        report.failure
+    );
+}
+
+pub fn assert_failed_in(report: &Report, phase: &str, reason_part: &str) {
+    assert_eq!(report.verdict, Verdict::Failed);
+    let failure = report
+        .failure
+        .as_ref()
+        .expect("a failed verdict carries its failure");
+    assert_eq!(failure.phase, phase, "reason: {}", failure.reason);
+    assert!(
+        failure.reason.contains(reason_part),
+        "reason {:?} should mention {reason_part:?}",
+        failure.reason
+    );
+}

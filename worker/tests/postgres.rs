@@ -1,0 +1,335 @@
+//! End-to-end verifications of real pg_dump output, restored into real PostgreSQL sandboxes.
+//! Every test ends by asserting that no sandbox dir and no process was left behind.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+use rehearse_core::report::Phase;
+use rehearse_worker::VerifyError;
+use tokio_util::sync::CancellationToken;
+
+async fn passes(file: &str, format_label: &str) -> rehearse_core::report::Report {
+    let fx = fixtures().await;
+    let env = env();
+    let artifact = fx.join(file);
+    let report = env.verify(&plan(&artifact, &shop_checks())).await;
+    assert_passed(&report);
+    assert_eq!(report.artifact.format.as_deref(), Some(format_label));
+    let phases: Vec<Phase> = report.phases.iter().map(|p| p.name).collect();
+    assert_eq!(phases, Phase::ALL.to_vec(), "every phase ran, in order");
+    assert!(report.checks.iter().all(|c| c.ok));
+    assert_eq!(
+        report.checks[0].observed.as_deref(),
+        Some(ORDERS.to_string().as_str())
+    );
+    let orders = report
+        .tables
+        .iter()
+        .find(|t| t.name == "public.orders")
+        .expect("orders counted");
+    assert_eq!(orders.rows, u64::from(ORDERS));
+    assert!(
+        report
+            .tables
+            .iter()
+            .any(|t| t.name == "public.customers" && t.rows == u64::from(ORDERS / 10))
+    );
+    // The newest order is an hour older than the dump; RPO is measured from the data itself.
+    let rpo = report.rpo_ms.expect("rpo measured");
+    assert!((3_600_000..3 * 3_600_000).contains(&rpo), "rpo {rpo}");
+    let rto = report.rto_ms.expect("rto measured");
+    let in_rto: u64 = report
+        .phases
+        .iter()
+        .filter(|p| p.name != Phase::Teardown)
+        .map(|p| p.ms)
+        .sum();
+    assert!(
+        rto >= in_rto.saturating_sub(5),
+        "rto {rto} covers fetch..checks ({in_rto})"
+    );
+    assert!(
+        report.integrity.as_ref().is_some_and(|i| i.ok),
+        "pg_amcheck ran clean: {:?}",
+        report.integrity
+    );
+    if !fx.join(file).is_dir() {
+        let expected = blake3::hash(&fs::read(&artifact).expect("read"))
+            .to_hex()
+            .to_string();
+        assert_eq!(report.artifact.blake3.as_deref(), Some(expected.as_str()));
+        assert_eq!(
+            report.artifact.bytes,
+            fs::metadata(&artifact).expect("meta").len()
+        );
+    }
+    report
+}
+
+#[tokio::test]
+async fn custom_format_passes() {
+    passes("custom.dump", "pg_dump custom").await;
+}
+
+#[tokio::test]
+async fn directory_format_passes() {
+    passes("dir.dump", "pg_dump directory").await;
+}
+
+#[tokio::test]
+async fn tar_format_passes() {
+    passes("tar.dump", "pg_dump tar").await;
+}
+
+#[tokio::test]
+async fn plain_format_passes_and_creates_the_roles_it_names() {
+    let report = passes("plain.sql", "plain SQL").await;
+    let note = report
+        .notes
+        .iter()
+        .find(|n| n.starts_with("roles the dump refers to"))
+        .expect("roles note");
+    assert!(
+        note.contains("shop_owner") && note.contains("reporting"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn gzip_plain_passes() {
+    passes("plain.sql.gz", "plain SQL (gzip)").await;
+}
+
+#[tokio::test]
+async fn zstd_plain_passes() {
+    passes("plain.sql.zst", "plain SQL (zstd)").await;
+}
+
+fn flipped(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    for i in at..(at + 16).min(b.len()) {
+        b[i] ^= 0x5a;
+    }
+    b
+}
+
+#[tokio::test]
+async fn bit_flip_with_blake3_fails_in_checksum() {
+    let fx = fixtures().await;
+    let env = env();
+    let good = fs::read(fx.join("custom.dump")).expect("read");
+    let digest = blake3::hash(&good).to_hex().to_string();
+    let bad = env.file("flipped.dump", &flipped(&good, good.len() / 2));
+    let text = format!(
+        "[artifact]\nurl = \"{}\"\nengine = \"postgres\"\nblake3 = \"{digest}\"\n",
+        bad.display()
+    );
+    let report = env
+        .verify(&rehearse_core::plan::Plan::from_toml(&text).expect("plan"))
+        .await;
+    assert_failed_in(&report, "checksum", "blake3 mismatch");
+    assert!(
+        report.phases.iter().all(|p| p.name != Phase::Provision),
+        "no sandbox for bytes that failed their checksum"
+    );
+}
+
+#[tokio::test]
+async fn bit_flip_without_blake3_fails_in_restore() {
+    let fx = fixtures().await;
+    let env = env();
+    let good = fs::read(fx.join("custom.dump")).expect("read");
+    let bad = env.file("flipped.dump", &flipped(&good, good.len() * 2 / 3));
+    let report = env.verify(&plan(&bad, "")).await;
+    assert_failed_in(&report, "restore", "pg_restore failed");
+}
+
+#[tokio::test]
+async fn truncated_custom_fails_in_restore() {
+    let fx = fixtures().await;
+    let env = env();
+    let good = fs::read(fx.join("custom.dump")).expect("read");
+    let bad = env.file("truncated.dump", &good[..good.len() * 6 / 10]);
+    let report = env.verify(&plan(&bad, "")).await;
+    assert_failed_in(&report, "restore", "pg_restore failed");
+}
+
+#[tokio::test]
+async fn truncated_gzip_fails_in_restore() {
+    let fx = fixtures().await;
+    let env = env();
+    let good = fs::read(fx.join("plain.sql.gz")).expect("read");
+    let bad = env.file("truncated.sql.gz", &good[..good.len() / 2]);
+    let report = env.verify(&plan(&bad, "")).await;
+    assert_failed_in(&report, "restore", "gzip stream is corrupt or truncated");
+}
+
+#[tokio::test]
+async fn empty_file_fails_in_fetch() {
+    let env = env();
+    let empty = env.file("empty.dump", b"");
+    let report = env.verify(&plan(&empty, "")).await;
+    assert_failed_in(&report, "fetch", "artifact is empty");
+}
+
+#[tokio::test]
+async fn missing_file_fails_in_fetch() {
+    let env = env();
+    let report = env
+        .verify(&plan(
+            &env.root.path().with_extension("nowhere").join("x.dump"),
+            "",
+        ))
+        .await;
+    assert_failed_in(&report, "fetch", "artifact not found");
+}
+
+#[tokio::test]
+async fn random_bytes_fail_with_a_clear_reason() {
+    let env = env();
+    let noise: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let junk = env.file("junk.dump", &noise);
+    let report = env.verify(&plan(&junk, "")).await;
+    assert_failed_in(&report, "restore", "not a PostgreSQL dump");
+}
+
+#[tokio::test]
+async fn mysql_dump_given_as_postgres_fails_with_a_clear_reason() {
+    let env = env();
+    let dump =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mysql-shop.sql");
+    let report = env.verify(&plan(&dump, "")).await;
+    assert_failed_in(
+        &report,
+        "restore",
+        "MySQL/MariaDB dump, not a PostgreSQL one",
+    );
+}
+
+#[tokio::test]
+async fn wrong_expectation_fails_in_checks() {
+    let fx = fixtures().await;
+    let env = env();
+    let extra = format!(
+        "[[checks]]\nname = \"orders\"\nsql = \"SELECT count(*) FROM orders\"\nexpect = \">= {}\"\n",
+        ORDERS + 1
+    );
+    let report = env.verify(&plan(&fx.join("custom.dump"), &extra)).await;
+    assert_failed_in(
+        &report,
+        "checks",
+        &format!("observed {ORDERS}, expected >= {}", ORDERS + 1),
+    );
+    assert_eq!(
+        report.checks[0].observed.as_deref(),
+        Some(ORDERS.to_string().as_str())
+    );
+    assert!(
+        report.rto_ms.is_some(),
+        "the recovery still ran to the end of checks: RTO is reported"
+    );
+}
+
+#[tokio::test]
+async fn failing_query_fails_in_checks_with_the_server_message() {
+    let fx = fixtures().await;
+    let env = env();
+    let extra =
+        "[[checks]]\nname = \"typo\"\nsql = \"SELECT count(*) FROM ordrs\"\nexpect = \"> 0\"\n";
+    let report = env.verify(&plan(&fx.join("custom.dump"), extra)).await;
+    assert_failed_in(&report, "checks", "relation \"ordrs\" does not exist");
+}
+
+#[tokio::test]
+async fn missed_rto_target_fails() {
+    let fx = fixtures().await;
+    let env = env();
+    let report = env
+        .verify(&plan(&fx.join("custom.dump"), "[targets]\nrto = \"1ms\"\n"))
+        .await;
+    assert_failed_in(&report, "targets", "exceeds the target 1ms by");
+    assert!(report.targets.iter().any(|t| t.name == "rto" && !t.ok));
+}
+
+#[tokio::test]
+async fn timeout_fails_and_tears_down() {
+    let fx = fixtures().await;
+    let env = env();
+    let text = format!(
+        "timeout = \"400ms\"\n[artifact]\nurl = \"{}\"\nengine = \"postgres\"\n",
+        fx.join("custom.dump").display()
+    );
+    let report = env
+        .verify(&rehearse_core::plan::Plan::from_toml(&text).expect("plan"))
+        .await;
+    let failure = report.failure.as_ref().expect("failed");
+    assert!(
+        failure.reason.starts_with("timed out after 400ms"),
+        "{failure:?}"
+    );
+}
+
+#[tokio::test]
+async fn interrupt_tears_down_and_reports_no_verdict() {
+    let fx = fixtures().await;
+    let env = env();
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        trigger.cancel();
+    });
+    let result = env
+        .verifier
+        .verify(&plan(&fx.join("plain.sql"), ""), &cancel)
+        .await;
+    assert!(
+        matches!(result, Err(VerifyError::Interrupted)),
+        "{result:?}"
+    );
+    env.assert_clean();
+}
+
+#[tokio::test]
+async fn shell_escapes_in_a_plain_dump_never_run() {
+    let env = env();
+    let marker = env.root.path().with_extension("pwned");
+    for (name, script) in [
+        (
+            "line-start",
+            format!("CREATE TABLE t (id int);\n\\! touch {}\n", marker.display()),
+        ),
+        // mid-line: only psql's restricted mode can stop this one
+        (
+            "mid-line",
+            format!("SELECT 1 \\! touch {}\n;\n", marker.display()),
+        ),
+        (
+            "set-off",
+            "\\set ON_ERROR_STOP off\nSELECT 1/0;\n".to_owned(),
+        ),
+    ] {
+        let dump = env.file(
+            &format!("{name}.sql"),
+            format!("-- PostgreSQL database dump\n{script}").as_bytes(),
+        );
+        let report = env.verify(&plan(&dump, "")).await;
+        assert_eq!(
+            report.verdict,
+            rehearse_core::report::Verdict::Failed,
+            "{name}"
+        );
+        assert_eq!(
+            report.failure.as_ref().map(|f| f.phase.as_str()),
+            Some("restore"),
+            "{name}: {:?}",
+            report.failure
+        );
+        assert!(!marker.exists(), "{name}: the shell command ran");
+    }
+}
