@@ -54,11 +54,17 @@ pub fn parse_version_output(text: &str) -> Option<(u32, u32, String)> {
     let version = text
         .split_whitespace()
         .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
-    let mut parts = version
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let digits = |s: &str| {
+        s.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .ok()
+    };
+    let mut parts = version.split('.');
+    let major = digits(parts.next()?)?;
+    // "17beta1" has no minor: a pre-release counts as .0
+    let minor = parts.next().and_then(digits).unwrap_or(0);
     Some((major, minor, version.to_owned()))
 }
 

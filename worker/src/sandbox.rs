@@ -271,12 +271,9 @@ pub fn reap_stale(work_root: &Path) -> usize {
         if !is_sandbox {
             continue;
         }
-        let stamp = match fs::read_to_string(path.join(OWNER_FILE)) {
-            Ok(s) => s,
-            // No owner file yet: only a crash in the instant between mkdir and write leaves that;
-            // give a live creator time to write it.
-            Err(_) if recently_modified(&path, Duration::from_secs(60)) => continue,
-            Err(_) => String::new(),
+        // Only dirs carrying our owner file are sandboxes; anything else named alike is not ours.
+        let Ok(stamp) = fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
         };
         if owner_alive(&stamp) {
             continue;
@@ -291,14 +288,6 @@ pub fn reap_stale(work_root: &Path) -> usize {
         }
     }
     reaped
-}
-
-fn recently_modified(path: &Path, within: Duration) -> bool {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < within)
 }
 
 /// Kills every process whose command line names `dir` (the server: `-D dir/data`; psql and
@@ -407,9 +396,15 @@ mod tests {
         .expect("write");
         let other = root.path().join("unrelated");
         fs::create_dir(&other).expect("mkdir");
+        let lookalike = root.path().join("rehearse-backups");
+        fs::create_dir(&lookalike).expect("mkdir");
         assert_eq!(reap_stale(root.path()), 1);
         assert!(!dead.exists());
         assert!(live.exists());
         assert!(other.exists());
+        assert!(
+            lookalike.exists(),
+            "a dir without our owner file is never reaped"
+        );
     }
 }

@@ -129,8 +129,11 @@ pub async fn fixtures() -> PathBuf {
         .tempdir_in(target_tmp())
         .expect("staging dir");
     fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let work = staging.path().join("work");
-    fs::create_dir(&work).expect("work");
+    let work_dir = tempfile::Builder::new()
+        .prefix("rh-fixtures-")
+        .tempdir()
+        .expect("work");
+    let work = work_dir.path().to_owned();
     fs::set_permissions(&work, fs::Permissions::from_mode(0o755)).expect("chmod");
     let out = staging.path().join("out");
     fs::create_dir(&out).expect("out");

@@ -1,0 +1,323 @@
+//! The `rehearse` binary, black-box: exit codes, one-line errors, report formats, signals, and
+//! recovery after a kill -9. Real processes, real PostgreSQL.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearse"));
+    cmd.env_remove("RUST_LOG").env(
+        "REHEARSE_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+    );
+    cmd
+}
+
+/// A work dir of this test's own, reachable by the sandbox user.
+fn work_dir() -> tempfile::TempDir {
+    // Under the system temp dir: a deep checkout path could overflow the unix socket path limit.
+    let dir = tempfile::Builder::new()
+        .prefix("rh-cli-")
+        .tempdir()
+        .expect("work dir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run rehearse")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+}
+
+/// Nothing left in the work dir (but the artifacts sub-dir tests put there), no process naming it.
+fn assert_clean(work: &Path) {
+    let left: Vec<_> = fs::read_dir(work)
+        .expect("read")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "artifacts")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let needle = work.to_string_lossy().into_owned();
+    let procs: Vec<String> = fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle) && !c.contains("--keep"))
+        .collect();
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+}
+
+/// Runs the demo with --keep, which leaves a real pg_dump and its plan in `dir/artifacts`.
+fn demo_dump(work: &Path, orders: u32) -> (PathBuf, Value) {
+    let keep = work.join("artifacts");
+    let out = run(bin()
+        .args([
+            "demo",
+            "--output",
+            "json",
+            "--orders",
+            &orders.to_string(),
+            "--keep",
+        ])
+        .arg(&keep)
+        .arg("--work-dir")
+        .arg(work));
+    assert_exit(&out, 0);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("demo prints a JSON report");
+    (keep, report)
+}
+
+#[test]
+fn bad_plan_exits_2_with_one_line_naming_the_key() {
+    let work = work_dir();
+    let plan = work.path().join("plan.toml");
+    fs::write(&plan, "[artifact]\nurl = \"/x.dump\"\nengine = \"postgres\"\n[[checks]]\nname = \"a\"\nsql = \"select 1\"\nexpct = \"= 1\"\n").expect("write");
+    let out = run(bin()
+        .args(["verify", "--plan"])
+        .arg(&plan)
+        .arg("--work-dir")
+        .arg(work.path()));
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("expct"), "{err}");
+}
+
+#[test]
+fn flag_mistakes_exit_2() {
+    let work = work_dir();
+    let out = run(bin()
+        .args(["verify", "/x.dump", "--check", "select 1"])
+        .arg("--work-dir")
+        .arg(work.path()));
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--expect"));
+    let out = run(bin()
+        .args(["verify", "/x.dump", "--rpo", "1h"])
+        .arg("--work-dir")
+        .arg(work.path()));
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("freshness"));
+    let out = run(bin()
+        .args(["verify", "--plan"])
+        .arg(work.path().join("missing.toml")));
+    assert_exit(&out, 2);
+    let out = run(bin().args(["verify"]));
+    assert_exit(&out, 2);
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let out = run(bin().args(["verify", "--help"]));
+    assert_exit(&out, 0);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "0    passed",
+        "1    verification failed",
+        "2    could not verify",
+        "130  interrupted",
+    ] {
+        assert!(help.contains(line), "--help lacks {line:?}");
+    }
+}
+
+#[test]
+fn demo_json_report_has_the_promised_shape() {
+    let work = work_dir();
+    let (_, r) = demo_dump(work.path(), 5_000);
+    assert_eq!(r["verdict"], "passed");
+    assert_eq!(r["engine"], "postgres");
+    assert!(
+        r["artifact"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("file://"))
+    );
+    assert!(r["artifact"]["bytes"].as_u64().is_some_and(|b| b > 0));
+    assert_eq!(r["artifact"]["blake3"].as_str().map(str::len), Some(64));
+    let phases: Vec<&str> = r["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "fetch",
+            "checksum",
+            "provision",
+            "restore",
+            "checks",
+            "teardown"
+        ]
+    );
+    assert!(
+        r["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .all(|p| p["ms"].is_u64() && p["ok"] == true)
+    );
+    assert!(r["rto_ms"].is_u64());
+    assert!(r["rpo_ms"].is_u64());
+    let checks = r["checks"].as_array().expect("checks");
+    assert!(checks.iter().all(|c| c["ok"] == true
+        && c["sql"].is_string()
+        && c["expect"].is_string()
+        && c["observed"].is_string()));
+    assert!(
+        r["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .any(|t| t["name"] == "public.orders" && t["rows"] == 5_000)
+    );
+    assert!(r.get("failure").is_none());
+    assert_clean(work.path());
+}
+
+#[test]
+fn plan_file_junit_and_a_failing_quick_form() {
+    let work = work_dir();
+    let (keep, _) = demo_dump(work.path(), 2_000);
+    let out = run(bin()
+        .args(["verify", "--output", "junit", "--plan"])
+        .arg(keep.join("plan.toml"))
+        .arg("--work-dir")
+        .arg(work.path()));
+    assert_exit(&out, 0);
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        xml.contains("<testsuite ") && xml.contains("failures=\"0\""),
+        "{xml}"
+    );
+    assert!(xml.contains("classname=\"rehearse.check\" name=\"orders\""));
+    assert!(xml.contains("classname=\"rehearse.phase\" name=\"restore\""));
+
+    let out = run(bin()
+        .arg("verify")
+        .arg(keep.join("shop.dump"))
+        .args([
+            "--check",
+            "SELECT count(*) FROM orders",
+            "--expect",
+            ">= 2001",
+            "--output",
+            "json",
+            "--work-dir",
+        ])
+        .arg(work.path()));
+    assert_exit(&out, 1);
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["verdict"], "failed");
+    assert_eq!(r["failure"]["phase"], "checks");
+    assert_eq!(r["checks"][0]["observed"], "2000");
+
+    let out = run(bin()
+        .arg("verify")
+        .arg(keep.join("shop.dump"))
+        .args(["--rto", "1ms", "--work-dir"])
+        .arg(work.path()));
+    assert_exit(&out, 1);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(human.starts_with("FAILED"), "{human}");
+    assert!(human.contains("failed in targets: RTO"), "{human}");
+    assert_clean(work.path());
+}
+
+/// Waits until a sandbox of `work` has a running server (the verification is mid-flight).
+fn wait_for_server(work: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let running = fs::read_dir(work)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("data/postmaster.pid").is_file());
+        if running {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no sandbox server appeared in {}", work.display());
+}
+
+#[test]
+fn sigint_tears_down_and_exits_130() {
+    let work = work_dir();
+    let (keep, _) = demo_dump(work.path(), 300_000);
+    let child = bin()
+        .arg("verify")
+        .arg(keep.join("shop.dump"))
+        .arg("--work-dir")
+        .arg(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for_server(work.path(), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_exit(&out, 130);
+    assert!(stderr(&out).contains("interrupted"));
+    assert_clean(work.path());
+}
+
+#[test]
+fn after_kill_9_the_next_run_reaps_the_orphaned_sandbox() {
+    let work = work_dir();
+    let (keep, _) = demo_dump(work.path(), 300_000);
+    let mut child = bin()
+        .arg("verify")
+        .arg(keep.join("shop.dump"))
+        .arg("--work-dir")
+        .arg(work.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for_server(work.path(), Duration::from_secs(30));
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    // The orphan is really there: a sandbox dir (and its server) outlived the killed process.
+    assert!(
+        fs::read_dir(work.path())
+            .expect("read")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("rehearse-"))
+    );
+    let empty = keep.join("empty.dump");
+    fs::write(&empty, b"").expect("write");
+    let out = run(bin()
+        .arg("verify")
+        .arg(&empty)
+        .arg("--work-dir")
+        .arg(work.path()));
+    assert_exit(&out, 1);
+    assert_clean(work.path());
+}
