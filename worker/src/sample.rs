@@ -11,8 +11,7 @@ use std::process::Stdio;
 use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
 
 use crate::pipeline::Verifier;
-use crate::postgres::SUPERUSER;
-use crate::postgres::cluster::{PORT, PgCluster};
+use crate::postgres::cluster::PgCluster;
 use crate::postgres::inspect::{connect, db_message};
 
 /// pg_dump's output formats.
@@ -117,19 +116,9 @@ impl<'a> SampleDatabase<'a> {
             .verifier
             .runtime()
             .client_command(&cluster.installed.bin("pg_dump"), cluster.dir())
-            .args([
-                format.flag(),
-                "-p",
-                &PORT.to_string(),
-                "-U",
-                SUPERUSER,
-                "-d",
-                DATABASE,
-                "-f",
-            ])
+            .args([format.flag(), "-d", DATABASE, "-f"])
             .arg(out)
-            .arg("-h")
-            .arg(cluster.socket_dir())
+            .args(cluster.client_args())
             .stdin(Stdio::null())
             .output()
             .await

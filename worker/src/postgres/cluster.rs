@@ -104,6 +104,16 @@ impl PgCluster {
         self.dir.path()
     }
 
+    /// Connection flags for the libpq client tools (psql, pg_restore, pg_dump, pg_amcheck).
+    pub fn client_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = ["-p", &PORT.to_string(), "-U", SUPERUSER, "-h"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        args.push(self.socket_dir().into());
+        args
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -235,15 +235,10 @@ async fn amcheck(cluster: &PgCluster, rt: &ProcessRuntime, database: &str, jobs:
         .args([
             "--install-missing",
             "--no-strict-names",
-            "-p",
-            &PORT.to_string(),
-            "-U",
-            SUPERUSER,
             "-j",
             &jobs.max(1).to_string(),
-            "-h",
         ])
-        .arg(cluster.socket_dir())
+        .args(cluster.client_args())
         .arg(database)
         .stdin(Stdio::null())
         .output()

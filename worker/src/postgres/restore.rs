@@ -19,7 +19,7 @@ use rehearse_core::script::ScriptFilter;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::cluster::{PORT, PgCluster};
+use super::cluster::PgCluster;
 use super::{SUPERUSER, TARGET_DB};
 use crate::sandbox::ProcessRuntime;
 use crate::tail;
@@ -81,20 +81,8 @@ pub async fn restore(
     match input {
         Input::Plain(path, compression) => {
             let mut cmd = rt.command(&cluster.installed.bin("psql"), home);
-            cmd.args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-p",
-                &PORT.to_string(),
-                "-U",
-                SUPERUSER,
-                "-d",
-                TARGET_DB,
-                "-h",
-            ])
-            .arg(cluster.socket_dir());
+            cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", TARGET_DB])
+                .args(cluster.client_args());
             let nonce = crate::random_token();
             let key = cluster.installed.psql_restrict.then(crate::random_token);
             let mut notes = Vec::new();
@@ -138,15 +126,10 @@ pub async fn restore(
                 "--no-owner",
                 "--no-privileges",
                 "--exit-on-error",
-                "-p",
-                &PORT.to_string(),
-                "-U",
-                SUPERUSER,
                 "-d",
                 TARGET_DB,
-                "-h",
             ])
-            .arg(cluster.socket_dir());
+            .args(cluster.client_args());
             let feed = match archive {
                 Input::SeekableArchive(path) => {
                     cmd.arg(format!("--jobs={}", jobs.max(1))).arg(path);
