@@ -13,21 +13,48 @@ use std::path::{Path, PathBuf};
 /// Block size for one `update_rayon` call: large enough that both cores get whole chunk trees.
 const BLOCK: usize = 8 * 1024 * 1024;
 
-/// blake3 and length of a file.
+/// Blocks in flight between the reading thread and the hashing one.
+const IN_FLIGHT: usize = 3;
+
+/// blake3 and length of a file. One thread reads block N+1 while the others hash block N, so the
+/// copy out of the page cache overlaps the hashing instead of adding to it.
 pub fn hash_file(path: &Path) -> io::Result<(blake3::Hash, u64)> {
     let mut file = File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; BLOCK];
-    let mut total = 0u64;
-    loop {
-        let n = read_full(&mut file, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update_rayon(&buf[..n]);
-        total += n as u64;
+    let (full_tx, full_rx) =
+        std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(IN_FLIGHT);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        let _ = empty_tx.send(vec![0u8; BLOCK]);
     }
-    Ok((hasher.finalize(), total))
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Ends when the file ends, on an error, or when the hasher stops taking blocks.
+            while let Ok(mut buf) = empty_rx.recv() {
+                let read = read_full(&mut file, &mut buf);
+                let done = !matches!(read, Ok(n) if n > 0);
+                if full_tx.send(read.map(|n| (buf, n))).is_err() || done {
+                    break;
+                }
+            }
+        });
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0u64;
+        loop {
+            let (buf, n) = match full_rx.recv() {
+                Ok(Ok(block)) => block,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update_rayon(&buf[..n]);
+            total += n as u64;
+            // The reader may already have finished; a refused buffer is simply dropped.
+            let _ = empty_tx.send(buf);
+        }
+        Ok((hasher.finalize(), total))
+    })
 }
 
 /// Fills `buf` as far as the reader allows; returns the bytes read (0 at end).

@@ -91,40 +91,41 @@ pub async fn inspect(
     jobs: usize,
 ) -> Result<Inspection, String> {
     let client = connect(cluster.socket_dir(), database).await?;
-    let mut found = Inspection::default();
-    for check in &plan.checks {
-        let (observed, outcome) = match first_value(&client, &check.sql).await {
-            Ok(observed) => {
-                let outcome = check.expect.evaluate(observed.as_deref());
-                (observed, outcome)
-            }
-            Err(e) => (None, Err(format!("query failed: {e}"))),
+    // The plan's checks, the row counts (own connection) and pg_amcheck (own process) are
+    // independent: they run side by side, and their results are read in that order after.
+    let plan_checks = async {
+        let mut reports = Vec::with_capacity(plan.checks.len());
+        for check in &plan.checks {
+            let (observed, outcome) = match first_value(&client, &check.sql).await {
+                Ok(observed) => {
+                    let outcome = check.expect.evaluate(observed.as_deref());
+                    (observed, outcome)
+                }
+                Err(e) => (None, Err(format!("query failed: {e}"))),
+            };
+            reports.push(CheckReport {
+                name: check.name.clone(),
+                sql: check.sql.clone(),
+                expect: check.expect.to_string(),
+                observed,
+                ok: outcome.is_ok(),
+                reason: outcome.err(),
+            });
+        }
+        let newest = match &plan.targets.freshness {
+            Some(sql) => freshness(&client, sql).await,
+            None => Ok(None),
         };
-        if let Err(reason) = &outcome {
-            found.fail(format!("check {:?}: {reason}", check.name));
-        }
-        found.checks.push(CheckReport {
-            name: check.name.clone(),
-            sql: check.sql.clone(),
-            expect: check.expect.to_string(),
-            observed,
-            ok: outcome.is_ok(),
-            reason: outcome.err(),
-        });
-    }
-    if let Some(sql) = &plan.targets.freshness {
-        match freshness(&client, sql).await {
-            Ok(newest) => found.newest = newest,
-            Err(e) => found.fail(format!("freshness query failed: {e}")),
-        }
-    }
-    // Row counts and amcheck are independent; run them side by side (amcheck is its own process).
+        (reports, newest)
+    };
     let counts = async {
-        if plan.builtin.row_counts {
-            Some(row_counts(&client).await)
-        } else {
-            None
+        if !plan.builtin.row_counts {
+            return None;
         }
+        Some(match connect(cluster.socket_dir(), database).await {
+            Ok(counter) => row_counts(&counter).await,
+            Err(e) => Err(e),
+        })
     };
     let integrity = async {
         if plan.builtin.integrity {
@@ -133,7 +134,18 @@ pub async fn inspect(
             None
         }
     };
-    let (counts, integrity) = tokio::join!(counts, integrity);
+    let ((checks, newest), counts, integrity) = tokio::join!(plan_checks, counts, integrity);
+    let mut found = Inspection::default();
+    for check in &checks {
+        if let Some(reason) = &check.reason {
+            found.fail(format!("check {:?}: {reason}", check.name));
+        }
+    }
+    found.checks = checks;
+    match newest {
+        Ok(newest) => found.newest = newest,
+        Err(e) => found.fail(format!("freshness query failed: {e}")),
+    }
     match counts {
         Some(Ok(tables)) => found.tables = tables,
         Some(Err(e)) => found.fail(format!("row counts failed: {e}")),
