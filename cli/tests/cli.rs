@@ -245,38 +245,52 @@ fn plan_file_junit_and_a_failing_quick_form() {
     assert_clean(work.path());
 }
 
-/// Waits until a sandbox of `work` has a running server (the verification is mid-flight).
-fn wait_for_server(work: &Path, limit: Duration) {
+/// Waits until psql runs a restore for a sandbox of `work` (the verification is mid-restore).
+fn wait_for_restore(work: &Path, limit: Duration) {
     let deadline = Instant::now() + limit;
+    let needle = work.to_string_lossy().into_owned();
     while Instant::now() < deadline {
-        let running = fs::read_dir(work)
-            .into_iter()
+        let restoring = fs::read_dir("/proc")
+            .expect("/proc")
             .flatten()
-            .flatten()
-            .any(|e| e.path().join("data/postmaster.pid").is_file());
-        if running {
+            .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .any(|c| c.contains(&needle) && c.contains("psql"));
+        if restoring {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("no sandbox server appeared in {}", work.display());
+    panic!("no restore started under {}", work.display());
+}
+
+/// A plain dump whose restore takes 60 s, so a signal always lands mid-restore.
+fn slow_dump(work: &Path) -> PathBuf {
+    let dir = work.join("artifacts");
+    fs::create_dir_all(&dir).expect("artifacts");
+    let path = dir.join("slow.sql");
+    fs::write(
+        &path,
+        "-- PostgreSQL database dump\nCREATE TABLE t (id int);\nSELECT pg_sleep(60);\n",
+    )
+    .expect("write");
+    path
 }
 
 #[test]
 fn sigint_tears_down_and_exits_130() {
     let work = work_dir();
-    let (keep, _) = demo_dump(work.path(), 300_000);
+    let dump = slow_dump(work.path());
     let child = bin()
         .arg("verify")
-        .arg(keep.join("shop.dump"))
+        .arg(&dump)
         .arg("--work-dir")
         .arg(work.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    wait_for_server(work.path(), Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_restore(work.path(), Duration::from_secs(30));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -291,17 +305,17 @@ fn sigint_tears_down_and_exits_130() {
 #[test]
 fn after_kill_9_the_next_run_reaps_the_orphaned_sandbox() {
     let work = work_dir();
-    let (keep, _) = demo_dump(work.path(), 300_000);
+    let dump = slow_dump(work.path());
     let mut child = bin()
         .arg("verify")
-        .arg(keep.join("shop.dump"))
+        .arg(&dump)
         .arg("--work-dir")
         .arg(work.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    wait_for_server(work.path(), Duration::from_secs(30));
+    wait_for_restore(work.path(), Duration::from_secs(30));
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     // The orphan is really there: a sandbox dir (and its server) outlived the killed process.
@@ -311,7 +325,7 @@ fn after_kill_9_the_next_run_reaps_the_orphaned_sandbox() {
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with("rehearse-"))
     );
-    let empty = keep.join("empty.dump");
+    let empty = work.path().join("artifacts/empty.dump");
     fs::write(&empty, b"").expect("write");
     let out = run(bin()
         .arg("verify")

@@ -256,38 +256,57 @@ async fn missed_rto_target_fails() {
     assert!(report.targets.iter().any(|t| t.name == "rto" && !t.ok));
 }
 
+/// A plain dump whose restore takes 30 s: long enough that a timeout or an interrupt lands
+/// in the restore phase whatever the machine's speed.
+fn slow_dump(env: &TestEnv) -> std::path::PathBuf {
+    env.file(
+        "slow.sql",
+        b"-- PostgreSQL database dump\nCREATE TABLE t (id int);\nSELECT pg_sleep(30);\n",
+    )
+}
+
 #[tokio::test]
-async fn timeout_fails_and_tears_down() {
-    let fx = fixtures().await;
+async fn timeout_fails_in_the_running_phase_and_tears_down() {
     let env = env();
     let text = format!(
-        "timeout = \"400ms\"\n[artifact]\nurl = \"{}\"\nengine = \"postgres\"\n",
-        fx.join("custom.dump").display()
+        "timeout = \"2s\"\n[artifact]\nurl = \"{}\"\nengine = \"postgres\"\n",
+        slow_dump(&env).display()
     );
     let report = env
         .verify(&rehearse_core::plan::Plan::from_toml(&text).expect("plan"))
         .await;
-    let failure = report.failure.as_ref().expect("failed");
+    assert_failed_in(&report, "restore", "timed out after 2s (plan timeout)");
     assert!(
-        failure.reason.starts_with("timed out after 400ms"),
-        "{failure:?}"
+        report
+            .phases
+            .iter()
+            .any(|p| p.name == Phase::Restore && !p.ok)
     );
 }
 
 #[tokio::test]
 async fn interrupt_tears_down_and_reports_no_verdict() {
-    let fx = fixtures().await;
     let env = env();
+    let dump = slow_dump(&env);
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
+    let root = env.root.path().to_owned();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Interrupt once psql is running the restore (a process names the sandbox dir).
+        while processes_mentioning(&root)
+            .iter()
+            .all(|p| !p.contains("psql"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         trigger.cancel();
     });
-    let result = env
-        .verifier
-        .verify(&plan(&fx.join("plain.sql"), ""), &cancel)
-        .await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(25),
+        env.verifier.verify(&plan(&dump, ""), &cancel),
+    )
+    .await
+    .expect("interrupt honoured well before the dump's sleep ends");
     assert!(
         matches!(result, Err(VerifyError::Interrupted)),
         "{result:?}"
