@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+mod cluster_client;
+
 use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
 use rehearse_core::render;
 use rehearse_core::report::{Report, Verdict};
@@ -44,6 +46,131 @@ enum Command {
     /// print the report: Rehearse at work in one command.
     #[command(after_help = EXIT_CODES)]
     Demo(DemoArgs),
+    /// Run a coordinator: a member of the Raft-replicated cluster that holds jobs.
+    Coordinator(CoordinatorArgs),
+    /// Submit a plan as a job to the coordinator cluster; prints the job id.
+    Submit(SubmitArgs),
+    /// Look at or cancel one job.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// List jobs.
+    Jobs(JobsArgs),
+    /// Cluster status and membership changes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Args)]
+struct CoordinatorArgs {
+    /// This node's id (a positive number, unique in the cluster).
+    #[arg(long)]
+    id: u64,
+    /// Address to listen on for clients and peers, HOST:PORT.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Address others reach this node at [default: --listen].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Initial members, this node included: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT.
+    #[arg(long, value_parser = rehearse_coordinator::parse_peers)]
+    peers: std::collections::BTreeMap<u64, String>,
+    /// Directory for the raft log and state (redb); refused if it belongs to another cluster or id.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Region label of this node.
+    #[arg(long, default_value = "default")]
+    region: String,
+    /// Cluster name, recorded in the data dir.
+    #[arg(long, default_value = "rehearse", env = "REHEARSE_CLUSTER")]
+    cluster: String,
+    /// Start empty and wait to be added with `rehearse cluster add-learner` (new or replacement nodes).
+    #[arg(long)]
+    join: bool,
+    /// Log entries kept before they are folded into a snapshot.
+    #[arg(long, default_value_t = 10_000)]
+    compact_after: u64,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Coordinator addresses, HOST:PORT,…; any one will do.
+    #[arg(
+        long,
+        env = "REHEARSE_COORDINATORS",
+        value_delimiter = ',',
+        required = true
+    )]
+    coordinators: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "human")]
+    output: ClientOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientOutput {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// The plan file (TOML); validated before anything is written.
+    plan: PathBuf,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Show one job: state, attempts, plan, report.
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job that has not finished.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct JobsArgs {
+    /// Only jobs in this state (pending, assigned, running, passed, failed, cancelled).
+    #[arg(long)]
+    state: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Leader, term, commit index and members.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add a node (started with --join) as a non-voting learner; it catches up from a snapshot.
+    AddLearner {
+        id: u64,
+        addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a member (voter or learner).
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -182,6 +309,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Verify(args) => verify(args, &cancel).await,
             Command::Demo(args) => demo(args, &cancel).await,
+            Command::Coordinator(args) => coordinator(args, cancel.clone()).await,
+            Command::Submit(args) => cluster_client::submit(args).await,
+            Command::Job(cmd) => cluster_client::job(cmd).await,
+            Command::Jobs(args) => cluster_client::jobs(args).await,
+            Command::Cluster(cmd) => cluster_client::cluster(cmd).await,
         }
     });
     match result {
@@ -358,6 +490,25 @@ async fn demo(args: DemoArgs, cancel: &CancellationToken) -> Result<ExitCode, Co
         );
     }
     Ok(code)
+}
+
+async fn coordinator(
+    args: CoordinatorArgs,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, CouldNotVerify> {
+    let config = rehearse_coordinator::CoordinatorConfig {
+        id: args.id,
+        listen: args.listen,
+        advertise: args.advertise.unwrap_or_else(|| args.listen.to_string()),
+        peers: args.peers,
+        data_dir: args.data_dir,
+        region: args.region,
+        cluster: args.cluster,
+        join: args.join,
+        compact_after: args.compact_after,
+    };
+    rehearse_coordinator::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn make_sample(

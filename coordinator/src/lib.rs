@@ -1,8 +1,251 @@
 //! rehearse-coordinator: the Raft-replicated coordinator.
 //!
-//! Will hold the raft-rs `RawNode` driver, its redb storage (log, hard state, snapshots), the
-//! replicated state machine's driver (the state machine itself is pure and lives in
-//! `rehearse_core`), the scheduler loop, worker liveness, drills, and the gRPC + HTTP API.
-//! Nothing lives here yet (issue 3).
+//! A cluster of 3 or 5 coordinators holds Rehearse's desired state — jobs today; workers,
+//! schedules and verdict history with the next issues — replicated with raft-rs, so losing a
+//! minority loses nothing and losing the leader pauses writes for about an election timeout.
 //!
+//! Layout:
+//! - [`storage`]: raft log, hard/conf state, snapshot point and applied state in redb.
+//! - [`node`]: the raft thread — the Ready loop, proposal batching, apply, ReadIndex reads,
+//!   membership changes.
+//! - [`transport`]: raft messages to and from peers (bytes inside tonic messages), allow-listed.
+//! - [`handle`]: the async side's handle on the raft thread.
+//! - [`api`]: the client gRPC API; the one place converting proto ⇄ core types.
+//! - [`client`]: a client that follows the leader (used by the CLI and tests).
+//!
+//! The state machine itself is pure and lives in `rehearse_core::jobs`.
 //! Must not depend on: rehearse-worker.
+
+pub mod api;
+pub mod client;
+pub mod handle;
+pub mod node;
+pub mod storage;
+pub mod transport;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use rehearse_proto::v1::coordinator_server::CoordinatorServer;
+use rehearse_proto::v1::peer_server::PeerServer;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::handle::NodeHandle;
+use crate::node::{Node, NodeOptions};
+use crate::storage::{Batch, Identity, PeerInfo, RaftStore, StoreError};
+use crate::transport::{MAX_MESSAGE, PeerService, Transport};
+
+/// How long in-flight requests may finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub id: u64,
+    pub listen: SocketAddr,
+    /// The address peers and clients reach this node at (default: `listen`).
+    pub advertise: String,
+    /// Initial members (id → address), this node included.
+    pub peers: BTreeMap<u64, String>,
+    pub data_dir: PathBuf,
+    pub region: String,
+    /// Name of the cluster; a data dir of another cluster is refused.
+    pub cluster: String,
+    /// Start empty and wait to be added (`cluster add-learner`), instead of bootstrapping.
+    pub join: bool,
+    /// Log entries kept before compacting into a snapshot point.
+    pub compact_after: u64,
+}
+
+/// Fatal errors: the node cannot run (request errors are answers, not these).
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("{0}")]
+    Config(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("serve: {0}")]
+    Serve(String),
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer {part:?}: expected ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer {part:?}: the id must be a positive number"))?;
+        if id == 0 {
+            return Err(format!("peer {part:?}: id 0 is reserved"));
+        }
+        if peers.insert(id, addr.trim().to_owned()).is_some() {
+            return Err(format!("peer id {id} given twice"));
+        }
+    }
+    Ok(peers)
+}
+
+/// Runs a coordinator until `shutdown` is cancelled.
+pub async fn run(
+    config: CoordinatorConfig,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    if config.id == 0 {
+        return Err(CoordinatorError::Config(
+            "--id must be a positive number".into(),
+        ));
+    }
+    if !config.join && !config.peers.contains_key(&config.id) {
+        return Err(CoordinatorError::Config(format!(
+            "--peers must include this node ({})",
+            config.id
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| CoordinatorError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let identity = Identity {
+        cluster: config.cluster.clone(),
+        id: config.id,
+    };
+    let voters: Vec<u64> = config.peers.keys().copied().collect();
+    let mut store = RaftStore::open(
+        &config.data_dir,
+        &identity,
+        (!config.join).then_some(voters.as_slice()),
+    )?;
+    let mut batch = Batch::default();
+    for (id, addr) in &config.peers {
+        if *id != config.id && store.peers.get(id).is_none_or(|p| p.addr != *addr) {
+            let region = store
+                .peers
+                .get(id)
+                .map(|p| p.region.clone())
+                .unwrap_or_default();
+            store.set_peer(
+                &mut batch,
+                *id,
+                PeerInfo {
+                    addr: addr.clone(),
+                    region,
+                },
+            );
+        }
+    }
+    store.commit(&mut batch, true)?;
+    let allowed = Arc::new(RwLock::new(
+        config.peers.keys().copied().collect::<HashSet<u64>>(),
+    ));
+    let info = PeerInfo {
+        addr: config.advertise.clone(),
+        region: config.region.clone(),
+    };
+    let transport = Transport::new(
+        config.id,
+        info.clone(),
+        allowed.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let node = Node::new(
+        store,
+        transport,
+        NodeOptions {
+            id: config.id,
+            info,
+            compact_after: config.compact_after.max(2),
+        },
+        &logger,
+    )?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = NodeHandle::new(tx);
+    let raft_thread = std::thread::Builder::new()
+        .name(format!("raft-{}", config.id))
+        .spawn(move || node.run(rx))
+        .map_err(|e| CoordinatorError::Serve(format!("start raft thread: {e}")))?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        id = config.id,
+        listen = %config.listen,
+        advertise = %config.advertise,
+        peers = ?config.peers,
+        region = %config.region,
+        data_dir = %config.data_dir.display(),
+        transport = "plaintext (mTLS not configured)",
+        "coordinator started"
+    );
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            CoordinatorServer::new(api::Api {
+                node: handle.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            PeerServer::new(PeerService {
+                node: handle.clone(),
+                allowed,
+            })
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled(),
+        );
+    tokio::pin!(server);
+    // Graceful shutdown waits for open connections to close, and peers keep theirs open for good:
+    // in-flight requests get SHUTDOWN_GRACE, then the server is dropped.
+    let served = tokio::select! {
+        r = &mut server => r,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    };
+    handle.shutdown();
+    let stopped = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+    served.map_err(|e| CoordinatorError::Serve(e.to_string()))?;
+    match stopped {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => {
+            error!(error = %e, "raft thread stopped on a storage error");
+            Err(e.into())
+        }
+        _ => {
+            warn!("raft thread panicked");
+            Err(CoordinatorError::Serve("raft thread panicked".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_refuse() {
+        let p = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=h:1").expect("valid");
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&2], "127.0.0.1:7002");
+        assert!(parse_peers("1=a,1=b").is_err());
+        assert!(parse_peers("x=a").is_err());
+        assert!(parse_peers("0=a").is_err());
+        assert!(parse_peers("1").is_err());
+    }
+}

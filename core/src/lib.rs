@@ -9,6 +9,7 @@
 //! - [`format`]: recognising a PostgreSQL dump's format (and the server version) from its first bytes.
 //! - [`script`]: the line filter a plain SQL dump passes through on its way to `psql`.
 //! - [`install`]: choosing a PostgreSQL installation for a dump's major version.
+//! - [`jobs`]: the coordinator's replicated state machine (jobs and their lifecycle), pure.
 //! - [`report`]: the verification report, its phases, and the verdict rules.
 //! - [`render`]: the human and JUnit renderings of a report (JSON is serde).
 //!
@@ -17,6 +18,7 @@
 pub mod expect;
 pub mod format;
 pub mod install;
+pub mod jobs;
 pub mod plan;
 pub mod render;
 pub mod report;

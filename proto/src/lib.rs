@@ -1,8 +1,13 @@
 //! rehearse-proto: the wire types of Rehearse.
 //!
-//! Will hold the `.proto` files and the code tonic-prost-build generates from them, with the
-//! client API, the worker service and the raft-internal peer service kept apart. Nothing lives here
-//! yet: the first service arrives with the coordinator (issue 3).
+//! Generated from `proto/rehearse.proto`: the client API (`Coordinator`) and the raft-internal
+//! `Peer` service, kept apart. Raft messages travel as bytes inside `RaftBatch`, encoded with
+//! raft-rs's own protobuf codec; nothing here knows their shape.
 //!
 //! Must not depend on: rehearse-coordinator, rehearse-worker (wire types stop at the API boundary;
 //! one module in each service converts them to `rehearse_core` types).
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("rehearse.v1");
+}

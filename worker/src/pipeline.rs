@@ -64,7 +64,7 @@ impl Default for VerifyOptions {
 /// Why a verification could not happen (exit code 2), or was interrupted.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("{0}")]
+    #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error("{0}")]
     NoServer(String),

@@ -57,7 +57,7 @@ const SETTINGS: [(&str, &str); 16] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("{0}")]
+    #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("initdb failed ({status}): {log}")]
     Initdb { status: String, log: String },

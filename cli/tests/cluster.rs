@@ -1,0 +1,426 @@
+//! The coordinator cluster, black-box: real `rehearse coordinator` processes on loopback sockets,
+//! killed with SIGKILL where a kill matters. Every assertion is about acknowledged work.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rehearse_coordinator::client::Client;
+use rehearse_proto::v1 as pb;
+use rehearse_proto::v1::coordinator_client::CoordinatorClient;
+
+const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A cluster of coordinator processes in a temp dir.
+struct TestCluster {
+    dir: tempfile::TempDir,
+    addrs: BTreeMap<u64, String>,
+    procs: BTreeMap<u64, Child>,
+    compact_after: u64,
+}
+
+impl TestCluster {
+    fn start(n: u64, compact_after: u64) -> TestCluster {
+        let addrs = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let mut c = TestCluster {
+            dir: tempfile::tempdir().expect("dir"),
+            addrs,
+            procs: BTreeMap::new(),
+            compact_after,
+        };
+        for id in 1..=n {
+            c.spawn(id, false);
+        }
+        c
+    }
+
+    fn peers(&self) -> String {
+        self.addrs
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    fn log(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    fn command(&self, id: u64, join: bool) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearse"));
+        cmd.args([
+            "coordinator",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &self.addrs[&id],
+            "--peers",
+            &self.peers(),
+            "--region",
+            if id % 2 == 0 { "eu" } else { "us" },
+        ])
+        .arg("--data-dir")
+        .arg(self.data_dir(id))
+        .args(["--compact-after", &self.compact_after.to_string()])
+        .env("REHEARSE_LOG", "info")
+        .stdin(Stdio::null());
+        if join {
+            cmd.arg("--join");
+        }
+        cmd
+    }
+
+    fn spawn(&mut self, id: u64, join: bool) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(id))
+            .expect("log");
+        let child = self
+            .command(id, join)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn coordinator");
+        self.procs.insert(id, child);
+    }
+
+    fn add_node(&mut self, id: u64) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.addrs.insert(id, addr.clone());
+        self.spawn(id, true);
+        addr
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.procs.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop(&mut self, id: u64) {
+        if let Some(mut child) = self.procs.remove(&id) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.addrs.values().cloned().collect()).expect("client")
+    }
+
+    fn client_of(&self, ids: &[u64]) -> Client {
+        Client::new(ids.iter().map(|id| self.addrs[id].clone()).collect()).expect("client")
+    }
+
+    async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(s) = self.client().status().await
+                && s.leader != 0
+            {
+                return s.leader;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader elected; logs in {}", self.dir.path().display());
+    }
+
+    /// This node's own view (not forwarded to the leader).
+    async fn local_status(&self, id: u64) -> Option<pb::ClusterStatusResponse> {
+        let mut c = CoordinatorClient::connect(format!("http://{}", self.addrs[&id]))
+            .await
+            .ok()?;
+        c.cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    async fn wait_caught_up(&self, id: u64, index: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self
+                .local_status(id)
+                .await
+                .is_some_and(|s| s.applied >= index)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "node {id} did not reach index {index}; log: {}",
+            fs::read_to_string(self.log(id)).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.procs.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+async fn submit_n(client: &mut Client, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(client.submit(PLAN).await.expect("acknowledged submit"));
+    }
+    ids
+}
+
+async fn all_ids(client: &mut Client) -> Vec<String> {
+    client
+        .list_jobs(None)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|j| j.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn three_nodes_elect_and_a_submit_through_a_follower_lands() {
+    let c = TestCluster::start(3, 10_000);
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|id| *id != leader).expect("follower");
+    let id = c
+        .client_of(&[follower])
+        .submit(PLAN)
+        .await
+        .expect("submit via follower");
+    let other = (1..=3)
+        .find(|i| *i != follower && *i != leader)
+        .expect("third");
+    let job = c
+        .client_of(&[other])
+        .get_job(&id)
+        .await
+        .expect("read via another node");
+    assert_eq!(job.state, "pending");
+    assert!(job.plan_toml.contains("/backups/shop.dump"));
+    let status = c.client().status().await.expect("status");
+    assert_eq!(status.members.len(), 3);
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| m.role == "voter" && !m.addr.is_empty())
+    );
+    // Regions are learned from peer traffic.
+    let regions: Vec<&str> = status.members.iter().map(|m| m.region.as_str()).collect();
+    assert_eq!(regions, ["us", "eu", "us"]);
+    // an invalid plan is refused with the reason, nothing written
+    let err = c
+        .client()
+        .submit("[artifact]\nurl = \"x\"\nengine = \"postgres\"\ntypo = 1\n")
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("typo"), "{err}");
+    assert_eq!(all_ids(&mut c.client()).await, vec![id]);
+}
+
+#[tokio::test]
+async fn killing_the_leader_loses_no_acknowledged_job_and_it_catches_up() {
+    let mut c = TestCluster::start(3, 10_000);
+    let leader = c.leader().await;
+    let acked = submit_n(&mut c.client(), 20).await;
+    c.kill(leader);
+    let killed_at = Instant::now();
+    let after = c
+        .client()
+        .submit(PLAN)
+        .await
+        .expect("writes resume under a new leader");
+    let failover = killed_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let ids = all_ids(&mut c.client()).await;
+    for id in acked.iter().chain(std::iter::once(&after)) {
+        assert!(ids.contains(id), "acknowledged job {id} lost");
+    }
+    assert_eq!(ids.len(), 21, "no job doubled");
+    // The killed node restarts from its data dir and catches up with what it missed.
+    c.spawn(leader, false);
+    let commit = c.client().status().await.expect("status").commit;
+    c.wait_caught_up(leader, commit).await;
+}
+
+#[tokio::test]
+async fn stopping_and_restarting_every_node_keeps_every_job() {
+    let mut c = TestCluster::start(3, 10_000);
+    c.leader().await;
+    let acked = submit_n(&mut c.client(), 10).await;
+    for id in 1..=3 {
+        c.stop(id);
+    }
+    for id in 1..=3 {
+        c.spawn(id, false);
+    }
+    c.leader().await;
+    let mut ids = all_ids(&mut c.client()).await;
+    ids.sort();
+    let mut want = acked.clone();
+    want.sort();
+    assert_eq!(ids, want);
+}
+
+#[tokio::test]
+async fn a_node_behind_the_compaction_point_catches_up_by_snapshot() {
+    let mut c = TestCluster::start(3, 8);
+    let leader = c.leader().await;
+    let behind = (1..=3).find(|id| *id != leader).expect("follower");
+    c.kill(behind);
+    let acked = submit_n(&mut c.client(), 30).await;
+    c.spawn(behind, false);
+    let commit = c.client().status().await.expect("status").commit;
+    c.wait_caught_up(behind, commit).await;
+    let log = fs::read_to_string(c.log(behind)).expect("log");
+    assert!(
+        log.contains("installed snapshot from leader"),
+        "caught up without a snapshot: {log}"
+    );
+    // And it can lead with everything: make it the only one left with another.
+    let other = (1..=3)
+        .find(|id| *id != behind && *id != leader)
+        .expect("third");
+    c.kill(leader);
+    let ids = all_ids(&mut c.client_of(&[behind, other])).await;
+    for id in &acked {
+        assert!(ids.contains(id), "{id} missing after snapshot catch-up");
+    }
+}
+
+#[tokio::test]
+async fn add_learner_promote_and_remove() {
+    let mut c = TestCluster::start(3, 8);
+    c.leader().await;
+    submit_n(&mut c.client(), 12).await;
+    let addr = c.add_node(4);
+    c.client()
+        .membership(pb::membership_request::Kind::AddLearner, 4, &addr)
+        .await
+        .expect("add learner");
+    let status = c.client().status().await.expect("status");
+    assert!(
+        status
+            .members
+            .iter()
+            .any(|m| m.id == 4 && m.role == "learner" && m.addr == addr),
+        "{status:?}"
+    );
+    c.wait_caught_up(4, status.commit).await;
+    c.client()
+        .membership(pb::membership_request::Kind::Promote, 4, "")
+        .await
+        .expect("promote");
+    let status = c.client().status().await.expect("status");
+    assert!(
+        status
+            .members
+            .iter()
+            .any(|m| m.id == 4 && m.role == "voter"),
+        "{status:?}"
+    );
+    // A voter that is not a learner cannot be promoted again.
+    assert!(
+        c.client()
+            .membership(pb::membership_request::Kind::Promote, 4, "")
+            .await
+            .is_err()
+    );
+    c.client()
+        .membership(pb::membership_request::Kind::Remove, 4, "")
+        .await
+        .expect("remove");
+    let status = c.client().status().await.expect("status");
+    assert!(status.members.iter().all(|m| m.id != 4), "{status:?}");
+    assert_eq!(status.members.len(), 3);
+}
+
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.stdout(Stdio::null()).output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_foreign_or_corrupt_data_dir_is_refused() {
+    let mut c = TestCluster::start(3, 10_000);
+    c.leader().await;
+    for id in 1..=3 {
+        c.stop(id);
+    }
+    // node 2 started on node 1's data dir
+    let wrong = c.command(2, false);
+    let args: Vec<String> = wrong
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let pos = args.iter().position(|a| a == "--data-dir").expect("flag");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearse"));
+    for (i, a) in args.iter().enumerate() {
+        cmd.arg(if i == pos + 1 {
+            c.data_dir(1).display().to_string()
+        } else {
+            a.clone()
+        });
+    }
+    let line = refused(&mut cmd);
+    assert!(
+        line.contains("belongs to cluster \"rehearse\" node 1"),
+        "{line}"
+    );
+    // another cluster's dir
+    let line = refused(c.command(1, false).args(["--cluster", "other"]));
+    assert!(line.contains("not cluster \"other\""), "{line}");
+    // a damaged database file
+    let db = c.data_dir(3).join("raft.redb");
+    let mut bytes = fs::read(&db).expect("db");
+    let len = bytes.len();
+    for b in &mut bytes[len / 4..] {
+        *b = 0xff;
+    }
+    fs::write(&db, &bytes).expect("damage");
+    let line = refused(&mut c.command(3, false));
+    assert!(line.contains("corrupt"), "{line}");
+    fs::write(&db, b"not a database").expect("overwrite");
+    let line = refused(&mut c.command(3, false));
+    assert!(line.contains("is not a redb database"), "{line}");
+}

@@ -1,0 +1,214 @@
+//! A client of the coordinator cluster: any node can be asked; a "not leader" answer names the
+//! leader and the client follows it; an unreachable node is skipped. The user never notices.
+
+use std::time::Duration;
+
+use rehearse_proto::v1 as pb;
+use rehearse_proto::v1::coordinator_client::CoordinatorClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::api::LEADER_METADATA;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no coordinator address given (use --coordinators or REHEARSE_COORDINATORS)")]
+    NoAddress,
+    #[error("no coordinator answered within {0:?} (last error: {1})")]
+    Unreachable(Duration, String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+pub struct Client {
+    addrs: Vec<String>,
+    next: usize,
+    leader: Option<String>,
+    /// How long one call keeps trying (elections, restarts) before giving up.
+    pub patience: Duration,
+}
+
+impl Client {
+    pub fn new(addrs: Vec<String>) -> Result<Client, ClientError> {
+        let addrs: Vec<String> = addrs
+            .into_iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::NoAddress);
+        }
+        Ok(Client {
+            addrs,
+            next: 0,
+            leader: None,
+            patience: Duration::from_secs(15),
+        })
+    }
+
+    async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
+        let endpoint =
+            Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        Ok(CoordinatorClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+    }
+
+    /// Calls until a node that can answer does, following leader hints.
+    async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut last = String::from("none");
+        while tokio::time::Instant::now() < deadline {
+            let addr = match self.leader.clone() {
+                Some(a) => a,
+                None => {
+                    let a = self.addrs[self.next % self.addrs.len()].clone();
+                    self.next += 1;
+                    a
+                }
+            };
+            let client = match Self::connect(&addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    self.leader = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match f(client).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    let hint = status
+                        .metadata()
+                        .get(LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.split_once('='))
+                        .map(|(_, a)| a.to_owned());
+                    last = format!("{addr}: not leader");
+                    // No leader known yet (an election is on): wait a little and ask around.
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    self.leader = hint;
+                }
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::Unavailable
+                            | Code::Unknown
+                            | Code::Cancelled
+                            | Code::DeadlineExceeded
+                    ) =>
+                {
+                    last = format!("{addr}: {}", status.message());
+                    self.leader = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) if status.code() == Code::NotFound => {
+                    return Err(ClientError::NotFound(status.message().to_owned()));
+                }
+                Err(status) => return Err(ClientError::Refused(status.message().to_owned())),
+            }
+        }
+        Err(ClientError::Unreachable(self.patience, last))
+    }
+
+    /// Submits a plan; the id is chosen here so retries are the same job.
+    pub async fn submit(&mut self, plan_toml: &str) -> Result<String, ClientError> {
+        let id = crate::api::new_job_id();
+        let plan_toml = plan_toml.to_owned();
+        let r = self
+            .call(|mut c| {
+                let req = pb::SubmitRequest {
+                    plan_toml: plan_toml.clone(),
+                    id: id.clone(),
+                };
+                async move { c.submit(req).await }
+            })
+            .await?;
+        Ok(r.id)
+    }
+
+    pub async fn get_job(&mut self, id: &str) -> Result<pb::Job, ClientError> {
+        let id = id.to_owned();
+        self.call(|mut c| {
+            let req = pb::GetJobRequest { id: id.clone() };
+            async move { c.get_job(req).await }
+        })
+        .await
+    }
+
+    pub async fn list_jobs(&mut self, state: Option<&str>) -> Result<Vec<pb::Job>, ClientError> {
+        let state = state.unwrap_or_default().to_owned();
+        let r = self
+            .call(|mut c| {
+                let req = pb::ListJobsRequest {
+                    state: state.clone(),
+                };
+                async move { c.list_jobs(req).await }
+            })
+            .await?;
+        Ok(r.jobs)
+    }
+
+    pub async fn cancel(&mut self, id: &str) -> Result<(), ClientError> {
+        let id = id.to_owned();
+        self.call(|mut c| {
+            let req = pb::CancelJobRequest { id: id.clone() };
+            async move { c.cancel_job(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The status as the leader sees it (any node's view while there is no leader).
+    pub async fn status(&mut self) -> Result<pb::ClusterStatusResponse, ClientError> {
+        let first = self
+            .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+            .await?;
+        if first.leader == 0 || first.leader == first.id {
+            return Ok(first);
+        }
+        if let Some(leader) = first
+            .members
+            .iter()
+            .find(|m| m.id == first.leader)
+            .map(|m| m.addr.clone())
+            && let Ok(mut c) = Self::connect(&leader).await
+            && let Ok(r) = c.cluster_status(pb::ClusterStatusRequest {}).await
+        {
+            return Ok(r.into_inner());
+        }
+        Ok(first)
+    }
+
+    pub async fn membership(
+        &mut self,
+        kind: pb::membership_request::Kind,
+        id: u64,
+        addr: &str,
+    ) -> Result<(), ClientError> {
+        let addr = addr.to_owned();
+        self.call(|mut c| {
+            let req = pb::MembershipRequest {
+                kind: kind as i32,
+                id,
+                addr: addr.clone(),
+            };
+            async move { c.change_membership(req).await }
+        })
+        .await
+        .map(drop)
+    }
+}

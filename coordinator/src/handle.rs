@@ -1,0 +1,88 @@
+//! The async side's handle on the raft thread: requests in, answers back on a oneshot.
+
+use raft::prelude::Message;
+use rehearse_core::jobs::JobState;
+use rehearse_core::plan::RawPlan;
+use tokio::sync::oneshot;
+
+use crate::node::{ApiError, Membership, Read, ReadAnswer, Reply, Request, Status};
+use crate::storage::PeerInfo;
+
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: std::sync::mpsc::Sender<Request>,
+}
+
+fn stopped() -> ApiError {
+    ApiError::Unavailable("coordinator is shutting down".into())
+}
+
+impl NodeHandle {
+    pub fn new(tx: std::sync::mpsc::Sender<Request>) -> NodeHandle {
+        NodeHandle { tx }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub async fn submit(&self, id: String, plan: RawPlan) -> Result<String, ApiError> {
+        self.call(|reply| Request::Submit { id, plan, reply }).await
+    }
+
+    pub async fn cancel(&self, id: String) -> Result<(), ApiError> {
+        self.call(|reply| Request::Cancel { id, reply }).await
+    }
+
+    pub async fn read(&self, read: Read) -> Result<ReadAnswer, ApiError> {
+        self.call(|reply| Request::Read { read, reply }).await
+    }
+
+    pub async fn jobs(&self, state: Option<JobState>) -> Result<ReadAnswer, ApiError> {
+        self.read(Read::Jobs(state)).await
+    }
+
+    pub async fn status(&self) -> Result<Status, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Status { reply: tx })
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    pub async fn membership(
+        &self,
+        kind: Membership,
+        id: u64,
+        addr: String,
+    ) -> Result<(), ApiError> {
+        self.call(|reply| Request::Membership {
+            kind,
+            id,
+            addr,
+            reply,
+        })
+        .await
+    }
+
+    pub fn raft(
+        &self,
+        from: u64,
+        info: PeerInfo,
+        messages: Vec<Message>,
+    ) -> Result<(), tonic::Status> {
+        self.tx
+            .send(Request::Raft {
+                from,
+                info,
+                messages,
+            })
+            .map_err(|_| tonic::Status::unavailable("coordinator is shutting down"))
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown);
+    }
+}

@@ -1,0 +1,672 @@
+//! The raft node: one dedicated thread owns the `RawNode`, its storage and the applied state.
+//!
+//! Everything reaches it as a [`Request`] on one channel — client calls, peer messages — and the
+//! loop follows raft-rs's Ready contract exactly: send the leader's messages, install a snapshot,
+//! persist entries and hard state (one fsync), apply committed entries in order, send the
+//! messages that depend on the persisted state, advance. All submits queued when a loop turn
+//! starts become one log entry: many clients share one fsync.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message};
+use raft::{Config, RawNode, StateRole};
+use rehearse_core::jobs::{Command, Job, JobState, NewJob, Outcome};
+use rehearse_core::plan::RawPlan;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use crate::storage::{Batch, PeerInfo, RaftStore, StoreError};
+use crate::transport::Transport;
+
+/// One raft tick. Election timeout = 10 ticks (randomised to 10..20), heartbeats every 2.
+pub const TICK: Duration = Duration::from_millis(50);
+
+/// A request that cannot be served here, or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("not leader")]
+    NotLeader { leader: Option<(u64, String)> },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    AddLearner,
+    Promote,
+    Remove,
+}
+
+/// What a linearizable read asks for.
+#[derive(Debug)]
+pub enum Read {
+    Job(String),
+    Jobs(Option<JobState>),
+}
+
+#[derive(Debug)]
+pub enum ReadAnswer {
+    Job(Box<Job>),
+    Jobs(Vec<Job>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub role: &'static str,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub members: Vec<Member>,
+}
+
+pub enum Request {
+    Submit {
+        id: String,
+        plan: RawPlan,
+        reply: Reply<String>,
+    },
+    Cancel {
+        id: String,
+        reply: Reply<()>,
+    },
+    Read {
+        read: Read,
+        reply: Reply<ReadAnswer>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Membership {
+        kind: Membership,
+        id: u64,
+        addr: String,
+        reply: Reply<()>,
+    },
+    Raft {
+        from: u64,
+        info: PeerInfo,
+        messages: Vec<Message>,
+    },
+    Shutdown,
+}
+
+/// Tuning that tests change.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub id: u64,
+    pub info: PeerInfo,
+    /// Compact the log into a snapshot point once it holds this many entries.
+    pub compact_after: u64,
+}
+
+/// Proposals waiting for their entry to be applied, keyed by the proposal's context.
+enum Waiter {
+    Submits(Vec<Reply<String>>),
+    Cancel(Reply<()>),
+    Membership(Reply<()>),
+}
+
+struct PendingRead {
+    read: Read,
+    reply: Reply<ReadAnswer>,
+    /// Set once raft confirmed leadership at this commit index.
+    index: Option<u64>,
+}
+
+pub struct Node {
+    raw: RawNode<RaftStore>,
+    transport: Transport,
+    opts: NodeOptions,
+    waiters: HashMap<u64, Waiter>,
+    reads: HashMap<u64, PendingRead>,
+    next_ctx: u64,
+    /// Submits gathered during this loop turn; proposed as one entry.
+    submits: Vec<(NewJob, Reply<String>)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    pub fn new(
+        store: RaftStore,
+        transport: Transport,
+        opts: NodeOptions,
+        logger: &slog::Logger,
+    ) -> Result<Node, raft::Error> {
+        let applied = store.jobs.applied();
+        let config = Config {
+            id: opts.id,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Config::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, store, logger)?;
+        let mut node = Node {
+            raw,
+            transport,
+            opts,
+            waiters: HashMap::new(),
+            reads: HashMap::new(),
+            next_ctx: 1,
+            submits: Vec::new(),
+        };
+        let peers: Vec<(u64, PeerInfo)> = node
+            .raw
+            .store()
+            .peers
+            .iter()
+            .map(|(id, p)| (*id, p.clone()))
+            .collect();
+        for (id, info) in peers {
+            node.transport.add_peer(id, &info.addr);
+        }
+        Ok(node)
+    }
+
+    /// Runs until shutdown or a fatal storage error.
+    pub fn run(mut self, rx: Receiver<Request>) -> Result<(), StoreError> {
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = TICK.saturating_sub(last_tick.elapsed());
+            let first = match rx.recv_timeout(wait) {
+                Ok(req) => Some(req),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut stop = false;
+            for req in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
+                if matches!(req, Request::Shutdown) {
+                    stop = true;
+                    break;
+                }
+                self.handle(req);
+            }
+            self.propose_submits();
+            if last_tick.elapsed() >= TICK {
+                self.raw.tick();
+                last_tick = Instant::now();
+            }
+            self.on_ready()?;
+            if stop {
+                break;
+            }
+        }
+        let mut batch = Batch::default();
+        self.raw.mut_store().persist_state(&mut batch);
+        self.raw.mut_store().commit(&mut batch, true)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    fn not_leader(&self) -> ApiError {
+        let leader = self.raw.raft.leader_id;
+        let addr = if leader == self.opts.id {
+            Some(self.opts.info.addr.clone())
+        } else {
+            self.raw.store().peers.get(&leader).map(|p| p.addr.clone())
+        };
+        ApiError::NotLeader {
+            leader: addr.filter(|_| leader != 0).map(|a| (leader, a)),
+        }
+    }
+
+    fn ctx(&mut self) -> u64 {
+        self.next_ctx += 1;
+        self.next_ctx
+    }
+
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Raft {
+                from,
+                info,
+                messages,
+            } => {
+                if !info.addr.is_empty() {
+                    let known = self.raw.store().peers.get(&from).cloned();
+                    if known.as_ref() != Some(&info) {
+                        let mut batch = Batch::default();
+                        self.raw
+                            .mut_store()
+                            .set_peer(&mut batch, from, info.clone());
+                        if let Err(e) = self.raw.mut_store().commit(&mut batch, false) {
+                            warn!(error = %e, "could not record peer address");
+                        }
+                        if known.is_none_or(|k| k.addr != info.addr) {
+                            self.transport.add_peer(from, &info.addr);
+                        }
+                    }
+                }
+                for m in messages {
+                    if let Err(e) = self.raw.step(m) {
+                        debug!(error = %e, from, "raft message not stepped");
+                    }
+                }
+            }
+            Request::Submit { id, plan, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                self.submits.push((
+                    NewJob {
+                        id,
+                        plan,
+                        at_ms: now_ms(),
+                    },
+                    reply,
+                ));
+            }
+            Request::Cancel { id, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let ctx = self.ctx();
+                match self.propose(
+                    ctx,
+                    &Command::Cancel {
+                        id,
+                        at_ms: now_ms(),
+                    },
+                ) {
+                    Ok(()) => {
+                        self.waiters.insert(ctx, Waiter::Cancel(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Request::Read { read, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let ctx = self.ctx();
+                self.raw.read_index(ctx.to_le_bytes().to_vec());
+                self.reads.insert(
+                    ctx,
+                    PendingRead {
+                        read,
+                        reply,
+                        index: None,
+                    },
+                );
+            }
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Request::Membership {
+                kind,
+                id,
+                addr,
+                reply,
+            } => self.membership(kind, id, addr, reply),
+            Request::Shutdown => {}
+        }
+    }
+
+    fn propose(&mut self, ctx: u64, command: &Command) -> Result<(), ApiError> {
+        let data = serde_json::to_vec(command)
+            .map_err(|e| ApiError::Unavailable(format!("encode command: {e}")))?;
+        self.raw
+            .propose(ctx.to_le_bytes().to_vec(), data)
+            .map_err(|e| match e {
+                raft::Error::ProposalDropped => self.not_leader(),
+                other => ApiError::Unavailable(format!("propose: {other}")),
+            })
+    }
+
+    fn propose_submits(&mut self) {
+        if self.submits.is_empty() {
+            return;
+        }
+        let (jobs, replies): (Vec<NewJob>, Vec<Reply<String>>) =
+            std::mem::take(&mut self.submits).into_iter().unzip();
+        let ctx = self.ctx();
+        match self.propose(ctx, &Command::Submit(jobs)) {
+            Ok(()) => {
+                self.waiters.insert(ctx, Waiter::Submits(replies));
+            }
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn membership(&mut self, kind: Membership, id: u64, addr: String, reply: Reply<()>) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let conf = self.raw.store().conf_state();
+        let is_voter = conf.voters.contains(&id);
+        let is_learner = conf.learners.contains(&id);
+        let change_type = match kind {
+            Membership::AddLearner if is_voter || is_learner => {
+                let _ = reply.send(Err(ApiError::Invalid(format!(
+                    "node {id} is already a member"
+                ))));
+                return;
+            }
+            Membership::AddLearner if addr.is_empty() => {
+                let _ = reply.send(Err(ApiError::Invalid(
+                    "add-learner needs the node's address".into(),
+                )));
+                return;
+            }
+            Membership::AddLearner => ConfChangeType::AddLearnerNode,
+            Membership::Promote if !is_learner => {
+                let _ = reply.send(Err(ApiError::Invalid(format!(
+                    "node {id} is not a learner"
+                ))));
+                return;
+            }
+            Membership::Promote => ConfChangeType::AddNode,
+            Membership::Remove if !is_voter && !is_learner => {
+                let _ = reply.send(Err(ApiError::NotFound(format!(
+                    "node {id} is not a member"
+                ))));
+                return;
+            }
+            Membership::Remove => ConfChangeType::RemoveNode,
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change_type);
+        cc.node_id = id;
+        cc.context = addr.into_bytes().into();
+        let ctx = self.ctx();
+        match self.raw.propose_conf_change(ctx.to_le_bytes().to_vec(), cc) {
+            Ok(()) => {
+                self.waiters.insert(ctx, Waiter::Membership(reply));
+            }
+            Err(e) => {
+                // raft-rs allows one pending configuration change at a time.
+                let _ = reply.send(Err(ApiError::Unavailable(format!(
+                    "membership change refused: {e}"
+                ))));
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let store = self.raw.store();
+        let conf = store.conf_state();
+        let member = |id: &u64, role: &'static str| {
+            let info = if *id == self.opts.id {
+                self.opts.info.clone()
+            } else {
+                store.peers.get(id).cloned().unwrap_or_default()
+            };
+            Member {
+                id: *id,
+                addr: info.addr,
+                role,
+                region: info.region,
+            }
+        };
+        let mut members: Vec<Member> = conf
+            .voters
+            .iter()
+            .map(|id| member(id, "voter"))
+            .chain(conf.learners.iter().map(|id| member(id, "learner")))
+            .collect();
+        members.sort_by_key(|m| m.id);
+        Status {
+            id: self.opts.id,
+            leader: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+            commit: self.raw.raft.raft_log.committed,
+            applied: store.jobs.applied(),
+            members,
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StoreError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        let mut batch = Batch::default();
+        // The leader's messages may go out before its own write (raft thesis §10.2.1).
+        self.transport.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.raw.mut_store().apply_snapshot(&mut batch, &snapshot)?;
+            let conf = self.raw.store().conf_state().clone();
+            info!(index = snapshot.get_metadata().index, voters = ?conf.voters, learners = ?conf.learners, "installed snapshot from leader");
+        }
+        self.raw.mut_store().append(&mut batch, ready.entries());
+        if let Some(hard) = ready.hs() {
+            self.raw
+                .mut_store()
+                .set_hard_state(&mut batch, hard.clone());
+        }
+        // Entries and hard state are durable before anything that depends on them is sent.
+        self.raw.mut_store().commit(&mut batch, true)?;
+        self.apply(ready.take_committed_entries(), &mut batch)?;
+        self.transport.send(ready.take_persisted_messages());
+        for rs in ready.read_states() {
+            if let Some(ctx) = ctx_of(&rs.request_ctx)
+                && let Some(read) = self.reads.get_mut(&ctx)
+            {
+                read.index = Some(rs.index);
+            }
+        }
+        let role_changed = ready.ss().map(|ss| ss.raft_state);
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(&mut batch, commit);
+        }
+        self.transport.send(light.take_messages());
+        self.apply(light.take_committed_entries(), &mut batch)?;
+        self.raw.advance_apply();
+        if self.raw.store().log_len() >= self.opts.compact_after {
+            let applied = self.raw.store().jobs.applied();
+            self.raw.mut_store().compact(&mut batch, applied);
+            debug!(applied, "log compacted into a snapshot point");
+            self.raw.mut_store().commit(&mut batch, true)?;
+        } else {
+            // Only the commit index and peer book: recoverable, no fsync needed.
+            self.raw.mut_store().commit(&mut batch, false)?;
+        }
+        self.answer_reads();
+        if let Some(role) = role_changed {
+            info!(
+                id = self.opts.id,
+                term = self.raw.raft.term,
+                ?role,
+                leader = self.raw.raft.leader_id,
+                "raft role changed"
+            );
+            if role != StateRole::Leader {
+                self.fail_waiters();
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposals and reads still waiting when leadership is lost get "not leader": their entries may
+    /// still commit, so clients retry with the same job id (a duplicate is recognised, not doubled).
+    fn fail_waiters(&mut self) {
+        let err = self.not_leader();
+        for (_, waiter) in self.waiters.drain() {
+            match waiter {
+                Waiter::Submits(replies) => replies
+                    .into_iter()
+                    .for_each(|r| drop(r.send(Err(err.clone())))),
+                Waiter::Cancel(r) | Waiter::Membership(r) => drop(r.send(Err(err.clone()))),
+            }
+        }
+        for (_, read) in self.reads.drain() {
+            let _ = read.reply.send(Err(err.clone()));
+        }
+        for (_, reply) in self.submits.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.raw.store().jobs.applied();
+        let ready: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
+            .map(|(k, _)| *k)
+            .collect();
+        for ctx in ready {
+            let Some(pending) = self.reads.remove(&ctx) else {
+                continue;
+            };
+            let jobs = &self.raw.store().jobs;
+            let answer = match pending.read {
+                Read::Job(id) => jobs
+                    .get(&id)
+                    .cloned()
+                    .map(|j| ReadAnswer::Job(Box::new(j)))
+                    .ok_or(ApiError::NotFound(format!("no job {id}"))),
+                Read::Jobs(state) => Ok(ReadAnswer::Jobs(
+                    jobs.list(state).into_iter().cloned().collect(),
+                )),
+            };
+            let _ = pending.reply.send(answer);
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, batch: &mut Batch) -> Result<(), StoreError> {
+        for entry in entries {
+            let ctx = ctx_of(&entry.context);
+            if entry.data.is_empty() {
+                // The empty entry a new leader appends, or an empty conf change.
+                self.raw.mut_store().jobs.skip(entry.index);
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let command: Command = match serde_json::from_slice(&entry.data) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Every replica skips it alike: the state stays deterministic.
+                            error!(index = entry.index, error = %e, "undecodable command in the log; skipped");
+                            self.raw.mut_store().jobs.skip(entry.index);
+                            continue;
+                        }
+                    };
+                    let outcome = self.raw.mut_store().jobs.apply(entry.index, &command);
+                    if let Some(waiter) = ctx.and_then(|c| self.waiters.remove(&c)) {
+                        reply(waiter, outcome);
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&entry.data).map_err(|e| {
+                        StoreError::Corrupt(format!("conf change at {}: {e}", entry.index))
+                    })?;
+                    let conf = self
+                        .raw
+                        .apply_conf_change(&cc)
+                        .map_err(|e| StoreError::Corrupt(format!("apply conf change: {e}")))?;
+                    let store = self.raw.mut_store();
+                    store.set_conf_state(batch, conf);
+                    let addr = String::from_utf8_lossy(&cc.context).into_owned();
+                    match cc.get_change_type() {
+                        ConfChangeType::AddLearnerNode | ConfChangeType::AddNode
+                            if !addr.is_empty() =>
+                        {
+                            let region = store
+                                .peers
+                                .get(&cc.node_id)
+                                .map(|p| p.region.clone())
+                                .unwrap_or_default();
+                            store.set_peer(
+                                batch,
+                                cc.node_id,
+                                PeerInfo {
+                                    addr: addr.clone(),
+                                    region,
+                                },
+                            );
+                            if cc.node_id != self.opts.id {
+                                self.transport.add_peer(cc.node_id, &addr);
+                            }
+                        }
+                        ConfChangeType::RemoveNode => {
+                            store.remove_peer(batch, cc.node_id);
+                            self.transport.remove_peer(cc.node_id);
+                        }
+                        _ => {}
+                    }
+                    self.raw.mut_store().jobs.skip(entry.index);
+                    info!(index = entry.index, change = ?cc.get_change_type(), node = cc.node_id, "membership changed");
+                    if let Some(Waiter::Membership(r)) = ctx.and_then(|c| self.waiters.remove(&c)) {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    self.raw.mut_store().jobs.skip(entry.index);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ctx_of(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes)
+}
+
+fn reply(waiter: Waiter, outcome: Outcome) {
+    match (waiter, outcome) {
+        (Waiter::Submits(replies), Outcome::Submitted(results)) => {
+            for (r, result) in replies.into_iter().zip(results) {
+                let _ = r.send(result.map_err(ApiError::Invalid));
+            }
+        }
+        (Waiter::Cancel(r), Outcome::Cancelled(result)) => {
+            let _ = r.send(result.map_err(ApiError::Invalid));
+        }
+        (Waiter::Submits(replies), _) => replies.into_iter().for_each(|r| {
+            drop(r.send(Err(ApiError::Unavailable(
+                "entry applied without an outcome".into(),
+            ))))
+        }),
+        (Waiter::Cancel(r) | Waiter::Membership(r), _) => drop(r.send(Err(ApiError::Unavailable(
+            "entry applied without an outcome".into(),
+        )))),
+    }
+}
