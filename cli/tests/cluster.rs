@@ -25,6 +25,8 @@ fn free_port() -> u16 {
 struct TestCluster {
     dir: tempfile::TempDir,
     addrs: BTreeMap<u64, String>,
+    /// Per-node `--peers` when the test routes peer traffic through proxies.
+    peer_lists: BTreeMap<u64, String>,
     procs: BTreeMap<u64, Child>,
     compact_after: u64,
 }
@@ -37,6 +39,7 @@ impl TestCluster {
         let mut c = TestCluster {
             dir: tempfile::tempdir().expect("dir"),
             addrs,
+            peer_lists: BTreeMap::new(),
             procs: BTreeMap::new(),
             compact_after,
         };
@@ -63,6 +66,11 @@ impl TestCluster {
     }
 
     fn command(&self, id: u64, join: bool) -> Command {
+        let peers = self
+            .peer_lists
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| self.peers());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearse"));
         cmd.args([
             "coordinator",
@@ -71,7 +79,7 @@ impl TestCluster {
             "--listen",
             &self.addrs[&id],
             "--peers",
-            &self.peers(),
+            &peers,
             "--region",
             if id % 2 == 0 { "eu" } else { "us" },
         ])
@@ -423,4 +431,112 @@ async fn a_foreign_or_corrupt_data_dir_is_refused() {
     fs::write(&db, b"not a database").expect("overwrite");
     let line = refused(&mut c.command(3, false));
     assert!(line.contains("is not a redb database"), "{line}");
+}
+
+/// A TCP proxy that can cut every connection through it, now and until healed.
+struct Proxy {
+    addr: String,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+async fn proxy(target: String) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (cut, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let mut rx = rx.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                if *rx.borrow() {
+                    return;
+                }
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut ri, mut wi) = inbound.into_split();
+                let (mut ro, mut wo) = outbound.into_split();
+                tokio::select! {
+                    _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                    _ = rx.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    Proxy { addr, cut }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_isolated_old_leader_cannot_commit() {
+    let addrs: BTreeMap<u64, String> = (1..=3)
+        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    // Every peer link i -> j goes through its own proxy, so one node can be cut off entirely.
+    let mut proxies: BTreeMap<(u64, u64), Proxy> = BTreeMap::new();
+    for i in 1..=3 {
+        for j in (1..=3).filter(|j| *j != i) {
+            proxies.insert((i, j), proxy(addrs[&j].clone()).await);
+        }
+    }
+    let mut peer_lists = BTreeMap::new();
+    for i in 1..=3u64 {
+        let list: Vec<String> = (1..=3u64)
+            .map(|j| {
+                if j == i {
+                    format!("{j}={}", addrs[&j])
+                } else {
+                    format!("{j}={}", proxies[&(i, j)].addr)
+                }
+            })
+            .collect();
+        peer_lists.insert(i, list.join(","));
+    }
+    let mut c = TestCluster {
+        dir: tempfile::tempdir().expect("dir"),
+        addrs,
+        peer_lists,
+        procs: BTreeMap::new(),
+        compact_after: 10_000,
+    };
+    for id in 1..=3 {
+        c.spawn(id, false);
+    }
+    let old = c.leader().await;
+    let acked = submit_n(&mut c.client(), 5).await;
+    for ((i, j), p) in &proxies {
+        if *i == old || *j == old {
+            let _ = p.cut.send(true);
+        }
+    }
+    // The old leader cannot commit: a submit that can only reach it is never acknowledged.
+    let mut through_old = c.client_of(&[old]);
+    through_old.patience = Duration::from_secs(4);
+    let refused = through_old.submit(PLAN).await;
+    assert!(
+        refused.is_err(),
+        "an isolated leader acknowledged a write: {refused:?}"
+    );
+    // The majority elects a new leader and goes on accepting writes.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let during = c
+        .client_of(&others)
+        .submit(PLAN)
+        .await
+        .expect("the majority accepts writes");
+    let status = c.client_of(&others).status().await.expect("status");
+    assert!(status.leader != old && status.leader != 0, "{status:?}");
+    // Healed, the old leader follows; the log holds exactly the acknowledged jobs.
+    for p in proxies.values() {
+        let _ = p.cut.send(false);
+    }
+    let mut ids = all_ids(&mut c.client_of(&others)).await;
+    ids.sort();
+    let mut want: Vec<String> = acked.into_iter().chain(std::iter::once(during)).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    let commit = c.client_of(&others).status().await.expect("status").commit;
+    c.wait_caught_up(old, commit).await;
 }

@@ -255,19 +255,25 @@ impl Node {
                 info,
                 messages,
             } => {
-                if !info.addr.is_empty() {
-                    let known = self.raw.store().peers.get(&from).cloned();
-                    if known.as_ref() != Some(&info) {
-                        let mut batch = Batch::default();
-                        self.raw
-                            .mut_store()
-                            .set_peer(&mut batch, from, info.clone());
-                        if let Err(e) = self.raw.mut_store().commit(&mut batch, false) {
-                            warn!(error = %e, "could not record peer address");
-                        }
-                        if known.is_none_or(|k| k.addr != info.addr) {
-                            self.transport.add_peer(from, &info.addr);
-                        }
+                // Addresses come from --peers and membership changes, never from what a sender
+                // says about itself; only the region label is learned from traffic.
+                let known = self
+                    .raw
+                    .store()
+                    .peers
+                    .get(&from)
+                    .cloned()
+                    .unwrap_or_default();
+                if !info.region.is_empty() && known.region != info.region && !known.addr.is_empty()
+                {
+                    let mut batch = Batch::default();
+                    let updated = PeerInfo {
+                        addr: known.addr,
+                        region: info.region,
+                    };
+                    self.raw.mut_store().set_peer(&mut batch, from, updated);
+                    if let Err(e) = self.raw.mut_store().commit(&mut batch, false) {
+                        warn!(error = %e, "could not record peer region");
                     }
                 }
                 for m in messages {
