@@ -12,7 +12,11 @@ use crate::{
 };
 
 fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    Ok(Client::new(args.coordinators.clone())?)
+    let client = Client::new(args.coordinators.clone())?;
+    Ok(match args.tls.files() {
+        Some(files) => client.with_tls(&files)?,
+        None => client,
+    })
 }
 
 /// A job as JSON: the plan and report as objects, not strings.

@@ -89,6 +89,36 @@ struct CoordinatorArgs {
     /// Log entries kept before they are folded into a snapshot.
     #[arg(long, default_value_t = 10_000)]
     compact_after: u64,
+    /// Disaster recovery only: restart this node as the sole voter, keeping its data, when a
+    /// majority is lost for good (see docs/cluster.md). Never restart the old members afterwards.
+    #[arg(long)]
+    force_new_cluster: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// mTLS: all three files, or none (plaintext). See docs/cluster.md for making them.
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// CA certificate (PEM) that signed every coordinator's and client's certificate.
+    #[arg(long, env = "REHEARSE_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This node's or client's certificate (PEM); coordinators' must name DNS "rehearse".
+    #[arg(long, env = "REHEARSE_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "REHEARSE_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<rehearse_coordinator::tls::TlsFiles> {
+        Some(rehearse_coordinator::tls::TlsFiles {
+            ca: self.tls_ca.clone()?,
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +134,8 @@ struct ClientArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value = "human")]
     output: ClientOutput,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -506,6 +538,8 @@ async fn coordinator(
         cluster: args.cluster,
         join: args.join,
         compact_after: args.compact_after,
+        force_new_cluster: args.force_new_cluster,
+        tls: args.tls.files(),
     };
     rehearse_coordinator::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

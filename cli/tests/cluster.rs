@@ -27,6 +27,8 @@ struct TestCluster {
     addrs: BTreeMap<u64, String>,
     /// Per-node `--peers` when the test routes peer traffic through proxies.
     peer_lists: BTreeMap<u64, String>,
+    /// Extra flags for every node (TLS files).
+    extra: Vec<String>,
     procs: BTreeMap<u64, Child>,
     compact_after: u64,
 }
@@ -40,6 +42,7 @@ impl TestCluster {
             dir: tempfile::tempdir().expect("dir"),
             addrs,
             peer_lists: BTreeMap::new(),
+            extra: Vec::new(),
             procs: BTreeMap::new(),
             compact_after,
         };
@@ -91,6 +94,7 @@ impl TestCluster {
         if join {
             cmd.arg("--join");
         }
+        cmd.args(&self.extra);
         cmd
     }
 
@@ -498,6 +502,7 @@ async fn an_isolated_old_leader_cannot_commit() {
         dir: tempfile::tempdir().expect("dir"),
         addrs,
         peer_lists,
+        extra: Vec::new(),
         procs: BTreeMap::new(),
         compact_after: 10_000,
     };
@@ -539,4 +544,116 @@ async fn an_isolated_old_leader_cannot_commit() {
     assert_eq!(ids, want);
     let commit = c.client_of(&others).status().await.expect("status").commit;
     c.wait_caught_up(old, commit).await;
+}
+
+#[tokio::test]
+async fn a_survivor_of_a_lost_majority_can_be_forced_into_a_new_cluster() {
+    let mut c = TestCluster::start(3, 10_000);
+    c.leader().await;
+    let acked = submit_n(&mut c.client(), 5).await;
+    // Wait until node 3 has everything, then lose nodes 1 and 2 for good.
+    let commit = c.client().status().await.expect("status").commit;
+    c.wait_caught_up(3, commit).await;
+    c.kill(1);
+    c.kill(2);
+    c.stop(3);
+    let mut cmd = c.command(3, false);
+    cmd.arg("--force-new-cluster");
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .open(c.log(3))
+        .expect("log");
+    let child = cmd
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    c.procs.insert(3, child);
+    let mut survivor = c.client_of(&[3]);
+    let after = survivor
+        .submit(PLAN)
+        .await
+        .expect("the survivor alone accepts writes");
+    let status = survivor.status().await.expect("status");
+    assert_eq!(status.leader, 3);
+    assert_eq!(status.members.iter().map(|m| m.id).collect::<Vec<_>>(), [3]);
+    let ids = all_ids(&mut survivor).await;
+    for id in acked.iter().chain(std::iter::once(&after)) {
+        assert!(ids.contains(id), "{id} lost in the forced recovery");
+    }
+}
+
+fn make_certs(dir: &std::path::Path, names: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/make-certs");
+    let ok = Command::new(script)
+        .arg(dir)
+        .args(names)
+        .status()
+        .expect("run scripts/make-certs (needs openssl)")
+        .success();
+    assert!(ok, "scripts/make-certs failed");
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_only_holders_of_the_cluster_ca() {
+    let certs = tempfile::tempdir().expect("certs");
+    make_certs(certs.path(), &["node", "cli"]);
+    let rogue = tempfile::tempdir().expect("rogue");
+    make_certs(rogue.path(), &["cli"]);
+    let tls = |dir: &std::path::Path, name: &str| rehearse_coordinator::tls::TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    let node = tls(certs.path(), "node");
+    let addrs: BTreeMap<u64, String> = (1..=3)
+        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    let mut c = TestCluster {
+        dir: tempfile::tempdir().expect("dir"),
+        addrs,
+        peer_lists: BTreeMap::new(),
+        extra: vec![
+            "--tls-ca".into(),
+            node.ca.display().to_string(),
+            "--tls-cert".into(),
+            node.cert.display().to_string(),
+            "--tls-key".into(),
+            node.key.display().to_string(),
+        ],
+        procs: BTreeMap::new(),
+        compact_after: 10_000,
+    };
+    for id in 1..=3 {
+        c.spawn(id, false);
+    }
+    // Peers elect over mTLS, and a client with a certificate from the cluster CA is served.
+    let mut good = c
+        .client()
+        .with_tls(&tls(certs.path(), "cli"))
+        .expect("tls client");
+    let id = good.submit(PLAN).await.expect("submit over mTLS");
+    assert_eq!(good.get_job(&id).await.expect("read").state, "pending");
+    let log = fs::read_to_string(c.log(1)).expect("log");
+    assert!(
+        log.contains("mTLS (CA"),
+        "startup line names the transport: {log}"
+    );
+    // Plaintext, and a certificate from another CA, are refused.
+    let mut plain = c.client();
+    plain.patience = Duration::from_secs(2);
+    assert!(
+        plain.submit(PLAN).await.is_err(),
+        "a plaintext client was served"
+    );
+    let mut stranger = c
+        .client()
+        .with_tls(&tls(rogue.path(), "cli"))
+        .expect("tls client");
+    stranger.patience = Duration::from_secs(2);
+    assert!(
+        stranger.submit(PLAN).await.is_err(),
+        "a client of another CA was served"
+    );
+    assert_eq!(good.list_jobs(None).await.expect("list").len(), 1);
 }

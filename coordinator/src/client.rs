@@ -9,6 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::api::LEADER_METADATA;
+use crate::tls::{Tls, TlsFiles, url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -26,8 +27,12 @@ pub struct Client {
     addrs: Vec<String>,
     next: usize,
     leader: Option<String>,
+    /// The open connection and its address, reused while it works.
+    conn: Option<(String, CoordinatorClient<Channel>)>,
     /// How long one call keeps trying (elections, restarts) before giving up.
     pub patience: Duration,
+    /// mTLS material; `None`: plaintext.
+    tls: Option<Tls>,
 }
 
 impl Client {
@@ -44,13 +49,25 @@ impl Client {
             addrs,
             next: 0,
             leader: None,
+            conn: None,
             patience: Duration::from_secs(15),
+            tls: None,
         })
     }
 
-    async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
-        let endpoint =
-            Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    /// Talks mTLS to the cluster with these files.
+    pub fn with_tls(mut self, files: &TlsFiles) -> Result<Client, ClientError> {
+        self.tls = Some(Tls::load(files).map_err(ClientError::Refused)?);
+        Ok(self)
+    }
+
+    async fn connect(addr: &str, tls: Option<&Tls>) -> Result<CoordinatorClient<Channel>, String> {
+        let mut endpoint = Endpoint::from_shared(url(addr, tls)).map_err(|e| e.to_string())?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls.client())
+                .map_err(|e| format!("TLS: {e}"))?;
+        }
         let channel = endpoint
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(10))
@@ -77,8 +94,20 @@ impl Client {
                     a
                 }
             };
-            let client = match Self::connect(&addr).await {
-                Ok(c) => c,
+            let cached = self
+                .conn
+                .as_ref()
+                .filter(|(a, _)| *a == addr)
+                .map(|(_, c)| c.clone());
+            let connected = match cached {
+                Some(c) => Ok(c),
+                None => Self::connect(&addr, self.tls.as_ref()).await,
+            };
+            let client = match connected {
+                Ok(c) => {
+                    self.conn = Some((addr.clone(), c.clone()));
+                    c
+                }
                 Err(e) => {
                     last = e;
                     self.leader = None;
@@ -185,7 +214,7 @@ impl Client {
             .iter()
             .find(|m| m.id == first.leader)
             .map(|m| m.addr.clone())
-            && let Ok(mut c) = Self::connect(&leader).await
+            && let Ok(mut c) = Self::connect(&leader, self.tls.as_ref()).await
             && let Ok(r) = c.cluster_status(pb::ClusterStatusRequest {}).await
         {
             return Ok(r.into_inner());

@@ -21,6 +21,7 @@ pub mod client;
 pub mod handle;
 pub mod node;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashSet};
@@ -57,6 +58,10 @@ pub struct CoordinatorConfig {
     pub join: bool,
     /// Log entries kept before compacting into a snapshot point.
     pub compact_after: u64,
+    /// Disaster recovery: restart as the only voter of a new configuration, keeping all state.
+    pub force_new_cluster: bool,
+    /// mTLS for peers and clients; `None`: plaintext.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 /// Fatal errors: the node cannot run (request errors are answers, not these).
@@ -114,6 +119,12 @@ pub async fn run(
             config.id
         )));
     }
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(
+            tls::Tls::load(files).map_err(CoordinatorError::Config)?,
+        )),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| CoordinatorError::Listen {
@@ -130,6 +141,13 @@ pub async fn run(
         &identity,
         (!config.join).then_some(voters.as_slice()),
     )?;
+    if config.force_new_cluster {
+        warn!(
+            id = config.id,
+            "forcing a new cluster with this node as its only voter (--force-new-cluster)"
+        );
+        store.force_single_voter(config.id)?;
+    }
     let mut batch = Batch::default();
     for (id, addr) in &config.peers {
         if *id != config.id && store.peers.get(id).is_none_or(|p| p.addr != *addr) {
@@ -159,6 +177,7 @@ pub async fn run(
     let transport = Transport::new(
         config.id,
         info.clone(),
+        tls.clone(),
         allowed.clone(),
         tokio::runtime::Handle::current(),
     );
@@ -187,10 +206,19 @@ pub async fn run(
         peers = ?config.peers,
         region = %config.region,
         data_dir = %config.data_dir.display(),
-        transport = "plaintext (mTLS not configured)",
+        transport = %tls.as_ref().map_or_else(
+            || "plaintext (no --tls-ca/--tls-cert/--tls-key given)".to_owned(),
+            |t| format!("mTLS (CA {})", t.files.ca.display())
+        ),
         "coordinator started"
     );
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| CoordinatorError::Config(format!("TLS: {e}")))?;
+    }
+    let server = builder
         .add_service(
             CoordinatorServer::new(api::Api {
                 node: handle.clone(),

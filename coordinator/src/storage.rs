@@ -273,6 +273,18 @@ impl RaftStore {
         Ok(())
     }
 
+    /// Disaster recovery: makes this node the only voter, keeping its log and state. For when a
+    /// majority is gone for good and will not come back (see docs/cluster.md); the others must
+    /// never be restarted with their old data dirs afterwards.
+    pub fn force_single_voter(&mut self, id: u64) -> Result<(), StoreError> {
+        self.conf = ConfState::from((vec![id], Vec::new()));
+        let mut batch = Batch {
+            conf: true,
+            ..Batch::default()
+        };
+        self.commit(&mut batch, true)
+    }
+
     pub fn hard_state(&self) -> &HardState {
         &self.hard
     }

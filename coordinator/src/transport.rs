@@ -21,6 +21,7 @@ use tracing::debug;
 
 use crate::handle::NodeHandle;
 use crate::storage::PeerInfo;
+use crate::tls::{Tls, url};
 
 /// Largest gRPC message between peers (snapshots travel whole).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -33,6 +34,7 @@ pub type AllowList = Arc<RwLock<HashSet<u64>>>;
 pub struct Transport {
     id: u64,
     info: PeerInfo,
+    tls: Option<Arc<Tls>>,
     peers: HashMap<u64, mpsc::Sender<Message>>,
     allowed: AllowList,
     rt: tokio::runtime::Handle,
@@ -42,12 +44,14 @@ impl Transport {
     pub fn new(
         id: u64,
         info: PeerInfo,
+        tls: Option<Arc<Tls>>,
         allowed: AllowList,
         rt: tokio::runtime::Handle,
     ) -> Transport {
         Transport {
             id,
             info,
+            tls,
             peers: HashMap::new(),
             allowed,
             rt,
@@ -63,8 +67,9 @@ impl Transport {
             allowed.insert(id);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
+        let tls = self.tls.clone();
         self.rt
-            .spawn(sender(self.id, self.info.clone(), addr.to_owned(), rx));
+            .spawn(sender(self.id, self.info.clone(), addr.to_owned(), tls, rx));
         self.peers.insert(id, tx);
     }
 
@@ -89,11 +94,26 @@ impl Transport {
     }
 }
 
-async fn sender(from: u64, info: PeerInfo, addr: String, mut rx: mpsc::Receiver<Message>) {
-    let Ok(endpoint) = Endpoint::from_shared(format!("http://{addr}")) else {
+async fn sender(
+    from: u64,
+    info: PeerInfo,
+    addr: String,
+    tls: Option<Arc<Tls>>,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let Ok(mut endpoint) = Endpoint::from_shared(url(&addr, tls.as_deref())) else {
         debug!(%addr, "bad peer address");
         return;
     };
+    if let Some(tls) = &tls {
+        endpoint = match endpoint.tls_config(tls.client()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "peer TLS configuration refused");
+                return;
+            }
+        };
+    }
     let channel = endpoint
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(10))
