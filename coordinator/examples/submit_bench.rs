@@ -70,8 +70,15 @@ impl Cluster {
         Client::new(self.addrs.values().cloned().collect()).expect("client")
     }
 
-    async fn leader(&self) -> u64 {
+    async fn leader(&mut self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            for (id, child) in &mut self.procs {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("coordinator {id} exited ({status}); is {} a current build?", self.bin);
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 30 s");
             if let Ok(s) = self.client().status().await
                 && s.leader != 0
             {
