@@ -657,3 +657,78 @@ async fn mutual_tls_admits_only_holders_of_the_cluster_ca() {
     );
     assert_eq!(good.list_jobs(None).await.expect("list").len(), 1);
 }
+
+#[tokio::test]
+async fn the_cli_commands_speak_json() {
+    let c = TestCluster::start(3, 10_000);
+    c.leader().await;
+    let coordinators = c.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let plan = c.dir.path().join("plan.toml");
+    fs::write(&plan, PLAN).expect("plan");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rehearse"))
+            .args(args)
+            .env("REHEARSE_COORDINATORS", &coordinators)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let plan_arg = plan.display().to_string();
+    let (code, out, err) = run(&["submit", &plan_arg, "--output", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = serde_json::from_str::<serde_json::Value>(&out).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (code, out, _) = run(&["job", "get", &id, "--output", "json"]);
+    assert_eq!(code, Some(0));
+    let job: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(job["id"], id.as_str());
+    assert_eq!(job["state"], "pending");
+    assert!(job["attempts"].as_array().is_some_and(Vec::is_empty));
+    assert_eq!(job["plan"]["artifact"]["url"], "/backups/shop.dump");
+    assert!(job["report"].is_null());
+    let (_, out, _) = run(&["jobs", "--state", "pending", "--output", "json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("json")
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let (_, out, _) = run(&["jobs", "--state", "passed", "--output", "json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("json")
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    let (_, out, _) = run(&["cluster", "status", "--output", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(status["leader"].as_u64().is_some_and(|l| l > 0));
+    assert!(status["term"].is_u64() && status["commit"].is_u64());
+    let members = status["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["id"].is_u64()
+        && m["addr"].is_string()
+        && m["role"] == "voter"
+        && m["region"].is_string()));
+    // a bad plan: one line, exit 2, nothing written
+    fs::write(
+        &plan,
+        "[artifact]\nurl = \"x\"\nengine = \"postgres\"\nexpct = 1\n",
+    )
+    .expect("plan");
+    let (code, _, err) = run(&["submit", &plan_arg]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("expct"));
+    let (code, _, err) = run(&["job", "get", "job-nope", "--output", "json"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no job job-nope"), "{err}");
+}

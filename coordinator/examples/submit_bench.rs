@@ -75,7 +75,10 @@ impl Cluster {
         loop {
             for (id, child) in &mut self.procs {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("coordinator {id} exited ({status}); is {} a current build?", self.bin);
+                    panic!(
+                        "coordinator {id} exited ({status}); is {} a current build?",
+                        self.bin
+                    );
                 }
             }
             assert!(Instant::now() < deadline, "no leader within 30 s");
