@@ -445,6 +445,8 @@ fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
         }),
         checks,
         builtin: None,
+        placement: None,
+        max_attempts: None,
     };
     Ok(Plan::from_raw(raw)?)
 }

@@ -4,6 +4,7 @@
 //! (callers pass times in). That keeps the rules that decide a verdict exhaustively testable.
 //!
 //! Layout:
+//! - [`placement`]: which worker runs which pending job (region, labels, slots, spread), pure.
 //! - [`plan`]: the plan file (TOML) — parsing, validation, unknown keys refused by name.
 //! - [`expect`]: check expectations (`>= 1000`, `= 'ok'`) and their evaluation.
 //! - [`format`]: recognising a PostgreSQL dump's format (and the server version) from its first bytes.
@@ -19,6 +20,7 @@ pub mod expect;
 pub mod format;
 pub mod install;
 pub mod jobs;
+pub mod placement;
 pub mod plan;
 pub mod render;
 pub mod report;

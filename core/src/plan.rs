@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::expect::Expectation;
+use crate::placement::Constraint;
 
 /// The default for `timeout` when a plan gives none: long enough for a large restore, short
 /// enough that a hung one is noticed the same day.
@@ -45,6 +48,10 @@ pub enum PlanError {
     RpoWithoutFreshness,
     #[error("timeout must be longer than zero")]
     ZeroTimeout,
+    #[error("max_attempts must be at least 1")]
+    ZeroAttempts,
+    #[error("placement: region and not_region are both {0:?}, so no worker can run it")]
+    ContradictoryPlacement(String),
 }
 
 /// The database engine that knows how to restore and query an artifact.
@@ -116,7 +123,14 @@ pub struct Plan {
     /// The plan's own checks, run in order before the built-in ones.
     pub checks: Vec<Check>,
     pub builtin: Builtin,
+    /// Where the job may run (coordinator placement; the embedded `verify` runs here).
+    pub placement: Constraint,
+    /// Deliveries to workers before the job fails with its attempt history.
+    pub max_attempts: u32,
 }
+
+/// The default for `max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArtifactSpec {
@@ -175,6 +189,21 @@ pub struct RawPlan {
     pub checks: Vec<RawCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<RawBuiltin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<RawPlacement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlacement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_region: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -283,6 +312,21 @@ impl Plan {
             row_counts: b.row_counts.unwrap_or(true),
             integrity: b.integrity.unwrap_or(true),
         });
+        let max_attempts = raw.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if max_attempts == 0 {
+            return Err(PlanError::ZeroAttempts);
+        }
+        let raw_placement = raw.placement.unwrap_or_default();
+        let placement = Constraint {
+            region: raw_placement.region.filter(|r| !r.trim().is_empty()),
+            not_region: raw_placement.not_region.filter(|r| !r.trim().is_empty()),
+            labels: raw_placement.labels,
+        };
+        if let (Some(a), Some(b)) = (&placement.region, &placement.not_region)
+            && a == b
+        {
+            return Err(PlanError::ContradictoryPlacement(a.clone()));
+        }
         Ok(Plan {
             name: raw.name,
             timeout,
@@ -294,6 +338,8 @@ impl Plan {
             targets,
             checks,
             builtin,
+            placement,
+            max_attempts,
         })
     }
 
@@ -328,6 +374,12 @@ impl Plan {
                 row_counts: Some(self.builtin.row_counts),
                 integrity: Some(self.builtin.integrity),
             }),
+            placement: (self.placement != Constraint::default()).then(|| RawPlacement {
+                region: self.placement.region.clone(),
+                not_region: self.placement.not_region.clone(),
+                labels: self.placement.labels.clone(),
+            }),
+            max_attempts: (self.max_attempts != DEFAULT_MAX_ATTEMPTS).then_some(self.max_attempts),
         }
     }
 
@@ -444,6 +496,34 @@ expect = ">= 1000"
         .contains("twice"));
         assert!(err("[artifact]\nengine = \"postgres\"\n").contains("url"));
         assert!(err(&format!("timeout = \"0s\"\n{base}")).contains("zero"));
+    }
+
+    #[test]
+    fn placement_and_attempts() {
+        let base = "[artifact]\nurl = \"x\"\nengine = \"postgres\"\n";
+        let plan = Plan::from_toml(&format!(
+            "max_attempts = 5\n{base}[placement]\nregion = \"eu\"\nlabels = {{ disk = \"ssd\" }}\n"
+        ))
+        .expect("valid");
+        assert_eq!(plan.max_attempts, 5);
+        assert_eq!(plan.placement.region.as_deref(), Some("eu"));
+        assert_eq!(
+            plan.placement.labels.get("disk").map(String::as_str),
+            Some("ssd")
+        );
+        assert_eq!(Plan::from_toml(&plan.to_toml()).expect("reparse"), plan);
+        assert_eq!(
+            Plan::from_toml(base).expect("valid").max_attempts,
+            DEFAULT_MAX_ATTEMPTS
+        );
+        assert!(
+            err(&format!(
+                "{base}[placement]\nregion = \"eu\"\nnot_region = \"eu\"\n"
+            ))
+            .contains("no worker can run it")
+        );
+        assert!(err(&format!("max_attempts = 0\n{base}")).contains("at least 1"));
+        assert!(err(&format!("{base}[placement]\nzone = \"a\"\n")).contains("zone"));
     }
 
     #[test]
