@@ -77,79 +77,114 @@ pub async fn restore(
     jobs: usize,
 ) -> Result<Restored, String> {
     super::inspect::create_database(cluster.socket_dir(), TARGET_DB).await?;
-    let home = cluster.dir();
     match input {
-        Input::Plain(path, compression) => {
-            let mut cmd = rt.command(&cluster.installed.bin("psql"), home);
-            cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", TARGET_DB])
-                .args(cluster.client_args());
-            let nonce = crate::random_token();
-            let key = cluster.installed.psql_restrict.then(crate::random_token);
-            let mut notes = Vec::new();
-            if key.is_none() {
-                notes.push(format!("psql {} has no restricted mode: meta-commands are refused only at the start of a line", cluster.installed.version));
-            }
-            let filter = ScriptFilter::new(key, &nonce, &[SUPERUSER]);
-            let filter = run_tool(
-                "psql",
-                cmd,
-                Some(Feed {
-                    path,
-                    compression,
-                    filter: Some(filter),
-                }),
+        Input::Plain(path, compression) => restore_plain(cluster, rt, path, compression).await,
+        // Parallel restore needs a seekable custom or directory archive.
+        Input::SeekableArchive(path) => {
+            restore_archive(
+                cluster,
+                rt,
+                vec![format!("--jobs={}", jobs.max(1)).into(), path.into()],
+                None,
             )
-            .await?;
-            let database = filter
-                .as_ref()
-                .and_then(|f| f.database())
-                .unwrap_or(TARGET_DB)
-                .to_owned();
-            if let Some(created) = filter.as_ref().map(|f| {
-                f.roles()
-                    .iter()
-                    .filter(|r| *r != SUPERUSER)
-                    .cloned()
-                    .collect::<Vec<_>>()
-            }) && !created.is_empty()
-            {
-                notes.push(format!(
-                    "roles the dump refers to were created empty: {}",
-                    created.join(", ")
-                ));
-            }
-            Ok(Restored { database, notes })
+            .await
         }
-        archive => {
-            let mut cmd = rt.client_command(&cluster.installed.bin("pg_restore"), home);
-            cmd.args([
-                "--no-owner",
-                "--no-privileges",
-                "--exit-on-error",
-                "-d",
-                TARGET_DB,
-            ])
-            .args(cluster.client_args());
-            let feed = match archive {
-                Input::SeekableArchive(path) => {
-                    cmd.arg(format!("--jobs={}", jobs.max(1))).arg(path);
-                    None
-                }
-                Input::TarArchive(path) => {
-                    cmd.arg(path);
-                    None
-                }
-                Input::ArchiveStream(path, compression) => Some(Feed {
+        Input::TarArchive(path) => restore_archive(cluster, rt, vec![path.into()], None).await,
+        Input::ArchiveStream(path, compression) => {
+            restore_archive(
+                cluster,
+                rt,
+                Vec::new(),
+                Some(Feed {
                     path,
                     compression,
                     filter: None,
                 }),
-                Input::Plain(..) => unreachable!("handled above"),
-            };
-            run_tool("pg_restore", cmd, feed).await?;
-            Ok(Restored { database: TARGET_DB.to_owned(), notes: vec!["archive restored with --no-owner --no-privileges (roles are not part of a database dump)".to_owned()] })
+            )
+            .await
         }
     }
+}
+
+/// psql, fed through the script filter, as the sandbox user.
+async fn restore_plain(
+    cluster: &PgCluster,
+    rt: &ProcessRuntime,
+    path: PathBuf,
+    compression: Compression,
+) -> Result<Restored, String> {
+    let mut cmd = rt.command(&cluster.installed.bin("psql"), cluster.dir());
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", TARGET_DB])
+        .args(cluster.client_args());
+    let nonce = crate::random_token();
+    let key = cluster.installed.psql_restrict.then(crate::random_token);
+    let mut notes = Vec::new();
+    if key.is_none() {
+        notes.push(format!(
+            "psql {} has no restricted mode: meta-commands are refused only at the start of a line",
+            cluster.installed.version
+        ));
+    }
+    let filter = ScriptFilter::new(key, &nonce, &[SUPERUSER]);
+    let filter = run_tool(
+        "psql",
+        cmd,
+        Some(Feed {
+            path,
+            compression,
+            filter: Some(filter),
+        }),
+    )
+    .await?;
+    let database = filter
+        .as_ref()
+        .and_then(|f| f.database())
+        .unwrap_or(TARGET_DB)
+        .to_owned();
+    let created: Vec<String> = filter
+        .as_ref()
+        .map(|f| {
+            f.roles()
+                .iter()
+                .filter(|r| *r != SUPERUSER)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if !created.is_empty() {
+        notes.push(format!(
+            "roles the dump refers to were created empty: {}",
+            created.join(", ")
+        ));
+    }
+    Ok(Restored { database, notes })
+}
+
+/// pg_restore (it executes nothing from the dump client-side, so it runs as the caller and can
+/// read artifacts the sandbox user cannot), from a file in `args` or from the `feed`.
+async fn restore_archive(
+    cluster: &PgCluster,
+    rt: &ProcessRuntime,
+    args: Vec<std::ffi::OsString>,
+    feed: Option<Feed>,
+) -> Result<Restored, String> {
+    let mut cmd = rt.client_command(&cluster.installed.bin("pg_restore"), cluster.dir());
+    cmd.args([
+        "--no-owner",
+        "--no-privileges",
+        "--exit-on-error",
+        "-d",
+        TARGET_DB,
+    ])
+    .args(cluster.client_args())
+    .args(args);
+    run_tool("pg_restore", cmd, feed).await?;
+    let note =
+        "archive restored with --no-owner --no-privileges (roles are not part of a database dump)";
+    Ok(Restored {
+        database: TARGET_DB.to_owned(),
+        notes: vec![note.to_owned()],
+    })
 }
 
 struct Feed {
