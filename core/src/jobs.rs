@@ -71,6 +71,9 @@ pub struct Job {
     pub updated_at_ms: u64,
     /// The log index that created the job (orders jobs by submission).
     pub created_index: u64,
+    /// The phase the running attempt last reported.
+    #[serde(default)]
+    pub phase: Option<String>,
     pub report: Option<Report>,
 }
 
@@ -93,6 +96,40 @@ pub enum Command {
     },
     /// Marks the proposer's leadership in the log; changes nothing.
     Noop,
+    /// A worker joins, or rejoins after a restart (ready again, with these facts).
+    RegisterWorker(crate::fleet::WorkerSpec),
+    Heartbeat {
+        name: String,
+        at_ms: u64,
+    },
+    /// Stop giving the worker new jobs; running ones finish.
+    Drain {
+        name: String,
+    },
+    /// The leader's placement: each job to a worker. The entry's index is the fencing token.
+    Assign {
+        assignments: Vec<(String, String)>,
+        at_ms: u64,
+    },
+    /// A worker says which phase an attempt is in.
+    Progress {
+        job: String,
+        token: u64,
+        phase: String,
+        at_ms: u64,
+    },
+    /// A worker's verdict for an attempt; accepted only with the attempt's current token.
+    Report {
+        job: String,
+        token: u64,
+        report: Box<Report>,
+        at_ms: u64,
+    },
+    /// Workers silent for longer than the lease are lost; their attempts are re-queued.
+    ExpireWorkers {
+        now_ms: u64,
+        lease_ms: u64,
+    },
 }
 
 /// What applying a command did, per item, for the waiting clients.
@@ -100,13 +137,22 @@ pub enum Command {
 pub enum Outcome {
     Submitted(Vec<Result<String, String>>),
     Cancelled(Result<(), String>),
+    /// Register, heartbeat, drain, progress, report: done, or why not.
+    Done(Result<(), String>),
+    /// Per assignment: the fencing token, or why it was not made.
+    Assigned(Vec<Result<u64, String>>),
+    /// Jobs put back to pending (or failed for good) because their worker was lost.
+    Expired(Vec<String>),
     Nothing,
 }
 
 /// The replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobStore {
-    jobs: BTreeMap<String, Job>,
+    pub(crate) jobs: BTreeMap<String, Job>,
+    /// Registered workers, by name.
+    #[serde(default)]
+    pub(crate) workers: BTreeMap<String, crate::fleet::Worker>,
     /// The last log index applied: replicas agree on the state at the same index.
     applied: u64,
 }
@@ -161,6 +207,30 @@ impl JobStore {
             }
             Command::Cancel { id, at_ms } => Outcome::Cancelled(self.cancel(id, *at_ms)),
             Command::Noop => Outcome::Nothing,
+            Command::RegisterWorker(spec) => Outcome::Done(self.register_worker(spec)),
+            Command::Heartbeat { name, at_ms } => Outcome::Done(self.heartbeat(name, *at_ms)),
+            Command::Drain { name } => Outcome::Done(self.drain(name)),
+            Command::Assign { assignments, at_ms } => Outcome::Assigned(
+                assignments
+                    .iter()
+                    .map(|(job, worker)| self.assign(index, job, worker, *at_ms))
+                    .collect(),
+            ),
+            Command::Progress {
+                job,
+                token,
+                phase,
+                at_ms,
+            } => Outcome::Done(self.progress(job, *token, phase, *at_ms)),
+            Command::Report {
+                job,
+                token,
+                report,
+                at_ms,
+            } => Outcome::Done(self.report(job, *token, report, *at_ms)),
+            Command::ExpireWorkers { now_ms, lease_ms } => {
+                Outcome::Expired(self.expire(*now_ms, *lease_ms))
+            }
         }
     }
 
@@ -183,6 +253,7 @@ impl JobStore {
                 submitted_at_ms: new.at_ms,
                 updated_at_ms: new.at_ms,
                 created_index: index,
+                phase: None,
                 report: None,
             },
         );

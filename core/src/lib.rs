@@ -7,6 +7,7 @@
 //! - [`placement`]: which worker runs which pending job (region, labels, slots, spread), pure.
 //! - [`plan`]: the plan file (TOML) — parsing, validation, unknown keys refused by name.
 //! - [`expect`]: check expectations (`>= 1000`, `= 'ok'`) and their evaluation.
+//! - [`fleet`]: workers, assignments with fencing tokens, reports, lease expiry (state machine).
 //! - [`format`]: recognising a PostgreSQL dump's format (and the server version) from its first bytes.
 //! - [`script`]: the line filter a plain SQL dump passes through on its way to `psql`.
 //! - [`install`]: choosing a PostgreSQL installation for a dump's major version.
@@ -17,6 +18,7 @@
 //! Must not depend on: tokio, tonic, storage engines, or any other crate of this workspace.
 
 pub mod expect;
+pub mod fleet;
 pub mod format;
 pub mod install;
 pub mod jobs;

@@ -1,0 +1,562 @@
+//! The worker fleet in the replicated state: registration, heartbeats, assignments with fencing
+//! tokens, progress, reports, and lease expiry. Part of [`JobStore`]'s state machine (pure).
+//!
+//! Fencing: an assignment's token is the log index of the `Assign` entry. A report or progress
+//! message is accepted only with the token of the job's current attempt, so a worker that was
+//! declared lost and comes back late can never land a second verdict.
+//!
+//! Re-delivery: when a worker is lost, each attempt it ran ends with outcome "lost" and its job
+//! goes back to `pending` (placement then prefers another worker), until the plan's
+//! `max_attempts`; then the job fails with its attempt history.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{Attempt, JobState, JobStore};
+use crate::placement::{Constraint, PendingJob, WorkerState, WorkerView};
+use crate::plan::DEFAULT_MAX_ATTEMPTS;
+use crate::report::{Report, Verdict};
+
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub name: String,
+    /// Random per worker process start: the same value is a reconnect, a new one a restart.
+    pub incarnation: u64,
+    pub region: String,
+    pub labels: BTreeMap<String, String>,
+    pub slots: u32,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub spec: WorkerSpec,
+    pub state: WorkerState,
+    pub last_heartbeat_ms: u64,
+    /// Jobs with an attempt running on this worker.
+    pub running: BTreeSet<String>,
+}
+
+impl Worker {
+    pub fn view(&self) -> WorkerView {
+        WorkerView {
+            name: self.spec.name.clone(),
+            region: self.spec.region.clone(),
+            labels: self.spec.labels.clone(),
+            slots: self.spec.slots,
+            used: self.running.len() as u32,
+            state: self.state,
+        }
+    }
+}
+
+impl JobStore {
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// The placement input: workers as they are, pending jobs oldest first with their history.
+    pub fn placement_input(&self) -> (Vec<WorkerView>, Vec<PendingJob>) {
+        let workers = self.workers.values().map(Worker::view).collect();
+        let jobs = self
+            .list(Some(JobState::Pending))
+            .into_iter()
+            .map(|j| {
+                let p = j.plan.placement.clone().unwrap_or_default();
+                PendingJob {
+                    id: j.id.clone(),
+                    constraint: Constraint {
+                        region: p.region,
+                        not_region: p.not_region,
+                        labels: p.labels,
+                    },
+                    tried: j.attempts.iter().map(|a| a.worker.clone()).collect(),
+                }
+            })
+            .collect();
+        (workers, jobs)
+    }
+
+    /// A reconnect (same incarnation) refreshes the worker and keeps its attempts. A restart (new
+    /// incarnation) means its sandboxes were reaped: its attempts end "lost" and their jobs are
+    /// re-queued, then it starts afresh with the facts it gives now.
+    pub(crate) fn register_worker(&mut self, spec: &WorkerSpec) -> Result<(), String> {
+        if spec.name.is_empty() || spec.slots == 0 {
+            return Err("a worker needs a name and at least one slot".into());
+        }
+        if let Some(w) = self.workers.get_mut(&spec.name)
+            && w.spec.incarnation == spec.incarnation
+        {
+            w.last_heartbeat_ms = w.last_heartbeat_ms.max(spec.at_ms);
+            if w.state == WorkerState::Lost {
+                w.state = WorkerState::Ready;
+            }
+            return Ok(());
+        }
+        let orphaned = self
+            .workers
+            .get_mut(&spec.name)
+            .map(|w| std::mem::take(&mut w.running))
+            .unwrap_or_default();
+        self.requeue(orphaned, spec.at_ms);
+        self.workers.insert(
+            spec.name.clone(),
+            Worker {
+                spec: spec.clone(),
+                state: WorkerState::Ready,
+                last_heartbeat_ms: spec.at_ms,
+                running: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) fn heartbeat(&mut self, name: &str, at_ms: u64) -> Result<(), String> {
+        let w = self
+            .workers
+            .get_mut(name)
+            .ok_or_else(|| format!("no worker {name}; register first"))?;
+        if w.state == WorkerState::Lost {
+            return Err(format!("worker {name} was declared lost; register again"));
+        }
+        w.last_heartbeat_ms = w.last_heartbeat_ms.max(at_ms);
+        Ok(())
+    }
+
+    pub(crate) fn drain(&mut self, name: &str) -> Result<(), String> {
+        let w = self
+            .workers
+            .get_mut(name)
+            .ok_or_else(|| format!("no worker {name}"))?;
+        w.state = WorkerState::Draining;
+        Ok(())
+    }
+
+    /// Checked again at apply time: the leader's view may be stale, the log's order is the truth.
+    pub(crate) fn assign(
+        &mut self,
+        index: u64,
+        job_id: &str,
+        worker: &str,
+        at_ms: u64,
+    ) -> Result<u64, String> {
+        let w = self
+            .workers
+            .get(worker)
+            .ok_or_else(|| format!("no worker {worker}"))?;
+        if w.state != WorkerState::Ready || w.running.len() as u32 >= w.spec.slots {
+            return Err(format!("worker {worker} has no free slot"));
+        }
+        let region = w.spec.region.clone();
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| format!("no job {job_id}"))?;
+        if job.state != JobState::Pending {
+            return Err(format!("job {job_id} is not pending"));
+        }
+        job.state = JobState::Assigned;
+        job.phase = None;
+        job.updated_at_ms = at_ms;
+        job.attempts.push(Attempt {
+            worker: worker.to_owned(),
+            region: Some(region),
+            token: index,
+            started_at_ms: at_ms,
+            ended_at_ms: None,
+            outcome: None,
+        });
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.running.insert(job_id.to_owned());
+        }
+        Ok(index)
+    }
+
+    /// The job's current attempt, if `token` is its token and it has not ended.
+    fn current_attempt(
+        &mut self,
+        job_id: &str,
+        token: u64,
+    ) -> Result<&mut crate::jobs::Job, String> {
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| format!("no job {job_id}"))?;
+        let current = job
+            .attempts
+            .last()
+            .filter(|a| a.ended_at_ms.is_none() && !job.state.is_final())
+            .map(|a| a.token);
+        if current != Some(token) {
+            return Err(format!("stale fencing token {token} for job {job_id}"));
+        }
+        Ok(job)
+    }
+
+    pub(crate) fn progress(
+        &mut self,
+        job_id: &str,
+        token: u64,
+        phase: &str,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        let job = self.current_attempt(job_id, token)?;
+        job.state = JobState::Running;
+        job.phase = Some(phase.to_owned());
+        job.updated_at_ms = at_ms;
+        Ok(())
+    }
+
+    pub(crate) fn report(
+        &mut self,
+        job_id: &str,
+        token: u64,
+        report: &Report,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        let job = self.current_attempt(job_id, token)?;
+        job.state = match report.verdict {
+            Verdict::Passed => JobState::Passed,
+            Verdict::Failed => JobState::Failed,
+        };
+        job.phase = None;
+        job.updated_at_ms = at_ms;
+        job.report = Some(report.clone());
+        let worker = job.attempts.last_mut().map(|a| {
+            a.ended_at_ms = Some(at_ms);
+            a.outcome = Some(
+                if report.verdict == Verdict::Passed {
+                    "passed"
+                } else {
+                    "failed"
+                }
+                .to_owned(),
+            );
+            a.worker.clone()
+        });
+        if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+            w.running.remove(job_id);
+        }
+        Ok(())
+    }
+
+    /// Ends the running attempts of these jobs as "lost"; each job goes back to pending, or fails
+    /// once it has had `max_attempts` attempts.
+    fn requeue(&mut self, jobs: impl IntoIterator<Item = String>, now_ms: u64) {
+        for job_id in jobs {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            if let Some(a) = job.attempts.last_mut().filter(|a| a.ended_at_ms.is_none()) {
+                a.ended_at_ms = Some(now_ms);
+                a.outcome = Some("lost".to_owned());
+            }
+            if job.state.is_final() {
+                continue;
+            }
+            let max = job.plan.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS) as usize;
+            job.state = if job.attempts.len() >= max {
+                JobState::Failed
+            } else {
+                JobState::Pending
+            };
+            job.phase = None;
+            job.updated_at_ms = now_ms;
+        }
+    }
+
+    /// Marks silent workers lost and re-queues (or finally fails) their jobs. Returns those jobs.
+    pub(crate) fn expire(&mut self, now_ms: u64, lease_ms: u64) -> Vec<String> {
+        let mut touched = Vec::new();
+        for w in self.workers.values_mut() {
+            if w.state == WorkerState::Lost
+                || w.last_heartbeat_ms.saturating_add(lease_ms) >= now_ms
+            {
+                continue;
+            }
+            w.state = WorkerState::Lost;
+            touched.extend(std::mem::take(&mut w.running));
+        }
+        self.requeue(touched.clone(), now_ms);
+        touched
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{Command, NewJob, Outcome};
+    use crate::plan::{RawArtifact, RawPlan};
+    use proptest::prelude::*;
+
+    fn spec(name: &str, slots: u32, at_ms: u64) -> WorkerSpec {
+        WorkerSpec {
+            name: name.into(),
+            incarnation: at_ms,
+            region: "eu".into(),
+            labels: BTreeMap::new(),
+            slots,
+            at_ms,
+        }
+    }
+
+    fn submit(id: &str) -> Command {
+        let plan = RawPlan {
+            artifact: RawArtifact {
+                url: "/b/x.dump".into(),
+                engine: "postgres".into(),
+                blake3: None,
+            },
+            ..RawPlan::default()
+        };
+        Command::Submit(vec![NewJob {
+            id: id.into(),
+            plan,
+            at_ms: 0,
+        }])
+    }
+
+    fn verdict(v: Verdict) -> Box<Report> {
+        let mut r = Report::new(
+            "file:///b/x.dump",
+            "postgres",
+            "process",
+            "2026-11-22T00:00:00Z".into(),
+        );
+        r.verdict = v;
+        Box::new(r)
+    }
+
+    #[test]
+    fn a_late_report_from_a_lost_worker_is_refused() {
+        let mut s = JobStore::default();
+        s.apply(1, &submit("j"));
+        s.apply(2, &Command::RegisterWorker(spec("a", 1, 0)));
+        s.apply(3, &Command::RegisterWorker(spec("b", 1, 0)));
+        assert_eq!(
+            s.apply(
+                4,
+                &Command::Assign {
+                    assignments: vec![("j".into(), "a".into())],
+                    at_ms: 1
+                }
+            ),
+            Outcome::Assigned(vec![Ok(4)])
+        );
+        s.apply(
+            5,
+            &Command::Heartbeat {
+                name: "b".into(),
+                at_ms: 20_000,
+            },
+        );
+        // a is silent past its lease: lost, and the job goes back to pending
+        assert_eq!(
+            s.apply(
+                6,
+                &Command::ExpireWorkers {
+                    now_ms: 20_000,
+                    lease_ms: 10_000
+                }
+            ),
+            Outcome::Expired(vec!["j".into()])
+        );
+        assert_eq!(s.get("j").map(|j| j.state), Some(JobState::Pending));
+        let (workers, jobs) = s.placement_input();
+        let placed = crate::placement::place(&workers, &jobs);
+        assert_eq!(
+            placed.assigned,
+            [("j".into(), "b".into())],
+            "the retry goes to the other worker"
+        );
+        s.apply(
+            7,
+            &Command::Assign {
+                assignments: placed.assigned,
+                at_ms: 21_000,
+            },
+        );
+        // a comes back and reports with its old token: refused
+        let late = s.apply(
+            8,
+            &Command::Report {
+                job: "j".into(),
+                token: 4,
+                report: verdict(Verdict::Failed),
+                at_ms: 22_000,
+            },
+        );
+        assert!(matches!(late, Outcome::Done(Err(e)) if e.contains("stale fencing token")));
+        assert_eq!(
+            s.apply(
+                9,
+                &Command::Report {
+                    job: "j".into(),
+                    token: 7,
+                    report: verdict(Verdict::Passed),
+                    at_ms: 23_000
+                }
+            ),
+            Outcome::Done(Ok(()))
+        );
+        let job = s.get("j").expect("job");
+        assert_eq!(job.state, JobState::Passed);
+        let outcomes: Vec<Option<&str>> =
+            job.attempts.iter().map(|a| a.outcome.as_deref()).collect();
+        assert_eq!(outcomes, [Some("lost"), Some("passed")]);
+        // and the job is final: another report, even with the right token, is refused
+        assert!(matches!(
+            s.apply(
+                10,
+                &Command::Report {
+                    job: "j".into(),
+                    token: 7,
+                    report: verdict(Verdict::Failed),
+                    at_ms: 0
+                }
+            ),
+            Outcome::Done(Err(_))
+        ));
+    }
+
+    #[test]
+    fn gives_up_after_max_attempts_and_keeps_the_history() {
+        let mut s = JobStore::default();
+        s.apply(1, &submit("j"));
+        let mut index = 1;
+        for round in 0..DEFAULT_MAX_ATTEMPTS {
+            let t = u64::from(round) * 100_000;
+            index += 1;
+            s.apply(index, &Command::RegisterWorker(spec("a", 1, t)));
+            index += 1;
+            s.apply(
+                index,
+                &Command::Assign {
+                    assignments: vec![("j".into(), "a".into())],
+                    at_ms: t,
+                },
+            );
+            index += 1;
+            s.apply(
+                index,
+                &Command::ExpireWorkers {
+                    now_ms: t + 50_000,
+                    lease_ms: 10_000,
+                },
+            );
+        }
+        let job = s.get("j").expect("job");
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts.len(), DEFAULT_MAX_ATTEMPTS as usize);
+        assert!(
+            job.attempts
+                .iter()
+                .all(|a| a.outcome.as_deref() == Some("lost"))
+        );
+    }
+
+    #[test]
+    fn assign_rechecks_slots_and_state_at_apply_time() {
+        let mut s = JobStore::default();
+        s.apply(1, &Command::Submit(vec![]));
+        s.apply(2, &submit("x"));
+        s.apply(3, &submit("y"));
+        s.apply(4, &Command::RegisterWorker(spec("a", 1, 0)));
+        let out = s.apply(
+            5,
+            &Command::Assign {
+                assignments: vec![("x".into(), "a".into()), ("y".into(), "a".into())],
+                at_ms: 0,
+            },
+        );
+        assert!(
+            matches!(out, Outcome::Assigned(r) if r[0].is_ok() && r[1].is_err()),
+            "slots are never oversubscribed"
+        );
+        s.apply(6, &Command::Drain { name: "a".into() });
+        assert!(
+            matches!(s.apply(7, &Command::Assign { assignments: vec![("y".into(), "a".into())], at_ms: 0 }), Outcome::Assigned(r) if r[0].is_err())
+        );
+        assert!(matches!(
+            s.apply(
+                8,
+                &Command::Heartbeat {
+                    name: "ghost".into(),
+                    at_ms: 0
+                }
+            ),
+            Outcome::Done(Err(_))
+        ));
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        let job = prop::sample::select(vec!["j1", "j2", "j3"]);
+        let worker = prop::sample::select(vec!["a", "b"]);
+        prop_oneof![
+            job.clone().prop_map(submit),
+            (worker.clone(), 1u32..3, 0u64..100)
+                .prop_map(|(w, slots, t)| Command::RegisterWorker(spec(w, slots, t * 1000))),
+            (worker.clone(), 0u64..100).prop_map(|(w, t)| Command::Heartbeat {
+                name: w.into(),
+                at_ms: t * 1000
+            }),
+            prop::collection::vec((job.clone(), worker), 1..3).prop_map(|a| Command::Assign {
+                assignments: a
+                    .into_iter()
+                    .map(|(j, w)| (j.to_owned(), w.to_owned()))
+                    .collect(),
+                at_ms: 0
+            }),
+            (job.clone(), 0u64..40, any::<bool>()).prop_map(|(j, token, pass)| Command::Report {
+                job: j.into(),
+                token,
+                report: verdict(if pass {
+                    Verdict::Passed
+                } else {
+                    Verdict::Failed
+                }),
+                at_ms: 0
+            }),
+            (job, 0u64..40).prop_map(|(j, token)| Command::Progress {
+                job: j.into(),
+                token,
+                phase: "restore".into(),
+                at_ms: 0
+            }),
+            (0u64..100).prop_map(|t| Command::ExpireWorkers {
+                now_ms: t * 1000,
+                lease_ms: 10_000
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever arrives, in any order: a job has at most one accepted verdict, a verdict is
+        /// only ever accepted with the current attempt's token, no worker runs more than its slots,
+        /// and a job's running attempt is on the worker that lists it.
+        #[test]
+        fn at_most_one_accepted_verdict_and_no_oversubscription(log in prop::collection::vec(command(), 0..60)) {
+            let mut s = JobStore::default();
+            let mut accepted: BTreeMap<String, u32> = BTreeMap::new();
+            for (i, cmd) in log.iter().enumerate() {
+                let index = i as u64 + 1;
+                let current = if let Command::Report { job, .. } = cmd { s.get(job).and_then(|j| j.attempts.last().map(|a| a.token)) } else { None };
+                let out = s.apply(index, cmd);
+                if let (Command::Report { job, token, .. }, Outcome::Done(Ok(()))) = (cmd, &out) {
+                    *accepted.entry(job.clone()).or_default() += 1;
+                    prop_assert_eq!(Some(*token), current, "accepted with a token that was not current");
+                }
+                for w in s.workers() {
+                    prop_assert!(w.running.len() as u32 <= w.spec.slots, "worker {} over its slots", w.spec.name);
+                    for j in &w.running {
+                        let job = s.get(j).expect("running job exists");
+                        prop_assert_eq!(job.attempts.last().map(|a| a.worker.as_str()), Some(w.spec.name.as_str()));
+                    }
+                }
+            }
+            prop_assert!(accepted.values().all(|n| *n <= 1), "a job got two accepted verdicts: {:?}", accepted);
+        }
+    }
+}
