@@ -14,6 +14,12 @@ use rehearse_proto::v1::coordinator_client::CoordinatorClient;
 
 const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
 
+fn loopback_addrs(n: u64) -> BTreeMap<u64, String> {
+    (1..=n)
+        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+        .collect()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -34,22 +40,29 @@ struct TestCluster {
 }
 
 impl TestCluster {
-    fn start(n: u64, compact_after: u64) -> TestCluster {
-        let addrs = (1..=n)
-            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
-            .collect();
-        let mut c = TestCluster {
+    /// A cluster of `addrs`, not started yet (tests may set peer lists or flags first).
+    fn new(addrs: BTreeMap<u64, String>, compact_after: u64) -> TestCluster {
+        TestCluster {
             dir: tempfile::tempdir().expect("dir"),
             addrs,
             peer_lists: BTreeMap::new(),
             extra: Vec::new(),
             procs: BTreeMap::new(),
             compact_after,
-        };
-        for id in 1..=n {
-            c.spawn(id, false);
         }
+    }
+
+    fn start(n: u64, compact_after: u64) -> TestCluster {
+        let mut c = TestCluster::new(loopback_addrs(n), compact_after);
+        c.spawn_all();
         c
+    }
+
+    fn spawn_all(&mut self) {
+        let ids: Vec<u64> = self.addrs.keys().copied().collect();
+        for id in ids {
+            self.spawn(id, false);
+        }
     }
 
     fn peers(&self) -> String {
@@ -475,9 +488,7 @@ async fn proxy(target: String) -> Proxy {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_isolated_old_leader_cannot_commit() {
-    let addrs: BTreeMap<u64, String> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
-        .collect();
+    let addrs = loopback_addrs(3);
     // Every peer link i -> j goes through its own proxy, so one node can be cut off entirely.
     let mut proxies: BTreeMap<(u64, u64), Proxy> = BTreeMap::new();
     for i in 1..=3 {
@@ -498,17 +509,9 @@ async fn an_isolated_old_leader_cannot_commit() {
             .collect();
         peer_lists.insert(i, list.join(","));
     }
-    let mut c = TestCluster {
-        dir: tempfile::tempdir().expect("dir"),
-        addrs,
-        peer_lists,
-        extra: Vec::new(),
-        procs: BTreeMap::new(),
-        compact_after: 10_000,
-    };
-    for id in 1..=3 {
-        c.spawn(id, false);
-    }
+    let mut c = TestCluster::new(addrs, 10_000);
+    c.peer_lists = peer_lists;
+    c.spawn_all();
     let old = c.leader().await;
     let acked = submit_n(&mut c.client(), 5).await;
     for ((i, j), p) in &proxies {
@@ -606,27 +609,16 @@ async fn mutual_tls_admits_only_holders_of_the_cluster_ca() {
         key: dir.join(format!("{name}.key")),
     };
     let node = tls(certs.path(), "node");
-    let addrs: BTreeMap<u64, String> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
-        .collect();
-    let mut c = TestCluster {
-        dir: tempfile::tempdir().expect("dir"),
-        addrs,
-        peer_lists: BTreeMap::new(),
-        extra: vec![
-            "--tls-ca".into(),
-            node.ca.display().to_string(),
-            "--tls-cert".into(),
-            node.cert.display().to_string(),
-            "--tls-key".into(),
-            node.key.display().to_string(),
-        ],
-        procs: BTreeMap::new(),
-        compact_after: 10_000,
-    };
-    for id in 1..=3 {
-        c.spawn(id, false);
-    }
+    let mut c = TestCluster::new(loopback_addrs(3), 10_000);
+    c.extra = vec![
+        "--tls-ca".into(),
+        node.ca.display().to_string(),
+        "--tls-cert".into(),
+        node.cert.display().to_string(),
+        "--tls-key".into(),
+        node.key.display().to_string(),
+    ];
+    c.spawn_all();
     // Peers elect over mTLS, and a client with a certificate from the cluster CA is served.
     let mut good = c
         .client()
