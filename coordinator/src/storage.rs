@@ -12,7 +12,7 @@ use std::path::Path;
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, TableDefinition};
 use rehearse_core::jobs::JobStore;
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +93,18 @@ pub struct Batch {
     state: bool,
     peers: bool,
     compact_to: Option<u64>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.hard.is_none()
+            && !self.conf
+            && !self.snapshot
+            && !self.state
+            && !self.peers
+            && self.compact_to.is_none()
+    }
 }
 
 impl RaftStore {
@@ -393,6 +405,11 @@ impl RaftStore {
     /// Writes a batch in one redb transaction; `durable` commits with fsync.
     pub fn commit(&mut self, batch: &mut Batch, durable: bool) -> Result<(), StoreError> {
         let batch = std::mem::take(batch);
+        // A Ready with only messages to send (heartbeats) has nothing to persist: no transaction,
+        // no fsync.
+        if batch.is_empty() {
+            return Ok(());
+        }
         let mut txn = self.db.begin_write().map_err(write_err)?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -402,24 +419,13 @@ impl RaftStore {
         {
             let mut entries = txn.open_table(ENTRIES).map_err(write_err)?;
             if let Some(to) = batch.compact_to {
-                let doomed: Vec<u64> = entries
-                    .range(..=to)
-                    .map_err(write_err)?
-                    .filter_map(|r| r.ok().map(|(k, _)| k.value()))
-                    .collect();
-                for k in doomed {
-                    entries.remove(k).map_err(write_err)?;
-                }
+                entries.retain_in(..=to, |_, _| false).map_err(write_err)?;
             }
+            // Entries from the first new one on are replaced (a new leader's log wins a conflict).
             if let Some(first) = batch.entries.first() {
-                let stale: Vec<u64> = entries
-                    .range(first.index..)
-                    .map_err(write_err)?
-                    .filter_map(|r| r.ok().map(|(k, _)| k.value()))
-                    .collect();
-                for k in stale {
-                    entries.remove(k).map_err(write_err)?;
-                }
+                entries
+                    .retain_in(first.index.., |_, _| false)
+                    .map_err(write_err)?;
             }
             for e in &batch.entries {
                 let bytes = e.write_to_bytes().map_err(write_err)?;
