@@ -11,8 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::handle::NodeHandle;
 use crate::node::{ApiError, Membership, Read, ReadAnswer};
 
-/// Metadata key carrying the leader on a "not leader" answer.
-pub const LEADER_METADATA: &str = "rehearse-leader";
+pub use rehearse_proto::{LEADER_METADATA, new_job_id};
 
 pub struct Api {
     pub node: NodeHandle,
@@ -67,22 +66,6 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
         submitted_at_ms: job.submitted_at_ms,
         updated_at_ms: job.updated_at_ms,
     }
-}
-
-/// A fresh job id: 128 random bits, hex. Clients normally choose it (so a retry is idempotent).
-pub fn new_job_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::from("job-");
-    for _ in 0..2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
 }
 
 #[tonic::async_trait]

@@ -11,18 +11,18 @@
 //! - [`transport`]: raft messages to and from peers (bytes inside tonic messages), allow-listed.
 //! - [`handle`]: the async side's handle on the raft thread.
 //! - [`api`]: the client gRPC API; the one place converting proto ⇄ core types.
-//! - [`client`]: a client that follows the leader (used by the CLI and tests).
+//! - `client`, `tls`: re-exported from `rehearse_proto` (shared with workers).
 //!
 //! The state machine itself is pure and lives in `rehearse_core::jobs`.
 //! Must not depend on: rehearse-worker.
 
 pub mod api;
-pub mod client;
 pub mod handle;
 pub mod node;
 pub mod storage;
-pub mod tls;
 pub mod transport;
+
+pub use rehearse_proto::{client, tls};
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;

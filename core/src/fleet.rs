@@ -224,50 +224,88 @@ impl JobStore {
         job.phase = None;
         job.updated_at_ms = at_ms;
         job.report = Some(report.clone());
-        let worker = job.attempts.last_mut().map(|a| {
-            a.ended_at_ms = Some(at_ms);
-            a.outcome = Some(
-                if report.verdict == Verdict::Passed {
-                    "passed"
-                } else {
-                    "failed"
-                }
-                .to_owned(),
-            );
-            a.worker.clone()
-        });
-        if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+        let outcome = match report.verdict {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+        };
+        self.end_attempt(job_id, outcome, at_ms);
+        Ok(())
+    }
+
+    /// Ends the job's open attempt, if any, with `outcome`, and frees its worker's slot.
+    pub(crate) fn end_attempt(&mut self, job_id: &str, outcome: &str, at_ms: u64) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(a) = job.attempts.last_mut().filter(|a| a.ended_at_ms.is_none()) else {
+            return;
+        };
+        a.ended_at_ms = Some(at_ms);
+        a.outcome = Some(outcome.to_owned());
+        let worker = a.worker.clone();
+        if let Some(w) = self.workers.get_mut(&worker) {
             w.running.remove(job_id);
         }
-        Ok(())
     }
 
     /// Ends the running attempts of these jobs as "lost"; each job goes back to pending, or fails
     /// once it has had `max_attempts` attempts.
     fn requeue(&mut self, jobs: impl IntoIterator<Item = String>, now_ms: u64) {
         for job_id in jobs {
+            self.end_attempt(&job_id, "lost", now_ms);
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
-            if let Some(a) = job.attempts.last_mut().filter(|a| a.ended_at_ms.is_none()) {
-                a.ended_at_ms = Some(now_ms);
-                a.outcome = Some("lost".to_owned());
-            }
             if job.state.is_final() {
                 continue;
             }
             let max = job.plan.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS) as usize;
-            job.state = if job.attempts.len() >= max {
-                JobState::Failed
+            if job.attempts.len() >= max {
+                job.state = JobState::Failed;
+                job.reason = Some(format!(
+                    "gave up after {} attempts: the worker running it was lost each time",
+                    job.attempts.len()
+                ));
             } else {
-                JobState::Pending
-            };
+                job.state = JobState::Pending;
+            }
             job.phase = None;
             job.updated_at_ms = now_ms;
         }
     }
 
-    /// Marks silent workers lost and re-queues (or finally fails) their jobs. Returns those jobs.
+    /// Jobs whose running attempt started longer than the plan's timeout plus `grace` ago: the
+    /// worker's own timeout should have ended them with a verdict, so the worker is alive but
+    /// not doing its work. They fail "timed out"; a report arriving later is refused.
+    fn time_out(&mut self, now_ms: u64, grace_ms: u64) -> Vec<String> {
+        let overdue: Vec<(String, u64)> = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
+            .filter_map(|j| {
+                let started = j.attempts.last()?.started_at_ms;
+                let timeout = plan_timeout_ms(&j.plan);
+                (started.saturating_add(timeout).saturating_add(grace_ms) < now_ms)
+                    .then(|| (j.id.clone(), timeout))
+            })
+            .collect();
+        for (id, timeout) in &overdue {
+            self.end_attempt(id, "timed out", now_ms);
+            if let Some(job) = self.jobs.get_mut(id) {
+                job.state = JobState::Failed;
+                job.phase = None;
+                job.updated_at_ms = now_ms;
+                job.reason = Some(format!(
+                    "timed out: no verdict from the worker within the plan timeout ({})",
+                    humantime::format_duration(std::time::Duration::from_millis(*timeout))
+                ));
+            }
+        }
+        overdue.into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Marks silent workers lost and re-queues (or finally fails) their jobs, and fails jobs with
+    /// no verdict long past their timeout (see [`Self::time_out`]). Returns the jobs touched.
     pub(crate) fn expire(&mut self, now_ms: u64, lease_ms: u64) -> Vec<String> {
         let mut touched = Vec::new();
         for w in self.workers.values_mut() {
@@ -280,8 +318,19 @@ impl JobStore {
             touched.extend(std::mem::take(&mut w.running));
         }
         self.requeue(touched.clone(), now_ms);
+        touched.extend(self.time_out(now_ms, lease_ms));
         touched
     }
+}
+
+/// The plan's timeout in ms (validated at submit; the default if it somehow does not parse).
+fn plan_timeout_ms(plan: &crate::plan::RawPlan) -> u64 {
+    let timeout = plan
+        .timeout
+        .as_deref()
+        .and_then(|t| humantime::parse_duration(t).ok())
+        .unwrap_or(crate::plan::DEFAULT_TIMEOUT);
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -422,6 +471,87 @@ mod tests {
     }
 
     #[test]
+    fn cancel_ends_the_attempt_and_frees_the_slot() {
+        let mut s = JobStore::default();
+        s.apply(1, &submit("j"));
+        s.apply(2, &submit("k"));
+        s.apply(3, &Command::RegisterWorker(spec("a", 1, 0)));
+        let assign = |job: &str, at_ms| Command::Assign {
+            assignments: vec![(job.into(), "a".into())],
+            at_ms,
+        };
+        s.apply(4, &assign("j", 1));
+        s.apply(
+            5,
+            &Command::Cancel {
+                id: "j".into(),
+                at_ms: 2,
+            },
+        );
+        let job = s.get("j").expect("job");
+        assert_eq!(job.state, JobState::Cancelled);
+        assert_eq!(job.attempts[0].outcome.as_deref(), Some("cancelled"));
+        assert_eq!(job.attempts[0].ended_at_ms, Some(2));
+        assert!(
+            matches!(s.apply(6, &assign("k", 3)), Outcome::Assigned(r) if r[0].is_ok()),
+            "the cancelled job's slot is free again"
+        );
+    }
+
+    #[test]
+    fn a_job_with_no_verdict_long_past_its_timeout_fails_timed_out() {
+        let mut s = JobStore::default();
+        let plan = RawPlan {
+            timeout: Some("1m".into()),
+            ..match submit("j") {
+                Command::Submit(mut v) => v.remove(0).plan,
+                _ => unreachable!(),
+            }
+        };
+        s.apply(
+            1,
+            &Command::Submit(vec![NewJob {
+                id: "j".into(),
+                plan,
+                at_ms: 0,
+            }]),
+        );
+        s.apply(2, &Command::RegisterWorker(spec("a", 1, 0)));
+        s.apply(
+            3,
+            &Command::Assign {
+                assignments: vec![("j".into(), "a".into())],
+                at_ms: 1_000,
+            },
+        );
+        // The worker keeps heartbeating, so it is not lost; but no verdict comes.
+        let beat = |at_ms| Command::Heartbeat {
+            name: "a".into(),
+            at_ms,
+        };
+        let expire = |now_ms| Command::ExpireWorkers {
+            now_ms,
+            lease_ms: 10_000,
+        };
+        s.apply(4, &beat(60_000));
+        assert_eq!(s.apply(5, &expire(65_000)), Outcome::Expired(vec![]));
+        s.apply(6, &beat(75_000));
+        assert_eq!(
+            s.apply(7, &expire(75_000)),
+            Outcome::Expired(vec!["j".into()])
+        );
+        let job = s.get("j").expect("job");
+        assert_eq!(job.state, JobState::Failed);
+        assert!(
+            job.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("timed out"))
+        );
+        assert_eq!(job.attempts[0].outcome.as_deref(), Some("timed out"));
+        assert_eq!(s.workers().next().map(|w| w.running.len()), Some(0));
+    }
+
+    #[test]
     fn gives_up_after_max_attempts_and_keeps_the_history() {
         let mut s = JobStore::default();
         s.apply(1, &submit("j"));
@@ -529,6 +659,10 @@ mod tests {
                 now_ms: t * 1000,
                 lease_ms: 10_000
             }),
+            prop::sample::select(vec!["j1", "j2", "j3"]).prop_map(|j| Command::Cancel {
+                id: j.into(),
+                at_ms: 0
+            }),
         ]
     }
 
@@ -547,6 +681,10 @@ mod tests {
                 if let (Command::Report { job, token, .. }, Outcome::Done(Ok(()))) = (cmd, &out) {
                     *accepted.entry(job.clone()).or_default() += 1;
                     prop_assert_eq!(Some(*token), current, "accepted with a token that was not current");
+                }
+                for j in s.list(None) {
+                    let open = j.attempts.last().is_some_and(|a| a.ended_at_ms.is_none());
+                    prop_assert!(!(j.state.is_final() && open), "final job {} has an open attempt", j.id);
                 }
                 for w in s.workers() {
                     prop_assert!(w.running.len() as u32 <= w.spec.slots, "worker {} over its slots", w.spec.name);

@@ -6,7 +6,7 @@
 //! timestamps are chosen by the proposer, never read from a clock here.
 //!
 //! States: `pending` → `assigned` → `running` → `passed` | `failed`, and `cancelled` from any
-//! non-final state. Worker assignment (attempts, leases, fencing) arrives with the fleet issue.
+//! non-final state. Workers, attempts, leases and fencing are in [`crate::fleet`].
 
 use std::collections::BTreeMap;
 
@@ -47,7 +47,7 @@ impl JobState {
     }
 }
 
-/// One delivery of a job to a worker (filled by the fleet issue).
+/// One delivery of a job to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub worker: String,
@@ -74,6 +74,9 @@ pub struct Job {
     /// The phase the running attempt last reported.
     #[serde(default)]
     pub phase: Option<String>,
+    /// Why a job ended without a report (lost on every attempt, no word past its timeout).
+    #[serde(default)]
+    pub reason: Option<String>,
     pub report: Option<Report>,
 }
 
@@ -254,6 +257,7 @@ impl JobStore {
                 updated_at_ms: new.at_ms,
                 created_index: index,
                 phase: None,
+                reason: None,
                 report: None,
             },
         );
@@ -275,7 +279,10 @@ impl JobStore {
             ));
         }
         job.state = JobState::Cancelled;
+        job.phase = None;
         job.updated_at_ms = at_ms;
+        // The worker sees the attempt gone from its assignments and stops the sandbox.
+        self.end_attempt(id, "cancelled", at_ms);
         Ok(())
     }
 }

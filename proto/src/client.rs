@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use rehearse_proto::v1 as pb;
-use rehearse_proto::v1::coordinator_client::CoordinatorClient;
+use crate::v1 as pb;
+use crate::v1::coordinator_client::CoordinatorClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::api::LEADER_METADATA;
+use crate::LEADER_METADATA;
 use crate::tls::{Tls, TlsFiles, url};
 
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +155,7 @@ impl Client {
 
     /// Submits a plan; the id is chosen here so retries are the same job.
     pub async fn submit(&mut self, plan_toml: &str) -> Result<String, ClientError> {
-        let id = crate::api::new_job_id();
+        let id = crate::new_job_id();
         let plan_toml = plan_toml.to_owned();
         let r = self
             .call(|mut c| {
