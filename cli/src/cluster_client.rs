@@ -9,11 +9,12 @@ use serde_json::{Value, json};
 
 use crate::{
     ClientArgs, ClientOutput, ClusterCommand, CouldNotVerify, JobCommand, JobsArgs, SubmitArgs,
+    WorkersArgs,
 };
 
 fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    let client = Client::new(args.coordinators.clone())?;
-    Ok(match args.tls.files() {
+    let client = Client::new(args.cluster.coordinators.clone())?;
+    Ok(match args.cluster.tls.files() {
         Some(files) => client.with_tls(&files)?,
         None => client,
     })
@@ -43,7 +44,50 @@ fn job_json(job: &pb::Job) -> Value {
         "report": report,
         "submitted_at_ms": job.submitted_at_ms,
         "updated_at_ms": job.updated_at_ms,
+        "phase": (!job.phase.is_empty()).then_some(&job.phase),
+        "reason": (!job.reason.is_empty()).then_some(&job.reason),
     })
+}
+
+/// A job for people: state, phase or reason, attempts, and the verdict's reason.
+fn print_job(job: &pb::Job) {
+    let mut line = format!("{}  {}", job.id, job.state);
+    if !job.phase.is_empty() {
+        line.push_str(&format!(" ({})", job.phase));
+    }
+    println!("{line}");
+    if !job.reason.is_empty() {
+        println!("  {}", job.reason);
+    }
+    for (i, a) in job.attempts.iter().enumerate() {
+        let outcome = if a.outcome.is_empty() {
+            "running"
+        } else {
+            &a.outcome
+        };
+        println!(
+            "  attempt {}: worker {} ({}), token {}, {}",
+            i + 1,
+            a.worker,
+            a.region,
+            a.token,
+            outcome
+        );
+    }
+    if let Ok(report) = serde_json::from_str::<rehearse_core::report::Report>(&job.report_json) {
+        print!("{}", rehearse_core::render::human(&report));
+    }
+}
+
+fn job_exit(job: &pb::Job) -> ExitCode {
+    match job.state.as_str() {
+        "passed" => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "passed" | "failed" | "cancelled")
 }
 
 fn print_json(v: &Value) {
@@ -70,10 +114,36 @@ pub async fn job(cmd: JobCommand) -> Result<ExitCode, CouldNotVerify> {
             let job = client(&args)?.get_job(&id).await?;
             match args.output {
                 ClientOutput::Json => print_json(&job_json(&job)),
-                ClientOutput::Human => {
-                    println!("{}  {}  attempts {}", job.id, job.state, job.attempts.len())
-                }
+                ClientOutput::Human => print_job(&job),
             }
+        }
+        JobCommand::Wait {
+            id,
+            timeout,
+            client: args,
+        } => {
+            let mut c = client(&args)?;
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            let job = loop {
+                let job = c.get_job(&id).await?;
+                if is_final(&job.state) {
+                    break job;
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return Err(anyhow::anyhow!(
+                        "job {id} is still {} after {}",
+                        job.state,
+                        humantime::format_duration(timeout.unwrap_or_default())
+                    )
+                    .into());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            };
+            match args.output {
+                ClientOutput::Json => print_json(&job_json(&job)),
+                ClientOutput::Human => print_job(&job),
+            }
+            return Ok(job_exit(&job));
         }
         JobCommand::Cancel { id, client: args } => {
             client(&args)?.cancel(&id).await?;
@@ -141,4 +211,57 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVerify> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn drain(name: &str, args: &ClientArgs) -> Result<ExitCode, CouldNotVerify> {
+    client(args)?.drain(name).await?;
+    match args.output {
+        ClientOutput::Json => print_json(&json!({ "name": name, "state": "draining" })),
+        ClientOutput::Human => println!("{name} draining: no new jobs; running ones finish"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn workers(args: WorkersArgs) -> Result<ExitCode, CouldNotVerify> {
+    let workers = client(&args.client)?.list_workers().await?;
+    match args.client.output {
+        ClientOutput::Json => print_json(&Value::Array(
+            workers
+                .iter()
+                .map(|w| {
+                    let labels: std::collections::BTreeMap<_, _> = w.labels.iter().collect();
+                    json!({
+                        "name": w.name,
+                        "region": w.region,
+                        "labels": labels,
+                        "slots": w.slots,
+                        "slots_in_use": w.used,
+                        "state": w.state,
+                        "last_heartbeat_ms": w.last_heartbeat_ms,
+                        "running": w.running,
+                    })
+                })
+                .collect(),
+        )),
+        ClientOutput::Human => {
+            for w in &workers {
+                println!(
+                    "{}  {}  {}  {}/{} slots  last heartbeat {} ms ago",
+                    w.name,
+                    w.region,
+                    w.state,
+                    w.used,
+                    w.slots,
+                    now_ms().saturating_sub(w.last_heartbeat_ms)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

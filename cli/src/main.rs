@@ -58,6 +58,76 @@ enum Command {
     /// Cluster status and membership changes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Run a worker: join the fleet, take jobs, verify them, report verdicts. `rehearse worker
+    /// drain NAME` stops new assignments to a worker and lets its running jobs finish.
+    Worker(WorkerArgs),
+    /// List workers: region, labels, slots in use, state (ready, draining, lost), last heartbeat.
+    Workers(WorkersArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct WorkerArgs {
+    #[command(subcommand)]
+    action: Option<WorkerAction>,
+    #[command(flatten)]
+    cluster: Coordinators,
+    /// This worker's name, unique in the fleet [default: the host name].
+    #[arg(long, env = "REHEARSE_WORKER_NAME")]
+    name: Option<String>,
+    /// The region this worker runs in (plans pin jobs with [placement] region / not_region).
+    #[arg(long, default_value = "default", env = "REHEARSE_REGION")]
+    region: String,
+    /// Labels plans can require: k=v,k=v.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    labels: std::collections::BTreeMap<String, String>,
+    /// How many verifications run at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// Where restores run.
+    #[arg(long, value_enum, default_value = "process", env = "REHEARSE_RUNTIME")]
+    runtime: Runtime,
+    /// The worker's own directory: sandboxes (reaped at start) and caches.
+    #[arg(
+        long,
+        env = "REHEARSE_WORK_DIR",
+        default_value = "/var/lib/rehearse/worker"
+    )]
+    work_dir: PathBuf,
+    /// Unprivileged user the database server and psql run as, when rehearse runs as root.
+    #[arg(long, default_value = "nobody", env = "REHEARSE_SANDBOX_USER")]
+    sandbox_user: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerAction {
+    /// Stop new assignments to a worker; running jobs finish.
+    Drain {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct WorkersArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Parses `k=v,k=v` (empty: no labels).
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("label {part:?}: expected KEY=VALUE"))?;
+        if k.trim().is_empty() {
+            return Err(format!("label {part:?}: empty key"));
+        }
+        labels.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(labels)
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +163,9 @@ struct CoordinatorArgs {
     /// majority is lost for good (see docs/cluster.md). Never restart the old members afterwards.
     #[arg(long)]
     force_new_cluster: bool,
+    /// A worker silent this long is declared lost and its jobs are re-queued (at least 500ms).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease: std::time::Duration,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -121,8 +194,9 @@ impl TlsArgs {
     }
 }
 
+/// Where the coordinator cluster is, and how to talk to it.
 #[derive(Debug, Args)]
-struct ClientArgs {
+struct Coordinators {
     /// Coordinator addresses, HOST:PORT,…; any one will do.
     #[arg(
         long,
@@ -131,11 +205,17 @@ struct ClientArgs {
         required = true
     )]
     coordinators: Vec<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    #[command(flatten)]
+    cluster: Coordinators,
     /// Output format.
     #[arg(long, short, value_enum, default_value = "human")]
     output: ClientOutput,
-    #[command(flatten)]
-    tls: TlsArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,9 +240,19 @@ enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Cancel a job that has not finished.
+    /// Cancel a job that has not finished; a running sandbox is stopped.
     Cancel {
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Block until the job has a verdict (or ends), then print it like `job get`. Exit code 0
+    /// passed, 1 failed or cancelled, 2 still not done after --timeout.
+    Wait {
+        id: String,
+        /// Give up after this long (e.g. 30s, 10m); without it, wait for as long as it takes.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -346,6 +436,8 @@ fn main() -> ExitCode {
             Command::Job(cmd) => cluster_client::job(cmd).await,
             Command::Jobs(args) => cluster_client::jobs(args).await,
             Command::Cluster(cmd) => cluster_client::cluster(cmd).await,
+            Command::Worker(args) => worker(args, cancel.clone()).await,
+            Command::Workers(args) => cluster_client::workers(args).await,
         }
     });
     match result {
@@ -542,8 +634,39 @@ async fn coordinator(
         compact_after: args.compact_after,
         force_new_cluster: args.force_new_cluster,
         tls: args.tls.files(),
+        lease: args.lease,
     };
     rehearse_coordinator::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<ExitCode, CouldNotVerify> {
+    if let Some(WorkerAction::Drain { name, client }) = args.action {
+        return cluster_client::drain(&name, &client).await;
+    }
+    let Runtime::Process = args.runtime;
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .context("no --name given and the host name is unknown")?,
+    };
+    if args.slots == 0 {
+        return Err(anyhow::anyhow!("--slots must be at least 1").into());
+    }
+    let config = rehearse_worker::agent::AgentConfig {
+        coordinators: args.cluster.coordinators,
+        tls: args.cluster.tls.files(),
+        name,
+        region: args.region,
+        labels: args.labels,
+        slots: args.slots,
+        work_dir: args.work_dir,
+        sandbox_user: args.sandbox_user,
+    };
+    rehearse_worker::agent::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,14 +2,20 @@
 //! and the one mapping from [`ApiError`] to gRPC status: "not leader" is `FAILED_PRECONDITION`
 //! with the leader in the `rehearse-leader` metadata (`ID=ADDR`), which clients follow.
 
-use rehearse_core::jobs::{Job, JobState};
+use std::pin::Pin;
+use std::time::Duration;
+
+use rehearse_core::fleet::{Worker, WorkerSpec};
+use rehearse_core::jobs::{Command, Job, JobState, Outcome};
 use rehearse_core::plan::Plan;
+use rehearse_core::report::Report;
 use rehearse_proto::v1 as pb;
 use rehearse_proto::v1::coordinator_server::Coordinator;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::handle::NodeHandle;
-use crate::node::{ApiError, Membership, Read, ReadAnswer};
+use crate::node::{ApiError, FleetView, Membership, Read, ReadAnswer};
 
 pub use rehearse_proto::{LEADER_METADATA, new_job_id};
 
@@ -34,7 +40,8 @@ pub fn status_of(e: ApiError) -> Status {
     }
 }
 
-fn state_name(s: JobState) -> String {
+/// The lowercase name serde gives a state (`pending`, `ready`, ...).
+fn state_name(s: impl serde::Serialize) -> String {
     serde_json::to_value(s)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -65,8 +72,82 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
             .unwrap_or_default(),
         submitted_at_ms: job.submitted_at_ms,
         updated_at_ms: job.updated_at_ms,
+        phase: job.phase.clone().unwrap_or_default(),
+        reason: job.reason.clone().unwrap_or_default(),
     }
 }
+
+pub fn worker_to_pb(w: &Worker) -> pb::WorkerInfo {
+    pb::WorkerInfo {
+        name: w.spec.name.clone(),
+        region: w.spec.region.clone(),
+        labels: w.spec.labels.clone().into_iter().collect(),
+        slots: w.spec.slots,
+        used: w.running.len() as u32,
+        state: state_name(w.state),
+        last_heartbeat_ms: w.last_heartbeat_ms,
+        running: w.running.iter().cloned().collect(),
+    }
+}
+
+/// A fleet command's outcome as an answer: refusals (stale token, unknown worker) are `ABORTED`
+/// with the reason; the worker gives up on that message rather than retrying it.
+fn done(outcome: Outcome) -> Result<(), Status> {
+    match outcome {
+        Outcome::Done(Ok(())) => Ok(()),
+        Outcome::Done(Err(reason)) => Err(Status::aborted(reason)),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// Names and regions: 1..=64 of [A-Za-z0-9_.-].
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(Status::invalid_argument(format!(
+            "{what} {name:?}: 1 to 64 of [A-Za-z0-9_.-]"
+        )));
+    }
+    Ok(())
+}
+
+/// The worker's part of the fleet view, or why the stream cannot go on.
+fn assignment_set(
+    view: &FleetView,
+    name: &str,
+    incarnation: u64,
+) -> Result<pb::AssignmentSet, Status> {
+    if !view.leader {
+        return Err(status_of(ApiError::NotLeader {
+            leader: view.leader_hint.clone(),
+        }));
+    }
+    match view.workers.get(name) {
+        Some((inc, running)) if *inc == incarnation => Ok(pb::AssignmentSet {
+            applied: view.applied,
+            assignments: running
+                .iter()
+                .map(|a| pb::Assignment {
+                    job_id: a.job.clone(),
+                    token: a.token,
+                    plan_toml: toml::to_string(&a.plan).unwrap_or_default(),
+                })
+                .collect(),
+        }),
+        Some(_) => Err(Status::aborted(format!(
+            "worker {name} registered again with another incarnation"
+        ))),
+        None => Err(Status::not_found(format!(
+            "no worker {name}; register first"
+        ))),
+    }
+}
+
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentSet, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Coordinator for Api {
@@ -111,7 +192,7 @@ impl Coordinator for Api {
             .map_err(status_of)?
         {
             ReadAnswer::Job(job) => Ok(Response::new(job_to_pb(&job))),
-            ReadAnswer::Jobs(_) => Err(Status::internal("wrong answer kind")),
+            _ => Err(Status::internal("wrong answer kind")),
         }
     }
 
@@ -129,7 +210,7 @@ impl Coordinator for Api {
             ReadAnswer::Jobs(jobs) => Ok(Response::new(pb::ListJobsResponse {
                 jobs: jobs.iter().map(job_to_pb).collect(),
             })),
-            ReadAnswer::Job(_) => Err(Status::internal("wrong answer kind")),
+            _ => Err(Status::internal("wrong answer kind")),
         }
     }
 
@@ -184,5 +265,175 @@ impl Coordinator for Api {
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::MembershipResponse {}))
+    }
+
+    async fn register_worker(
+        &self,
+        request: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let req = request.into_inner();
+        check_name("worker name", &req.name)?;
+        check_name("region", &req.region)?;
+        if req.slots == 0 {
+            return Err(Status::invalid_argument("a worker needs at least one slot"));
+        }
+        let spec = WorkerSpec {
+            name: req.name,
+            incarnation: req.incarnation,
+            region: req.region,
+            labels: req.labels.into_iter().collect(),
+            slots: req.slots,
+            at_ms: 0,
+        };
+        let outcome = self
+            .node
+            .fleet_command(Command::RegisterWorker(spec))
+            .await
+            .map_err(status_of)?;
+        done(outcome)?;
+        let lease = self.node.fleet().borrow().lease;
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            lease_ms: lease.as_millis() as u64,
+            heartbeat_ms: (lease / 5).as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let outcome = self
+            .node
+            .fleet_command(Command::Heartbeat {
+                name: req.name,
+                at_ms: 0,
+            })
+            .await
+            .map_err(status_of)?;
+        done(outcome)?;
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    type AssignmentsStream = AssignmentStream;
+
+    async fn assignments(
+        &self,
+        request: Request<pb::AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let req = request.into_inner();
+        let mut fleet = self.node.fleet();
+        let first = assignment_set(&fleet.borrow_and_update(), &req.name, req.incarnation);
+        let first = first?;
+        let keepalive = (fleet.borrow().lease / 5).max(Duration::from_millis(100));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            let mut keepalive_at = tokio::time::Instant::now() + keepalive;
+            loop {
+                tokio::select! {
+                    r = fleet.changed() => if r.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("coordinator is shutting down"))).await;
+                        return;
+                    },
+                    () = tokio::time::sleep_until(keepalive_at) => {}
+                    () = tx.closed() => return,
+                }
+                let next = assignment_set(&fleet.borrow_and_update(), &req.name, req.incarnation);
+                let set = match next {
+                    Ok(set) => set,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                // Sent when the attempts change, and as a keepalive: a silent stream is dead.
+                let now = tokio::time::Instant::now();
+                if set.assignments != last.assignments || now >= keepalive_at {
+                    last = set;
+                    keepalive_at = now + keepalive;
+                    if tx.send(Ok(last.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<pb::ProgressRequest>,
+    ) -> Result<Response<pb::ProgressResponse>, Status> {
+        let req = request.into_inner();
+        let outcome = self
+            .node
+            .fleet_command(Command::Progress {
+                job: req.job_id,
+                token: req.token,
+                phase: req.phase,
+                at_ms: 0,
+            })
+            .await
+            .map_err(status_of)?;
+        done(outcome)?;
+        Ok(Response::new(pb::ProgressResponse {}))
+    }
+
+    async fn report_verdict(
+        &self,
+        request: Request<pb::VerdictRequest>,
+    ) -> Result<Response<pb::VerdictResponse>, Status> {
+        let req = request.into_inner();
+        let report: Report = serde_json::from_str(&req.report_json)
+            .map_err(|e| Status::invalid_argument(format!("report: {e}")))?;
+        let outcome = self
+            .node
+            .fleet_command(Command::Report {
+                job: req.job_id,
+                token: req.token,
+                report: Box::new(report),
+                at_ms: 0,
+            })
+            .await
+            .map_err(status_of)?;
+        done(outcome)?;
+        Ok(Response::new(pb::VerdictResponse {}))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let name = request.into_inner().name;
+        let outcome = self
+            .node
+            .fleet_command(Command::Drain { name })
+            .await
+            .map_err(status_of)?;
+        match outcome {
+            Outcome::Done(Err(reason)) if reason.starts_with("no worker") => {
+                Err(Status::not_found(reason))
+            }
+            other => done(other),
+        }?;
+        Ok(Response::new(pb::DrainResponse {}))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        match self.node.read(Read::Workers).await.map_err(status_of)? {
+            ReadAnswer::Workers(workers) => Ok(Response::new(pb::ListWorkersResponse {
+                workers: workers.iter().map(worker_to_pb).collect(),
+            })),
+            _ => Err(Status::internal("wrong answer kind")),
+        }
     }
 }

@@ -1,16 +1,19 @@
 //! The async side's handle on the raft thread: requests in, answers back on a oneshot.
 
-use raft::prelude::Message;
-use rehearse_core::jobs::JobState;
-use rehearse_core::plan::RawPlan;
-use tokio::sync::oneshot;
+use std::sync::Arc;
 
-use crate::node::{ApiError, Membership, Read, ReadAnswer, Reply, Request, Status};
+use raft::prelude::Message;
+use rehearse_core::jobs::{Command, JobState, Outcome};
+use rehearse_core::plan::RawPlan;
+use tokio::sync::{oneshot, watch};
+
+use crate::node::{ApiError, FleetView, Membership, Read, ReadAnswer, Reply, Request, Status};
 use crate::storage::PeerInfo;
 
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: std::sync::mpsc::Sender<Request>,
+    fleet: watch::Receiver<Arc<FleetView>>,
 }
 
 fn stopped() -> ApiError {
@@ -18,8 +21,21 @@ fn stopped() -> ApiError {
 }
 
 impl NodeHandle {
-    pub fn new(tx: std::sync::mpsc::Sender<Request>) -> NodeHandle {
-        NodeHandle { tx }
+    pub fn new(
+        tx: std::sync::mpsc::Sender<Request>,
+        fleet: watch::Receiver<Arc<FleetView>>,
+    ) -> NodeHandle {
+        NodeHandle { tx, fleet }
+    }
+
+    /// What the leader wants each worker to run, updated on every change.
+    pub fn fleet(&self) -> watch::Receiver<Arc<FleetView>> {
+        self.fleet.clone()
+    }
+
+    /// Proposes a fleet command (the leader stamps its time) and returns what applying it did.
+    pub async fn fleet_command(&self, command: Command) -> Result<Outcome, ApiError> {
+        self.call(|reply| Request::Fleet { command, reply }).await
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, ApiError> {

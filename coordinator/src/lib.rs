@@ -62,7 +62,13 @@ pub struct CoordinatorConfig {
     pub force_new_cluster: bool,
     /// mTLS for peers and clients; `None`: plaintext.
     pub tls: Option<tls::TlsFiles>,
+    /// A worker silent this long is lost and its attempts re-queued (workers heartbeat 5 times
+    /// per lease).
+    pub lease: std::time::Duration,
 }
+
+/// The default worker lease: a lost worker's jobs are re-queued within about this long.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Fatal errors: the node cannot run (request errors are answers, not these).
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +187,13 @@ pub async fn run(
         allowed.clone(),
         tokio::runtime::Handle::current(),
     );
+    if config.lease < std::time::Duration::from_millis(500) {
+        return Err(CoordinatorError::Config(
+            "--lease must be at least 500ms".into(),
+        ));
+    }
     let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let (fleet_tx, fleet_rx) = tokio::sync::watch::channel(Default::default());
     let node = Node::new(
         store,
         transport,
@@ -189,11 +201,13 @@ pub async fn run(
             id: config.id,
             info,
             compact_after: config.compact_after.max(2),
+            lease: config.lease,
         },
+        fleet_tx,
         &logger,
     )?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let handle = NodeHandle::new(tx);
+    let handle = NodeHandle::new(tx, fleet_rx);
     let raft_thread = std::thread::Builder::new()
         .name(format!("raft-{}", config.id))
         .spawn(move || node.run(rx))

@@ -6,16 +6,19 @@
 //! messages that depend on the persisted state, advance. All submits queued when a loop turn
 //! starts become one log entry: many clients share one fsync.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole};
+use rehearse_core::fleet::Worker;
 use rehearse_core::jobs::{Command, Job, JobState, NewJob, Outcome};
+use rehearse_core::placement;
 use rehearse_core::plan::RawPlan;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::storage::{Batch, PeerInfo, RaftStore, StoreError};
@@ -51,12 +54,37 @@ pub enum Membership {
 pub enum Read {
     Job(String),
     Jobs(Option<JobState>),
+    Workers,
 }
 
 #[derive(Debug)]
 pub enum ReadAnswer {
     Job(Box<Job>),
     Jobs(Vec<Job>),
+    /// With each worker's last heartbeat as the log has it.
+    Workers(Vec<Worker>),
+}
+
+/// One attempt a worker should be running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assigned {
+    pub job: String,
+    pub token: u64,
+    pub plan: RawPlan,
+}
+
+/// What the leader wants each worker to run, published after every change (a `watch`): the
+/// assignment streams read it. On a follower it only says who leads.
+#[derive(Debug, Clone, Default)]
+pub struct FleetView {
+    pub leader: bool,
+    /// The leader's id and address, when known (for "not leader" answers).
+    pub leader_hint: Option<(u64, String)>,
+    /// The log index this view reflects.
+    pub applied: u64,
+    /// By worker name: its incarnation and its running attempts.
+    pub workers: BTreeMap<String, (u64, Vec<Assigned>)>,
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +128,12 @@ pub enum Request {
         addr: String,
         reply: Reply<()>,
     },
+    /// A fleet command (register, heartbeat, drain, progress, report): its time is stamped by
+    /// the leader, and the reply is what applying it did.
+    Fleet {
+        command: Command,
+        reply: Reply<Outcome>,
+    },
     Raft {
         from: u64,
         info: PeerInfo,
@@ -115,13 +149,21 @@ pub struct NodeOptions {
     pub info: PeerInfo,
     /// Compact the log into a snapshot point once it holds this many entries.
     pub compact_after: u64,
+    /// A worker silent this long is lost.
+    pub lease: Duration,
 }
+
+/// How often the leader looks for lost workers and overdue jobs.
+const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 
 /// Proposals waiting for their entry to be applied, keyed by the proposal's context.
 enum Waiter {
     Submits(Vec<Reply<String>>),
     Cancel(Reply<()>),
     Membership(Reply<()>),
+    Fleet(Reply<Outcome>),
+    /// The leader's own assignment or expiry proposal.
+    Internal,
 }
 
 struct PendingRead {
@@ -140,6 +182,17 @@ pub struct Node {
     next_ctx: u64,
     /// Submits gathered during this loop turn; proposed as one entry.
     submits: Vec<(NewJob, Reply<String>)>,
+    fleet: watch::Sender<Arc<FleetView>>,
+    /// Something placement depends on changed since the last placement.
+    placement_dirty: bool,
+    /// Something the assignment streams show changed since the last publication.
+    fleet_dirty: bool,
+    /// The leader's assignment / expiry proposal not applied yet (one of each at a time).
+    assign_in_flight: Option<u64>,
+    expire_in_flight: Option<u64>,
+    /// When this node last became leader: it expires nobody during its first lease.
+    leader_since: Option<Instant>,
+    last_expiry_check: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -153,6 +206,7 @@ impl Node {
         store: RaftStore,
         transport: Transport,
         opts: NodeOptions,
+        fleet: watch::Sender<Arc<FleetView>>,
         logger: &slog::Logger,
     ) -> Result<Node, raft::Error> {
         let applied = store.jobs.applied();
@@ -177,6 +231,13 @@ impl Node {
             reads: HashMap::new(),
             next_ctx: 1,
             submits: Vec::new(),
+            fleet,
+            placement_dirty: true,
+            fleet_dirty: true,
+            assign_in_flight: None,
+            expire_in_flight: None,
+            leader_since: None,
+            last_expiry_check: Instant::now(),
         };
         let peers: Vec<(u64, PeerInfo)> = node
             .raw
@@ -218,6 +279,11 @@ impl Node {
                 last_tick = Instant::now();
             }
             self.on_ready()?;
+            if self.is_leader() {
+                self.schedule();
+                self.expire_if_due();
+            }
+            self.publish_fleet();
             if stop {
                 break;
             }
@@ -332,6 +398,22 @@ impl Node {
                         index: None,
                     },
                 );
+            }
+            Request::Fleet { mut command, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                stamp(&mut command, now_ms());
+                let ctx = self.ctx();
+                match self.propose(ctx, &command) {
+                    Ok(()) => {
+                        self.waiters.insert(ctx, Waiter::Fleet(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -521,9 +603,14 @@ impl Node {
                 leader = self.raw.raft.leader_id,
                 "raft role changed"
             );
-            if role != StateRole::Leader {
+            if role == StateRole::Leader {
+                self.leader_since = Some(Instant::now());
+                self.placement_dirty = true;
+            } else {
+                self.leader_since = None;
                 self.fail_waiters();
             }
+            self.fleet_dirty = true;
         }
         Ok(())
     }
@@ -538,8 +625,12 @@ impl Node {
                     .into_iter()
                     .for_each(|r| drop(r.send(Err(err.clone())))),
                 Waiter::Cancel(r) | Waiter::Membership(r) => drop(r.send(Err(err.clone()))),
+                Waiter::Fleet(r) => drop(r.send(Err(err.clone()))),
+                Waiter::Internal => {}
             }
         }
+        self.assign_in_flight = None;
+        self.expire_in_flight = None;
         for (_, read) in self.reads.drain() {
             let _ = read.reply.send(Err(err.clone()));
         }
@@ -564,12 +655,15 @@ impl Node {
             let answer = match pending.read {
                 Read::Job(id) => jobs
                     .get(&id)
-                    .cloned()
-                    .map(|j| ReadAnswer::Job(Box::new(j)))
+                    .map(|j| ReadAnswer::Job(Box::new(explained(jobs, j))))
                     .ok_or(ApiError::NotFound(format!("no job {id}"))),
                 Read::Jobs(state) => Ok(ReadAnswer::Jobs(
-                    jobs.list(state).into_iter().cloned().collect(),
+                    jobs.list(state)
+                        .into_iter()
+                        .map(|j| explained(jobs, j))
+                        .collect(),
                 )),
+                Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
             };
             let _ = pending.reply.send(answer);
         }
@@ -595,6 +689,7 @@ impl Node {
                         }
                     };
                     let outcome = self.raw.mut_store().jobs.apply(entry.index, &command);
+                    self.note_applied(&command, ctx);
                     if let Some(waiter) = ctx.and_then(|c| self.waiters.remove(&c)) {
                         reply(waiter, outcome);
                     }
@@ -652,6 +747,155 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Records what an applied command changed for the scheduler and the assignment streams.
+    fn note_applied(&mut self, command: &Command, ctx: Option<u64>) {
+        if ctx.is_some() && ctx == self.assign_in_flight {
+            self.assign_in_flight = None;
+        }
+        if ctx.is_some() && ctx == self.expire_in_flight {
+            self.expire_in_flight = None;
+        }
+        match command {
+            Command::Heartbeat { .. } | Command::Progress { .. } | Command::Noop => {}
+            Command::Submit(_) => self.placement_dirty = true,
+            _ => {
+                self.placement_dirty = true;
+                self.fleet_dirty = true;
+            }
+        }
+    }
+
+    /// The leader places pending jobs on workers with free slots and proposes the result: one
+    /// `Assign` entry at a time, each re-checked when applied.
+    fn schedule(&mut self) {
+        if !self.placement_dirty || self.assign_in_flight.is_some() {
+            return;
+        }
+        self.placement_dirty = false;
+        let jobs = &self.raw.store().jobs;
+        let (workers, pending) = {
+            let workers: Vec<_> = jobs.workers().map(Worker::view).collect();
+            if !placement::has_free_slot(&workers) {
+                return;
+            }
+            jobs.placement_input()
+        };
+        let placed = placement::place(&workers, &pending);
+        if placed.assigned.is_empty() {
+            return;
+        }
+        let ctx = self.ctx();
+        let command = Command::Assign {
+            assignments: placed.assigned,
+            at_ms: now_ms(),
+        };
+        match self.propose(ctx, &command) {
+            Ok(()) => {
+                self.assign_in_flight = Some(ctx);
+                self.waiters.insert(ctx, Waiter::Internal);
+            }
+            Err(e) => debug!(error = %e, "assignment not proposed"),
+        }
+    }
+
+    /// The leader marks workers silent past their lease lost (their attempts go back to pending)
+    /// and fails jobs silent past their timeout. A new leader first waits one lease: heartbeats
+    /// sent during the election could not land, and that must not cost anyone their jobs.
+    fn expire_if_due(&mut self) {
+        if self.expire_in_flight.is_some()
+            || self.last_expiry_check.elapsed() < EXPIRY_CHECK
+            || self
+                .leader_since
+                .is_none_or(|t| t.elapsed() < self.opts.lease)
+        {
+            return;
+        }
+        self.last_expiry_check = Instant::now();
+        let now = now_ms();
+        let lease_ms = self.opts.lease.as_millis() as u64;
+        if !self.raw.store().jobs.expiry_due(now, lease_ms) {
+            return;
+        }
+        let ctx = self.ctx();
+        match self.propose(
+            ctx,
+            &Command::ExpireWorkers {
+                now_ms: now,
+                lease_ms,
+            },
+        ) {
+            Ok(()) => {
+                self.expire_in_flight = Some(ctx);
+                self.waiters.insert(ctx, Waiter::Internal);
+            }
+            Err(e) => debug!(error = %e, "expiry not proposed"),
+        }
+    }
+
+    /// Publishes what each worker should run, when it changed.
+    fn publish_fleet(&mut self) {
+        if !self.fleet_dirty {
+            return;
+        }
+        self.fleet_dirty = false;
+        let leader = self.is_leader();
+        let jobs = &self.raw.store().jobs;
+        let mut workers = BTreeMap::new();
+        if leader {
+            for w in jobs.workers() {
+                let running = w
+                    .running
+                    .iter()
+                    .filter_map(|id| jobs.get(id))
+                    .filter_map(|j| {
+                        Some(Assigned {
+                            job: j.id.clone(),
+                            token: j.attempts.last()?.token,
+                            plan: j.plan.clone(),
+                        })
+                    })
+                    .collect();
+                workers.insert(w.spec.name.clone(), (w.spec.incarnation, running));
+            }
+        }
+        let leader_hint = match self.not_leader() {
+            ApiError::NotLeader { leader } => leader,
+            _ => None,
+        };
+        self.fleet.send_replace(Arc::new(FleetView {
+            leader,
+            leader_hint,
+            applied: jobs.applied(),
+            workers,
+            lease: self.opts.lease,
+        }));
+    }
+}
+
+/// The job as a read shows it: a pending job says why it waits.
+fn explained(jobs: &rehearse_core::jobs::JobStore, job: &Job) -> Job {
+    let mut job = job.clone();
+    if job.reason.is_none() {
+        job.reason = jobs.waiting_reason(&job);
+    }
+    job
+}
+
+/// Fleet commands carry the leader's clock, set when it proposes them.
+fn stamp(command: &mut Command, now: u64) {
+    match command {
+        Command::RegisterWorker(spec) => spec.at_ms = now,
+        Command::Heartbeat { at_ms, .. }
+        | Command::Progress { at_ms, .. }
+        | Command::Report { at_ms, .. }
+        | Command::Cancel { at_ms, .. }
+        | Command::Assign { at_ms, .. } => *at_ms = now,
+        Command::ExpireWorkers { now_ms, .. } => *now_ms = now,
+        Command::Submit(_) | Command::Noop | Command::Drain { .. } => {}
+    }
+}
+
 fn ctx_of(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes)
 }
@@ -666,6 +910,10 @@ fn reply(waiter: Waiter, outcome: Outcome) {
         (Waiter::Cancel(r), Outcome::Cancelled(result)) => {
             let _ = r.send(result.map_err(ApiError::Invalid));
         }
+        (Waiter::Fleet(r), outcome) => {
+            let _ = r.send(Ok(outcome));
+        }
+        (Waiter::Internal, _) => {}
         (Waiter::Submits(replies), _) => replies.into_iter().for_each(|r| {
             drop(r.send(Err(ApiError::Unavailable(
                 "entry applied without an outcome".into(),

@@ -63,20 +63,23 @@ impl JobStore {
         let jobs = self
             .list(Some(JobState::Pending))
             .into_iter()
-            .map(|j| {
-                let p = j.plan.placement.clone().unwrap_or_default();
-                PendingJob {
-                    id: j.id.clone(),
-                    constraint: Constraint {
-                        region: p.region,
-                        not_region: p.not_region,
-                        labels: p.labels,
-                    },
-                    tried: j.attempts.iter().map(|a| a.worker.clone()).collect(),
-                }
+            .map(|j| PendingJob {
+                id: j.id.clone(),
+                constraint: constraint(j),
+                tried: j.attempts.iter().map(|a| a.worker.clone()).collect(),
             })
             .collect();
         (workers, jobs)
+    }
+
+    /// Why a pending job is not running yet ("no live worker in region eu with a free slot");
+    /// `None` for a job that is not pending.
+    pub fn waiting_reason(&self, job: &crate::jobs::Job) -> Option<String> {
+        if job.state != JobState::Pending {
+            return None;
+        }
+        let workers: Vec<WorkerView> = self.workers.values().map(Worker::view).collect();
+        Some(crate::placement::explain(&workers, &constraint(job)))
     }
 
     /// A reconnect (same incarnation) refreshes the worker and keeps its attempts. A restart (new
@@ -279,9 +282,7 @@ impl JobStore {
     /// not doing its work. They fail "timed out"; a report arriving later is refused.
     fn time_out(&mut self, now_ms: u64, grace_ms: u64) -> Vec<String> {
         let overdue: Vec<(String, u64)> = self
-            .jobs
-            .values()
-            .filter(|j| matches!(j.state, JobState::Assigned | JobState::Running))
+            .running_jobs()
             .filter_map(|j| {
                 let started = j.attempts.last()?.started_at_ms;
                 let timeout = plan_timeout_ms(&j.plan);
@@ -304,6 +305,29 @@ impl JobStore {
         overdue.into_iter().map(|(id, _)| id).collect()
     }
 
+    /// Jobs with an attempt running (every one is in its worker's `running` set).
+    fn running_jobs(&self) -> impl Iterator<Item = &crate::jobs::Job> {
+        self.workers
+            .values()
+            .flat_map(|w| w.running.iter())
+            .filter_map(|id| self.jobs.get(id))
+    }
+
+    /// Whether [`Command::ExpireWorkers`](crate::jobs::Command::ExpireWorkers) at `now_ms` would
+    /// change anything: the leader checks this before proposing one.
+    pub fn expiry_due(&self, now_ms: u64, lease_ms: u64) -> bool {
+        self.workers.values().any(|w| {
+            w.state != WorkerState::Lost && w.last_heartbeat_ms.saturating_add(lease_ms) < now_ms
+        }) || self.running_jobs().any(|j| {
+            j.attempts.last().is_some_and(|a| {
+                a.started_at_ms
+                    .saturating_add(plan_timeout_ms(&j.plan))
+                    .saturating_add(lease_ms)
+                    < now_ms
+            })
+        })
+    }
+
     /// Marks silent workers lost and re-queues (or finally fails) their jobs, and fails jobs with
     /// no verdict long past their timeout (see [`Self::time_out`]). Returns the jobs touched.
     pub(crate) fn expire(&mut self, now_ms: u64, lease_ms: u64) -> Vec<String> {
@@ -320,6 +344,16 @@ impl JobStore {
         self.requeue(touched.clone(), now_ms);
         touched.extend(self.time_out(now_ms, lease_ms));
         touched
+    }
+}
+
+/// Where the job's plan lets it run.
+fn constraint(job: &crate::jobs::Job) -> Constraint {
+    let p = job.plan.placement.clone().unwrap_or_default();
+    Constraint {
+        region: p.region,
+        not_region: p.not_region,
+        labels: p.labels,
     }
 }
 

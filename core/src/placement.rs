@@ -120,6 +120,26 @@ pub fn place(workers: &[WorkerView], jobs: &[PendingJob]) -> Placement {
     out
 }
 
+/// Why a pending job is not running yet, as `job get` shows it: the reason no worker can take
+/// it, or that a worker could and the job waits for the scheduler's next round.
+pub fn explain(workers: &[WorkerView], constraint: &Constraint) -> String {
+    let fits = workers
+        .iter()
+        .any(|w| w.state == WorkerState::Ready && w.used < w.slots && constraint.admits(w));
+    if fits {
+        return "waiting to be assigned".to_owned();
+    }
+    let used: Vec<u32> = workers.iter().map(|w| w.used).collect();
+    why_waiting(workers, &used, constraint)
+}
+
+/// Whether any worker could take any job now (the scheduler skips placement otherwise).
+pub fn has_free_slot(workers: &[WorkerView]) -> bool {
+    workers
+        .iter()
+        .any(|w| w.state == WorkerState::Ready && w.used < w.slots)
+}
+
 fn why_waiting(workers: &[WorkerView], used: &[u32], constraint: &Constraint) -> String {
     let place = constraint.describe();
     let place = if place.is_empty() {

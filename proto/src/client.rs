@@ -240,4 +240,100 @@ impl Client {
         .await
         .map(drop)
     }
+
+    pub async fn register_worker(
+        &mut self,
+        req: pb::RegisterWorkerRequest,
+    ) -> Result<pb::RegisterWorkerResponse, ClientError> {
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.register_worker(req).await }
+        })
+        .await
+    }
+
+    pub async fn heartbeat(&mut self, name: &str, incarnation: u64) -> Result<(), ClientError> {
+        let name = name.to_owned();
+        self.call(|mut c| {
+            let req = pb::HeartbeatRequest {
+                name: name.clone(),
+                incarnation,
+            };
+            async move { c.heartbeat(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Opens the worker's assignment stream on the leader.
+    pub async fn assignments(
+        &mut self,
+        name: &str,
+        incarnation: u64,
+    ) -> Result<tonic::Streaming<pb::AssignmentSet>, ClientError> {
+        let name = name.to_owned();
+        self.call(|mut c| {
+            let req = pb::AssignmentsRequest {
+                name: name.clone(),
+                incarnation,
+            };
+            async move { c.assignments(req).await }
+        })
+        .await
+    }
+
+    pub async fn progress(
+        &mut self,
+        job_id: &str,
+        token: u64,
+        phase: &str,
+    ) -> Result<(), ClientError> {
+        let req = pb::ProgressRequest {
+            job_id: job_id.to_owned(),
+            token,
+            phase: phase.to_owned(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.report_progress(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn verdict(
+        &mut self,
+        job_id: &str,
+        token: u64,
+        report_json: &str,
+    ) -> Result<(), ClientError> {
+        let req = pb::VerdictRequest {
+            job_id: job_id.to_owned(),
+            token,
+            report_json: report_json.to_owned(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.report_verdict(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn drain(&mut self, name: &str) -> Result<(), ClientError> {
+        let name = name.to_owned();
+        self.call(|mut c| {
+            let req = pb::DrainRequest { name: name.clone() };
+            async move { c.drain_worker(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn list_workers(&mut self) -> Result<Vec<pb::WorkerInfo>, ClientError> {
+        let r = self
+            .call(|mut c| async move { c.list_workers(pb::ListWorkersRequest {}).await })
+            .await?;
+        Ok(r.workers)
+    }
 }

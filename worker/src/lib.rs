@@ -1,9 +1,10 @@
 //! rehearse-worker: turns a plan into a verdict.
 //!
-//! Today it runs the whole verification in-process (the embedded `rehearse verify`); with the
-//! fleet issue it also becomes the agent that takes jobs from the coordinator.
+//! It runs the whole verification in-process (the embedded `rehearse verify`), and, as the agent
+//! behind `rehearse worker`, takes jobs from the coordinator and reports their verdicts.
 //!
 //! Layout:
+//! - [`agent`]: the fleet agent — registration, heartbeats, the assignment stream, attempts.
 //! - [`pipeline`]: one verification, phase by phase, with the RTO clock, timeout and interrupt.
 //! - [`source`]: where artifacts come from (local files and directories today).
 //! - [`checksum`]: blake3 in one pass, on all cores.
@@ -13,8 +14,9 @@
 //! - [`tail`]: bounded capture of a tool's stderr for failure reasons.
 //!
 //! Pure decisions (plan, formats, verdict rules, the script filter) live in `rehearse_core`.
-//! Must not depend on: rehearse-coordinator.
+//! Must not depend on: rehearse-coordinator (it speaks to it through `rehearse_proto`'s client).
 
+pub mod agent;
 pub mod checksum;
 pub mod pipeline;
 pub mod postgres;

@@ -120,6 +120,17 @@ impl Verifier {
         plan: &Plan,
         cancel: &CancellationToken,
     ) -> Result<Report, VerifyError> {
+        self.verify_watched(plan, cancel, None).await
+    }
+
+    /// [`Self::verify`], announcing each phase as it begins on `phases` (a worker reports them
+    /// to the coordinator, so `job get` shows where a run is).
+    pub async fn verify_watched(
+        &self,
+        plan: &Plan,
+        cancel: &CancellationToken,
+        phases: Option<tokio::sync::watch::Sender<Option<Phase>>>,
+    ) -> Result<Report, VerifyError> {
         let started = SystemTime::now();
         let mut report = Report::new(
             &plan.artifact.url,
@@ -130,7 +141,10 @@ impl Verifier {
         report.name = plan.name.clone();
         let mut run = Run {
             report,
-            clock: Clock::default(),
+            clock: Clock {
+                announce: phases,
+                ..Clock::default()
+            },
             cluster: None,
             newest_ms: None,
         };
@@ -316,10 +330,14 @@ struct Clock {
     start: Option<Instant>,
     current: Option<(Phase, Instant)>,
     phases: Vec<PhaseReport>,
+    announce: Option<tokio::sync::watch::Sender<Option<Phase>>>,
 }
 
 impl Clock {
     fn begin(&mut self, phase: Phase) {
+        if let Some(tx) = &self.announce {
+            tx.send_replace(Some(phase));
+        }
         let now = Instant::now();
         self.start.get_or_insert(now);
         self.current = Some((phase, now));
