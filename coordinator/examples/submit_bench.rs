@@ -7,99 +7,14 @@
 //!
 //! Prints one JSON object.
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rehearse_coordinator::client::Client;
 
+mod bench_common;
+use bench_common::{Cluster, percentile};
+
 const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
-struct Cluster {
-    bin: String,
-    dir: tempfile::TempDir,
-    addrs: BTreeMap<u64, String>,
-    procs: BTreeMap<u64, Child>,
-}
-
-impl Cluster {
-    fn spawn(&mut self, id: u64) {
-        let peers = self
-            .addrs
-            .iter()
-            .map(|(i, a)| format!("{i}={a}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let child = Command::new(&self.bin)
-            .args([
-                "coordinator",
-                "--id",
-                &id.to_string(),
-                "--listen",
-                &self.addrs[&id],
-                "--peers",
-                &peers,
-            ])
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("n{id}")))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn coordinator");
-        self.procs.insert(id, child);
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.addrs.values().cloned().collect()).expect("client")
-    }
-
-    async fn leader(&mut self) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            for (id, child) in &mut self.procs {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "coordinator {id} exited ({status}); is {} a current build?",
-                        self.bin
-                    );
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader within 30 s");
-            if let Ok(s) = self.client().status().await
-                && s.leader != 0
-            {
-                return s.leader;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.procs.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 #[tokio::main]
 async fn main() {
@@ -110,19 +25,7 @@ async fn main() {
         .unwrap_or_else(|| "target/release/rehearse".into());
     let jobs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let clients: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(64);
-    let addrs = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", free_port())))
-        .collect();
-    let mut c = Cluster {
-        bin,
-        dir: tempfile::tempdir().expect("dir"),
-        addrs,
-        procs: BTreeMap::new(),
-    };
-    for id in 1..=3 {
-        c.spawn(id);
-    }
-    c.leader().await;
+    let mut c = Cluster::start(bin, 3, Vec::new()).await;
     // warm-up: connections, leader known to every client
     let _ = c.client().submit(PLAN).await;
 

@@ -1,0 +1,496 @@
+//! The worker fleet, end to end: three `rehearse coordinator` processes and `rehearse worker`
+//! processes in two regions on loopback, verifying real pg_dump output in real PostgreSQL
+//! sandboxes. Workers and coordinators are killed with SIGKILL (or stopped with SIGSTOP) where the
+//! test is about losing them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rehearse_coordinator::client::Client;
+use rehearse_proto::v1 as pb;
+use serde_json::Value;
+
+mod common;
+use common::TestCluster;
+
+/// Short, so losing a worker costs seconds, not the default 10 s.
+const LEASE: &str = "2s";
+
+/// A restore that takes a few seconds: a plain SQL dump whose script sleeps between its tables.
+const SLOW_DUMP: &str = "--
+-- PostgreSQL database dump
+--
+CREATE TABLE public.items (id integer PRIMARY KEY, name text NOT NULL);
+INSERT INTO public.items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;
+SELECT pg_sleep(5);
+CREATE TABLE public.more (id integer PRIMARY KEY);
+INSERT INTO public.more SELECT g FROM generate_series(1, 10) g;
+--
+-- PostgreSQL database dump complete
+--
+";
+
+struct Fleet {
+    cluster: TestCluster,
+    /// Workers' dirs and the artifacts; reachable by the sandbox user.
+    root: tempfile::TempDir,
+    workers: BTreeMap<String, Child>,
+    /// The demo's plan for its real pg_dump (custom format), as TOML.
+    plan: String,
+}
+
+impl Fleet {
+    /// Three coordinators, the given workers (name, region, slots), and a real dump.
+    async fn start(workers: &[(&str, &str, u32)]) -> Fleet {
+        let mut cluster = TestCluster::new(common::loopback_addrs(3), 10_000);
+        cluster.extra = vec!["--lease".into(), LEASE.into()];
+        cluster.spawn_all();
+        cluster.leader().await;
+        // Under the system temp dir: a deep path could overflow the unix socket path limit.
+        let root = tempfile::Builder::new()
+            .prefix("rh-fleet-")
+            .tempdir()
+            .expect("root");
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let artifacts = root.path().join("artifacts");
+        let out = Command::new(env!("CARGO_BIN_EXE_rehearse"))
+            .args(["demo", "--orders", "2000", "--output", "json", "--keep"])
+            .arg(&artifacts)
+            .arg("--work-dir")
+            .arg(root.path())
+            .env("REHEARSE_CACHE_DIR", root.path().join("demo-cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run demo");
+        assert!(
+            out.status.success(),
+            "demo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::write(artifacts.join("slow.sql"), SLOW_DUMP).expect("write slow dump");
+        let plan = fs::read_to_string(artifacts.join("plan.toml")).expect("demo plan");
+        let mut fleet = Fleet {
+            cluster,
+            root,
+            workers: BTreeMap::new(),
+            plan,
+        };
+        for (name, region, slots) in workers {
+            fleet.spawn_worker(name, region, *slots);
+        }
+        fleet.wait_workers(workers.len()).await;
+        fleet
+    }
+
+    fn work_dir(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn coordinators(&self) -> String {
+        self.cluster
+            .addrs
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn_worker(&mut self, name: &str, region: &str, slots: u32) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join(format!("{name}.log")))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_rehearse"))
+            .args(["worker", "--coordinators", &self.coordinators()])
+            .args(["--name", name, "--region", region])
+            .args(["--slots", &slots.to_string(), "--runtime", "process"])
+            .arg("--work-dir")
+            .arg(self.work_dir(name))
+            .env("REHEARSE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn worker");
+        self.workers.insert(name.to_owned(), child);
+    }
+
+    fn signal_worker(&self, name: &str, signal: &str) {
+        let pid = self.workers[name].id().to_string();
+        let ok = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    fn kill_worker(&mut self, name: &str) {
+        if let Some(mut child) = self.workers.remove(name) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn worker_log(&self, name: &str) -> String {
+        fs::read_to_string(self.root.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The demo plan with `extra` TOML appended (tables go after the plan's own).
+    fn plan_with(&self, extra: &str) -> String {
+        format!("{}\n{extra}\n", self.plan)
+    }
+
+    /// The slow plain dump, with the given placement.
+    fn slow_plan(&self, placement: &str) -> String {
+        let url = self.root.path().join("artifacts/slow.sql");
+        format!(
+            "[artifact]\nurl = \"{}\"\nengine = \"postgres\"\n\n[[checks]]\nname = \"items\"\nsql = \"SELECT count(*) FROM items\"\nexpect = \"= 1000\"\n\n{placement}\n",
+            url.display()
+        )
+    }
+
+    fn client(&self) -> Client {
+        self.cluster.client()
+    }
+
+    async fn wait_workers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(w) = self.client().list_workers().await
+                && w.iter().filter(|w| w.state == "ready").count() >= n
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{n} workers did not register; logs in {}",
+            self.root.path().display()
+        );
+    }
+
+    /// Polls the job until `done` holds.
+    async fn wait_job(&self, id: &str, what: &str, done: impl Fn(&pb::Job) -> bool) -> pb::Job {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Ok(job) = self.client().get_job(id).await {
+                if done(&job) {
+                    return job;
+                }
+                last = Some(job);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "job {id} never {what}; last seen {last:?}; worker logs: {}",
+            self.workers
+                .keys()
+                .map(|w| format!("\n--- {w}\n{}", self.worker_log(w)))
+                .collect::<String>()
+        );
+    }
+
+    async fn wait_final(&self, id: &str) -> pb::Job {
+        self.wait_job(id, "ended", |j| {
+            matches!(j.state.as_str(), "passed" | "failed" | "cancelled")
+        })
+        .await
+    }
+
+    fn rehearse(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_rehearse"))
+            .args(args)
+            .env("REHEARSE_COORDINATORS", self.coordinators())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rehearse")
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // SIGTERM: a worker stops its sandboxes before it exits.
+        for child in self.workers.values_mut() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in self.workers.values_mut() {
+            let _ = child.wait();
+        }
+    }
+}
+
+fn report(job: &pb::Job) -> Value {
+    serde_json::from_str(&job.report_json).unwrap_or(Value::Null)
+}
+
+/// No sandbox dir left under the worker's dir, and no process naming it.
+fn assert_no_orphans(work: &Path) {
+    let sandboxes: Vec<_> = fs::read_dir(work.join("sandboxes"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(sandboxes.is_empty(), "sandboxes left: {sandboxes:?}");
+    let needle = work.join("sandboxes").to_string_lossy().into_owned();
+    let procs: Vec<String> = fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect();
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+}
+
+/// Waits (a sandbox's teardown takes a moment) and then asserts nothing is left.
+async fn eventually_no_orphans(work: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let clean = std::panic::catch_unwind(|| assert_no_orphans(work));
+        if clean.is_ok() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_no_orphans(work);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_run_in_their_region_and_a_killed_worker_s_job_passes_on_another() {
+    let mut f = Fleet::start(&[("eu-1", "eu", 1), ("eu-2", "eu", 1), ("us-1", "us", 1)]).await;
+    let mut c = f.client();
+
+    // Pinned to a region, or kept out of one: both land on us-1 and pass.
+    let pinned = c
+        .submit(&f.plan_with("[placement]\nregion = \"us\""))
+        .await
+        .expect("submit");
+    let elsewhere = c
+        .submit(&f.plan_with("[placement]\nnot_region = \"eu\""))
+        .await
+        .expect("submit");
+    for id in [&pinned, &elsewhere] {
+        let job = f.wait_final(id).await;
+        assert_eq!(job.state, "passed", "{:?}", report(&job));
+        assert_eq!(job.attempts.len(), 1);
+        assert_eq!(
+            (
+                job.attempts[0].worker.as_str(),
+                job.attempts[0].region.as_str()
+            ),
+            ("us-1", "us")
+        );
+        assert_eq!(report(&job)["checks"][0]["observed"], "2000");
+    }
+
+    // kill -9 the worker in the middle of a restore: the job passes on the other eu worker,
+    // with two attempts and one verdict.
+    let id = c
+        .submit(&f.slow_plan("[placement]\nregion = \"eu\""))
+        .await
+        .expect("submit");
+    let running = f
+        .wait_job(&id, "reached restore", |j| j.phase == "restore")
+        .await;
+    assert_eq!(running.state, "running");
+    let victim = running.attempts[0].worker.clone();
+    f.kill_worker(&victim);
+    let lost_at = Instant::now();
+    let requeued = f
+        .wait_job(&id, "was re-queued", |j| j.attempts.len() == 2)
+        .await;
+    let requeue_s = lost_at.elapsed().as_secs_f64();
+    let job = f.wait_final(&id).await;
+    assert_eq!(job.state, "passed", "{:?}", report(&job));
+    let outcomes: Vec<&str> = job.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["lost", "passed"]);
+    let survivor = &job.attempts[1].worker;
+    assert_ne!(*survivor, victim, "the retry prefers another worker");
+    assert!(job.attempts.iter().all(|a| a.region == "eu"));
+    assert_ne!(requeued.attempts[0].token, requeued.attempts[1].token);
+    let notes = report(&job)["notes"].to_string();
+    assert!(
+        notes.contains(&format!("ran on worker {survivor}")),
+        "{notes}"
+    );
+    eprintln!("worker lost -> job re-queued in {requeue_s:.1} s (lease {LEASE})");
+
+    // The killed worker's sandbox outlived it; restarted on the same dir, it reaps it.
+    assert!(
+        fs::read_dir(f.work_dir(&victim).join("sandboxes"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            > 0,
+        "kill -9 leaves the sandbox behind (so the reaping below is tested)"
+    );
+    f.spawn_worker(&victim, "eu", 1);
+    f.wait_workers(3).await;
+    eventually_no_orphans(&f.work_dir(&victim)).await;
+    assert!(f.worker_log(&victim).contains("reaped"));
+
+    // `rehearse workers --output json` shows each worker's facts.
+    let out = f.rehearse(&["workers", "--output", "json"]);
+    assert!(out.status.success());
+    let workers: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let by_name: BTreeMap<String, &Value> = workers
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap_or_default().to_owned(), w))
+        .collect();
+    assert_eq!(by_name.len(), 3);
+    assert_eq!(by_name["us-1"]["region"], "us");
+    assert_eq!(by_name["us-1"]["slots"], 1);
+    assert_eq!(by_name["us-1"]["slots_in_use"], 0);
+    assert_eq!(by_name[&victim]["state"], "ready");
+    assert!(by_name["eu-1"]["last_heartbeat_ms"].as_u64().unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verdict_lands_across_a_leader_kill_and_a_late_worker_is_fenced_off() {
+    let mut f = Fleet::start(&[("a", "eu", 1), ("b", "eu", 1)]).await;
+    let mut c = f.client();
+
+    // Kill the leader while the job runs: the worker follows the new leader and its verdict lands.
+    let id = c.submit(&f.slow_plan("")).await.expect("submit");
+    f.wait_job(&id, "reached restore", |j| j.phase == "restore")
+        .await;
+    let leader = f.cluster.leader().await;
+    f.cluster.kill(leader);
+    let out = f.rehearse(&["job", "wait", &id, "--timeout", "60s", "--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: Value = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(job["state"], "passed");
+    assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(job["report"]["verdict"], "passed");
+
+    // A worker that stops answering (SIGSTOP) is declared lost and its job goes to the other
+    // worker; when it wakes up, whatever it says about its old attempt is refused.
+    let id = c.submit(&f.slow_plan("")).await.expect("submit");
+    let running = f
+        .wait_job(&id, "reached restore", |j| j.phase == "restore")
+        .await;
+    let sleeper = running.attempts[0].worker.clone();
+    let other = if sleeper == "a" { "b" } else { "a" };
+    f.signal_worker(&sleeper, "-STOP");
+    f.wait_job(&id, "was re-queued to the other worker", |j| {
+        j.attempts.len() == 2 && j.phase == "restore"
+    })
+    .await;
+    f.signal_worker(&sleeper, "-CONT");
+    let job = f.wait_final(&id).await;
+    assert_eq!(job.state, "passed");
+    let outcomes: Vec<(&str, &str)> = job
+        .attempts
+        .iter()
+        .map(|a| (a.worker.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes, [(sleeper.as_str(), "lost"), (other, "passed")]);
+    let notes = report(&job)["notes"].to_string();
+    assert!(notes.contains(&format!("ran on worker {other}")), "{notes}");
+    // The sleeper rejoins and cleans up after itself.
+    f.wait_workers(2).await;
+    eventually_no_orphans(&f.work_dir(&sleeper)).await;
+    let log = f.worker_log(&sleeper);
+    assert!(
+        log.contains("attempt stopped") || log.contains("verdict refused"),
+        "the late attempt was neither stopped nor refused:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_timeout_drain_and_a_job_that_fits_nowhere() {
+    let mut f = Fleet::start(&[("w", "eu", 2)]).await;
+    let mut c = f.client();
+
+    // Fits nowhere: pending, and it says why.
+    let mars = c
+        .submit(&f.plan_with("[placement]\nregion = \"mars\""))
+        .await
+        .expect("submit");
+    let ssd = c
+        .submit(&f.plan_with("[placement]\nlabels = { disk = \"ssd\" }"))
+        .await
+        .expect("submit");
+    let job = f
+        .wait_job(&mars, "explained", |j| !j.reason.is_empty())
+        .await;
+    assert_eq!(job.state, "pending");
+    assert_eq!(job.reason, "no worker in region mars");
+    let job = c.get_job(&ssd).await.expect("get");
+    assert_eq!(job.reason, "no worker with labels disk=ssd");
+
+    // Cancel a running job: the sandbox is stopped and removed.
+    let slow_check =
+        "[[checks]]\nname = \"slow\"\nsql = \"SELECT 1 FROM pg_sleep(60)\"\nexpect = \"= 1\"";
+    let id = c.submit(&f.plan_with(slow_check)).await.expect("submit");
+    f.wait_job(&id, "reached checks", |j| j.phase == "checks")
+        .await;
+    let out = f.rehearse(&["job", "cancel", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = f.wait_final(&id).await;
+    assert_eq!(job.state, "cancelled");
+    assert_eq!(job.attempts[0].outcome, "cancelled");
+    eventually_no_orphans(&f.work_dir("w")).await;
+    assert!(f.worker_log("w").contains("attempt stopped"));
+
+    // The plan's timeout ends a run "failed", timed out, in the phase it reached.
+    let timed = f
+        .plan_with(slow_check)
+        .replace("timeout = \"10m\"", "timeout = \"4s\"");
+    assert!(timed.contains("timeout = \"4s\""));
+    let id = c.submit(&timed).await.expect("submit");
+    let out = f.rehearse(&["job", "wait", &id, "--timeout", "60s", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "a failed job exits 1");
+    let job: Value = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["report"]["failure"]["phase"], "checks");
+    let reason = job["report"]["failure"]["reason"].to_string();
+    assert!(reason.contains("timed out"), "{reason}");
+    eventually_no_orphans(&f.work_dir("w")).await;
+
+    // `job wait` gives up after its own --timeout, exit 2, one line.
+    let out = f.rehearse(&["job", "wait", &mars, "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("still pending"), "{err}");
+
+    // Drain: no new jobs for w; the job waits and says so.
+    let out = f.rehearse(&["worker", "drain", "w"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = c.submit(&f.plan).await.expect("submit");
+    let job = f.wait_job(&id, "explained", |j| !j.reason.is_empty()).await;
+    assert_eq!(job.state, "pending");
+    assert!(job.reason.contains("draining"), "{}", job.reason);
+    let workers = c.list_workers().await.expect("workers");
+    assert_eq!(workers[0].state, "draining");
+
+    // A worker in the missing region arrives: the mars job runs there.
+    f.spawn_worker("mars-1", "mars", 1);
+    let job = f.wait_final(&mars).await;
+    assert_eq!(job.state, "passed", "{:?}", report(&job));
+    assert_eq!(job.attempts[0].worker, "mars-1");
+    f.kill_worker("mars-1");
+}

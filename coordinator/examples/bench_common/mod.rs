@@ -1,0 +1,116 @@
+//! Shared by the benchmarks: a cluster of `rehearse coordinator` processes on loopback.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rehearse_coordinator::client::Client;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+pub struct Cluster {
+    pub bin: String,
+    pub dir: tempfile::TempDir,
+    pub addrs: BTreeMap<u64, String>,
+    pub procs: BTreeMap<u64, Child>,
+    /// Flags for every node.
+    pub extra: Vec<String>,
+}
+
+impl Cluster {
+    /// `n` coordinators of `bin` on loopback, with `extra` flags; returns once a leader is known.
+    pub async fn start(bin: String, n: u64, extra: Vec<String>) -> Cluster {
+        let addrs = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let mut c = Cluster {
+            bin,
+            dir: tempfile::tempdir().expect("dir"),
+            addrs,
+            procs: BTreeMap::new(),
+            extra,
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c.leader().await;
+        c
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let peers = self
+            .addrs
+            .iter()
+            .map(|(i, a)| format!("{i}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = Command::new(&self.bin)
+            .args([
+                "coordinator",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &self.addrs[&id],
+                "--peers",
+                &peers,
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("n{id}")))
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn coordinator");
+        self.procs.insert(id, child);
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addrs.values().cloned().collect()).expect("client")
+    }
+
+    pub async fn leader(&mut self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (id, child) in &mut self.procs {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "coordinator {id} exited ({status}); is {} a current build?",
+                        self.bin
+                    );
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 30 s");
+            if let Ok(s) = self.client().status().await
+                && s.leader != 0
+            {
+                return s.leader;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.procs.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
