@@ -234,34 +234,37 @@ fn report(job: &pb::Job) -> Value {
     serde_json::from_str(&job.report_json).unwrap_or(Value::Null)
 }
 
-/// No sandbox dir left under the worker's dir, and no process naming it.
-fn assert_no_orphans(work: &Path) {
-    let sandboxes: Vec<_> = fs::read_dir(work.join("sandboxes"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+/// Sandbox dirs left under the worker's dir, and processes naming them.
+fn leftovers(work: &Path) -> Vec<String> {
+    let mut left: Vec<String> = fs::read_dir(work.join("sandboxes"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| format!("dir {}", e.file_name().to_string_lossy()))
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(sandboxes.is_empty(), "sandboxes left: {sandboxes:?}");
     let needle = work.join("sandboxes").to_string_lossy().into_owned();
-    let procs: Vec<String> = fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&needle))
-        .collect();
-    assert!(procs.is_empty(), "processes left: {procs:?}");
+    left.extend(
+        fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&needle))
+            .map(|c| format!("process {c}")),
+    );
+    left
 }
 
-/// Waits (a sandbox's teardown takes a moment) and then asserts nothing is left.
+/// Waits (a sandbox's teardown takes a moment) until nothing is left, or fails saying what is.
 async fn eventually_no_orphans(work: &Path) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let clean = std::panic::catch_unwind(|| assert_no_orphans(work));
-        if clean.is_ok() || Instant::now() > deadline {
-            break;
-        }
+    let mut left = leftovers(work);
+    while !left.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        left = leftovers(work);
     }
-    assert_no_orphans(work);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

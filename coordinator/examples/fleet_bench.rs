@@ -7,14 +7,13 @@
 //! The workers here are the protocol only (register, heartbeat, stream, verdict): what is measured
 //! is the coordinator's side, which a real worker does not change.
 //!
-//!   cargo build --release -p rehearse -p rehearse-coordinator --example fleet_bench
+//!   cargo build --release -p rehearse --bin rehearse -p rehearse-coordinator --example fleet_bench
 //!   target/release/examples/fleet_bench target/release/rehearse [ROUNDS] [LOSS_ROUNDS]
 //!
 //! Prints one JSON object.
 
 use std::time::{Duration, Instant};
 
-use rehearse_coordinator::client::Client;
 use rehearse_core::report::Report;
 use rehearse_proto::v1 as pb;
 use tokio::task::JoinHandle;
@@ -22,7 +21,7 @@ use tokio::task::JoinHandle;
 mod bench_common;
 use bench_common::{Cluster, percentile};
 
-const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
+use bench_common::PLAN;
 
 /// Registers a protocol-only worker and keeps it heartbeating until the task is aborted.
 async fn join(c: &Cluster, name: &str, incarnation: u64) -> JoinHandle<()> {
@@ -55,13 +54,9 @@ fn verdict_json() -> String {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let bin = args
-        .get(1)
-        .cloned()
-        .unwrap_or_else(|| "target/release/rehearse".into());
-    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(500);
-    let loss_rounds: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let (bin, args) = bench_common::args();
+    let rounds: usize = bench_common::number(&args, 2).unwrap_or(500);
+    let loss_rounds: usize = bench_common::number(&args, 3).unwrap_or(3);
     let c = Cluster::start(bin, 3, Vec::new()).await;
     let mut client = c.client();
     let report = verdict_json();

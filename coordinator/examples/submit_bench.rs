@@ -14,17 +14,13 @@ use rehearse_coordinator::client::Client;
 mod bench_common;
 use bench_common::{Cluster, percentile};
 
-const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
+use bench_common::PLAN;
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let bin = args
-        .get(1)
-        .cloned()
-        .unwrap_or_else(|| "target/release/rehearse".into());
-    let jobs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let clients: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let (bin, args) = bench_common::args();
+    let jobs: usize = bench_common::number(&args, 2).unwrap_or(20_000);
+    let clients: usize = bench_common::number(&args, 3).unwrap_or(64);
     let mut c = Cluster::start(bin, 3, Vec::new()).await;
     // warm-up: connections, leader known to every client
     let _ = c.client().submit(PLAN).await;

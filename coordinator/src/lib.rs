@@ -109,6 +109,23 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(peers)
 }
 
+/// Accepted connections with Nagle's algorithm off. tonic sets TCP_NODELAY only on listeners it
+/// binds itself; without it a small stream message (an assignment) behind an unacknowledged one
+/// waits for the client's delayed ACK, about 40 ms.
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            warn!(error = %e, "could not set TCP_NODELAY");
+        }
+        conn
+    })
+}
+
 /// Runs a coordinator until `shutdown` is cancelled.
 pub async fn run(
     config: CoordinatorConfig,
@@ -246,10 +263,7 @@ pub async fn run(
             })
             .max_decoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled(),
-        );
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled());
     tokio::pin!(server);
     // Graceful shutdown waits for open connections to close, and peers keep theirs open for good:
     // in-flight requests get SHUTDOWN_GRACE, then the server is dropped.

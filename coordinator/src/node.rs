@@ -282,6 +282,8 @@ impl Node {
             if self.is_leader() {
                 self.schedule();
                 self.expire_if_due();
+                // Send what they proposed now, not after the next tick.
+                self.on_ready()?;
             }
             self.publish_fleet();
             if stop {

@@ -97,7 +97,7 @@ impl TestCluster {
             "--peers",
             &peers,
             "--region",
-            if id % 2 == 0 { "eu" } else { "us" },
+            if id.is_multiple_of(2) { "eu" } else { "us" },
         ])
         .arg("--data-dir")
         .arg(self.data_dir(id))

@@ -8,6 +8,24 @@ use std::time::{Duration, Instant};
 
 use rehearse_coordinator::client::Client;
 
+/// The plan every benchmark job carries (never run: the benchmarks measure the coordinator).
+pub const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
+
+/// The rehearse binary (first argument) and all arguments.
+pub fn args() -> (String, Vec<String>) {
+    let args: Vec<String> = std::env::args().collect();
+    let bin = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "target/release/rehearse".into());
+    (bin, args)
+}
+
+/// Argument `i` as a number, if given.
+pub fn number<T: std::str::FromStr>(args: &[String], i: usize) -> Option<T> {
+    args.get(i).and_then(|a| a.parse().ok())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
