@@ -14,8 +14,9 @@ use rehearse_proto::v1::coordinator_server::Coordinator;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::fleet::WorkerSet;
 use crate::handle::NodeHandle;
-use crate::node::{ApiError, FleetView, Membership, Read, ReadAnswer};
+use crate::node::{ApiError, Membership, Read, ReadAnswer};
 
 pub use rehearse_proto::{LEADER_METADATA, new_job_id};
 
@@ -115,21 +116,22 @@ fn check_name(what: &str, name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// The worker's part of the fleet view, or why the stream cannot go on.
+/// The worker's set as the stream sends it, or why the stream cannot go on.
 fn assignment_set(
-    view: &FleetView,
+    set: &WorkerSet,
     name: &str,
     incarnation: u64,
 ) -> Result<pb::AssignmentSet, Status> {
-    if !view.leader {
+    if !set.leader {
         return Err(status_of(ApiError::NotLeader {
-            leader: view.leader_hint.clone(),
+            leader: set.leader_hint.clone(),
         }));
     }
-    match view.workers.get(name) {
-        Some((inc, running)) if *inc == incarnation => Ok(pb::AssignmentSet {
-            applied: view.applied,
-            assignments: running
+    match set.incarnation {
+        Some(inc) if inc == incarnation => Ok(pb::AssignmentSet {
+            applied: set.applied,
+            assignments: set
+                .running
                 .iter()
                 .map(|a| pb::Assignment {
                     job_id: a.job.clone(),
@@ -291,7 +293,7 @@ impl Coordinator for Api {
             .await
             .map_err(status_of)?;
         done(outcome)?;
-        let lease = self.node.fleet().borrow().lease;
+        let lease = self.node.fleet().lease;
         Ok(Response::new(pb::RegisterWorkerResponse {
             lease_ms: lease.as_millis() as u64,
             heartbeat_ms: (lease / 5).as_millis() as u64,
@@ -322,10 +324,10 @@ impl Coordinator for Api {
         request: Request<pb::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let req = request.into_inner();
-        let mut fleet = self.node.fleet();
+        let mut fleet = self.node.fleet().subscribe(&req.name);
         let first = assignment_set(&fleet.borrow_and_update(), &req.name, req.incarnation);
         let first = first?;
-        let keepalive = (fleet.borrow().lease / 5).max(Duration::from_millis(100));
+        let keepalive = (self.node.fleet().lease / 5).max(Duration::from_millis(100));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut last = first;

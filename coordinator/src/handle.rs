@@ -5,15 +5,16 @@ use std::sync::Arc;
 use raft::prelude::Message;
 use rehearse_core::jobs::{Command, JobState, Outcome};
 use rehearse_core::plan::RawPlan;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use crate::node::{ApiError, FleetView, Membership, Read, ReadAnswer, Reply, Request, Status};
+use crate::fleet::FleetHub;
+use crate::node::{ApiError, Membership, Read, ReadAnswer, Reply, Request, Status};
 use crate::storage::PeerInfo;
 
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: std::sync::mpsc::Sender<Request>,
-    fleet: watch::Receiver<Arc<FleetView>>,
+    fleet: Arc<FleetHub>,
 }
 
 fn stopped() -> ApiError {
@@ -21,16 +22,13 @@ fn stopped() -> ApiError {
 }
 
 impl NodeHandle {
-    pub fn new(
-        tx: std::sync::mpsc::Sender<Request>,
-        fleet: watch::Receiver<Arc<FleetView>>,
-    ) -> NodeHandle {
+    pub fn new(tx: std::sync::mpsc::Sender<Request>, fleet: Arc<FleetHub>) -> NodeHandle {
         NodeHandle { tx, fleet }
     }
 
-    /// What the leader wants each worker to run, updated on every change.
-    pub fn fleet(&self) -> watch::Receiver<Arc<FleetView>> {
-        self.fleet.clone()
+    /// What the leader wants each worker to run, one watch per worker.
+    pub fn fleet(&self) -> &FleetHub {
+        &self.fleet
     }
 
     /// Proposes a fleet command (the leader stamps its time) and returns what applying it did.

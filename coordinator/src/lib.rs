@@ -9,6 +9,7 @@
 //! - [`node`]: the raft thread — the Ready loop, proposal batching, apply, ReadIndex reads,
 //!   membership changes.
 //! - [`transport`]: raft messages to and from peers (bytes inside tonic messages), allow-listed.
+//! - [`fleet`]: each worker's assignment set, from the raft thread to its stream.
 //! - [`handle`]: the async side's handle on the raft thread.
 //! - [`api`]: the client gRPC API; the one place converting proto ⇄ core types.
 //! - `client`, `tls`: re-exported from `rehearse_proto` (shared with workers).
@@ -17,6 +18,7 @@
 //! Must not depend on: rehearse-worker.
 
 pub mod api;
+pub mod fleet;
 pub mod handle;
 pub mod node;
 pub mod storage;
@@ -210,7 +212,7 @@ pub async fn run(
         ));
     }
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let (fleet_tx, fleet_rx) = tokio::sync::watch::channel(Default::default());
+    let fleet = Arc::new(fleet::FleetHub::new(config.lease));
     let node = Node::new(
         store,
         transport,
@@ -220,11 +222,11 @@ pub async fn run(
             compact_after: config.compact_after.max(2),
             lease: config.lease,
         },
-        fleet_tx,
+        fleet.clone(),
         &logger,
     )?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let handle = NodeHandle::new(tx, fleet_rx);
+    let handle = NodeHandle::new(tx, fleet);
     let raft_thread = std::thread::Builder::new()
         .name(format!("raft-{}", config.id))
         .spawn(move || node.run(rx))

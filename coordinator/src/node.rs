@@ -6,7 +6,7 @@
 //! messages that depend on the persisted state, advance. All submits queued when a loop turn
 //! starts become one log entry: many clients share one fsync.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,9 +18,10 @@ use rehearse_core::fleet::Worker;
 use rehearse_core::jobs::{Command, Job, JobState, NewJob, Outcome};
 use rehearse_core::placement;
 use rehearse_core::plan::RawPlan;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use crate::fleet::FleetHub;
 use crate::storage::{Batch, PeerInfo, RaftStore, StoreError};
 use crate::transport::Transport;
 
@@ -63,28 +64,6 @@ pub enum ReadAnswer {
     Jobs(Vec<Job>),
     /// With each worker's last heartbeat as the log has it.
     Workers(Vec<Worker>),
-}
-
-/// One attempt a worker should be running.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assigned {
-    pub job: String,
-    pub token: u64,
-    pub plan: RawPlan,
-}
-
-/// What the leader wants each worker to run, published after every change (a `watch`): the
-/// assignment streams read it. On a follower it only says who leads.
-#[derive(Debug, Clone, Default)]
-pub struct FleetView {
-    pub leader: bool,
-    /// The leader's id and address, when known (for "not leader" answers).
-    pub leader_hint: Option<(u64, String)>,
-    /// The log index this view reflects.
-    pub applied: u64,
-    /// By worker name: its incarnation and its running attempts.
-    pub workers: BTreeMap<String, (u64, Vec<Assigned>)>,
-    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +161,7 @@ pub struct Node {
     next_ctx: u64,
     /// Submits gathered during this loop turn; proposed as one entry.
     submits: Vec<(NewJob, Reply<String>)>,
-    fleet: watch::Sender<Arc<FleetView>>,
+    fleet: Arc<FleetHub>,
     /// Something placement depends on changed since the last placement.
     placement_dirty: bool,
     /// Something the assignment streams show changed since the last publication.
@@ -206,7 +185,7 @@ impl Node {
         store: RaftStore,
         transport: Transport,
         opts: NodeOptions,
-        fleet: watch::Sender<Arc<FleetView>>,
+        fleet: Arc<FleetHub>,
         logger: &slog::Logger,
     ) -> Result<Node, raft::Error> {
         let applied = store.jobs.applied();
@@ -776,14 +755,11 @@ impl Node {
         }
         self.placement_dirty = false;
         let jobs = &self.raw.store().jobs;
-        let (workers, pending) = {
-            let workers: Vec<_> = jobs.workers().map(Worker::view).collect();
-            if !placement::has_free_slot(&workers) {
-                return;
-            }
-            jobs.placement_input()
-        };
-        let placed = placement::place(&workers, &pending);
+        let workers: Vec<_> = jobs.workers().map(Worker::view).collect();
+        if !placement::has_free_slot(&workers) {
+            return;
+        }
+        let placed = placement::place_until_full(&workers, jobs.pending_input());
         if placed.assigned.is_empty() {
             return;
         }
@@ -841,37 +817,12 @@ impl Node {
             return;
         }
         self.fleet_dirty = false;
-        let leader = self.is_leader();
-        let jobs = &self.raw.store().jobs;
-        let mut workers = BTreeMap::new();
-        if leader {
-            for w in jobs.workers() {
-                let running = w
-                    .running
-                    .iter()
-                    .filter_map(|id| jobs.get(id))
-                    .filter_map(|j| {
-                        Some(Assigned {
-                            job: j.id.clone(),
-                            token: j.attempts.last()?.token,
-                            plan: j.plan.clone(),
-                        })
-                    })
-                    .collect();
-                workers.insert(w.spec.name.clone(), (w.spec.incarnation, running));
-            }
-        }
         let leader_hint = match self.not_leader() {
             ApiError::NotLeader { leader } => leader,
             _ => None,
         };
-        self.fleet.send_replace(Arc::new(FleetView {
-            leader,
-            leader_hint,
-            applied: jobs.applied(),
-            workers,
-            lease: self.opts.lease,
-        }));
+        self.fleet
+            .publish(self.is_leader(), leader_hint, &self.raw.store().jobs);
     }
 }
 

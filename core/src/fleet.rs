@@ -60,16 +60,17 @@ impl JobStore {
     /// The placement input: workers as they are, pending jobs oldest first with their history.
     pub fn placement_input(&self) -> (Vec<WorkerView>, Vec<PendingJob>) {
         let workers = self.workers.values().map(Worker::view).collect();
-        let jobs = self
-            .list(Some(JobState::Pending))
-            .into_iter()
-            .map(|j| PendingJob {
-                id: j.id.clone(),
-                constraint: constraint(j),
-                tried: j.attempts.iter().map(|a| a.worker.clone()).collect(),
-            })
-            .collect();
-        (workers, jobs)
+        (workers, self.pending_input().collect())
+    }
+
+    /// The pending queue as placement takes it, oldest first, built lazily (the scheduler stops
+    /// reading once every slot is taken).
+    pub fn pending_input(&self) -> impl Iterator<Item = PendingJob> + '_ {
+        self.pending().map(|j| PendingJob {
+            id: j.id.clone(),
+            constraint: constraint(j),
+            tried: j.attempts.iter().map(|a| a.worker.clone()).collect(),
+        })
     }
 
     /// Why a pending job is not running yet ("no live worker in region eu with a free slot");
@@ -163,6 +164,11 @@ impl JobStore {
         job.state = JobState::Assigned;
         job.phase = None;
         job.updated_at_ms = at_ms;
+        let key = (job.created_index, job.id.clone());
+        self.pending.remove(&key);
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return Err(format!("no job {job_id}"));
+        };
         job.attempts.push(Attempt {
             worker: worker.to_owned(),
             region: Some(region),
@@ -232,6 +238,7 @@ impl JobStore {
             Verdict::Failed => "failed",
         };
         self.end_attempt(job_id, outcome, at_ms);
+        self.sync_pending(job_id);
         Ok(())
     }
 
@@ -274,6 +281,7 @@ impl JobStore {
             }
             job.phase = None;
             job.updated_at_ms = now_ms;
+            self.sync_pending(&job_id);
         }
     }
 
@@ -301,6 +309,7 @@ impl JobStore {
                     humantime::format_duration(std::time::Duration::from_millis(*timeout))
                 ));
             }
+            self.sync_pending(id);
         }
         overdue.into_iter().map(|(id, _)| id).collect()
     }
@@ -716,6 +725,11 @@ mod tests {
                     *accepted.entry(job.clone()).or_default() += 1;
                     prop_assert_eq!(Some(*token), current, "accepted with a token that was not current");
                 }
+                let queued: Vec<&str> = s.pending().map(|j| j.id.as_str()).collect();
+                let pending: Vec<&str> = s.list(None).into_iter().filter(|j| j.state == JobState::Pending).map(|j| j.id.as_str()).collect();
+                prop_assert_eq!(queued, pending, "the pending queue is the pending jobs, in order");
+                let round_trip: JobStore = serde_json::from_str(&serde_json::to_string(&s).expect("encode")).expect("decode");
+                prop_assert_eq!(&round_trip, &s, "the queue is rebuilt when the state is read back");
                 for j in s.list(None) {
                     let open = j.attempts.last().is_some_and(|a| a.ended_at_ms.is_none());
                     prop_assert!(!(j.state.is_final() && open), "final job {} has an open attempt", j.id);

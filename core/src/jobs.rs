@@ -8,7 +8,7 @@
 //! States: `pending` → `assigned` → `running` → `passed` | `failed`, and `cancelled` from any
 //! non-final state. Workers, attempts, leases and fencing are in [`crate::fleet`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +151,7 @@ pub enum Outcome {
 
 /// The replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoreData")]
 pub struct JobStore {
     pub(crate) jobs: BTreeMap<String, Job>,
     /// Registered workers, by name.
@@ -158,6 +159,36 @@ pub struct JobStore {
     pub(crate) workers: BTreeMap<String, crate::fleet::Worker>,
     /// The last log index applied: replicas agree on the state at the same index.
     applied: u64,
+    /// The pending jobs in submission order, (created index, id): the scheduler's queue. Derived
+    /// from `jobs` (kept in step by [`JobStore::sync_pending`]; rebuilt when read back).
+    #[serde(skip)]
+    pub(crate) pending: BTreeSet<(u64, String)>,
+}
+
+/// [`JobStore`] as stored; the queue is rebuilt from it.
+#[derive(Deserialize)]
+struct StoreData {
+    jobs: BTreeMap<String, Job>,
+    #[serde(default)]
+    workers: BTreeMap<String, crate::fleet::Worker>,
+    applied: u64,
+}
+
+impl From<StoreData> for JobStore {
+    fn from(d: StoreData) -> JobStore {
+        let pending = d
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Pending)
+            .map(|j| (j.created_index, j.id.clone()))
+            .collect();
+        JobStore {
+            jobs: d.jobs,
+            workers: d.workers,
+            applied: d.applied,
+            pending,
+        }
+    }
 }
 
 impl JobStore {
@@ -177,8 +208,29 @@ impl JobStore {
         self.jobs.is_empty()
     }
 
+    /// Pending jobs, oldest first (the scheduler's queue), without scanning the others.
+    pub fn pending(&self) -> impl Iterator<Item = &Job> {
+        self.pending.iter().filter_map(|(_, id)| self.jobs.get(id))
+    }
+
+    /// Puts the job in the pending queue or takes it out, after its state changed.
+    pub(crate) fn sync_pending(&mut self, id: &str) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
+        };
+        let key = (job.created_index, job.id.clone());
+        if job.state == JobState::Pending {
+            self.pending.insert(key);
+        } else {
+            self.pending.remove(&key);
+        }
+    }
+
     /// Jobs in submission order, optionally of one state.
     pub fn list(&self, state: Option<JobState>) -> Vec<&Job> {
+        if state == Some(JobState::Pending) {
+            return self.pending().collect();
+        }
         let mut jobs: Vec<&Job> = self
             .jobs
             .values()
@@ -261,6 +313,7 @@ impl JobStore {
                 report: None,
             },
         );
+        self.sync_pending(&new.id);
         Ok(new.id.clone())
     }
 
@@ -283,6 +336,7 @@ impl JobStore {
         job.updated_at_ms = at_ms;
         // The worker sees the attempt gone from its assignments and stops the sandbox.
         self.end_attempt(id, "cancelled", at_ms);
+        self.sync_pending(id);
         Ok(())
     }
 }

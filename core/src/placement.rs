@@ -12,7 +12,7 @@
 //! - a job that fits nowhere gets a reason a person can act on, e.g. "no live worker in region eu
 //!   with a free slot".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,7 @@ pub struct WorkerView {
 }
 
 /// Where a job may run (the plan's `[placement]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Constraint {
     pub region: Option<String>,
     pub not_region: Option<String>,
@@ -89,9 +89,42 @@ pub struct Placement {
 }
 
 pub fn place(workers: &[WorkerView], jobs: &[PendingJob]) -> Placement {
+    place_from(workers, jobs.iter().cloned(), false)
+}
+
+/// [`place`] for the scheduler: takes pending jobs lazily, oldest first, and stops as soon as no
+/// worker has a free slot, so its cost follows the free slots, not the length of the queue. Jobs
+/// it did not look at are not in `waiting`.
+pub fn place_until_full(
+    workers: &[WorkerView],
+    jobs: impl IntoIterator<Item = PendingJob>,
+) -> Placement {
+    place_from(workers, jobs, true)
+}
+
+fn place_from(
+    workers: &[WorkerView],
+    jobs: impl IntoIterator<Item = PendingJob>,
+    stop_when_full: bool,
+) -> Placement {
     let mut used: Vec<u32> = workers.iter().map(|w| w.used).collect();
+    let mut free: u64 = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Ready)
+        .map(|w| u64::from(w.slots.saturating_sub(w.used)))
+        .sum();
+    // Slots only fill up during one placement, so a constraint that fit nowhere once fits nowhere
+    // for the rest of it, for the same reason: later jobs with it are answered without a scan.
+    let mut no_fit: HashMap<Constraint, String> = HashMap::new();
     let mut out = Placement::default();
     for job in jobs {
+        if free == 0 && stop_when_full {
+            break;
+        }
+        if let Some(reason) = no_fit.get(&job.constraint) {
+            out.waiting.push((job.id, reason.clone()));
+            continue;
+        }
         let fits = |i: usize| {
             let w = &workers[i];
             w.state == WorkerState::Ready && used[i] < w.slots && job.constraint.admits(w)
@@ -110,11 +143,14 @@ pub fn place(workers: &[WorkerView], jobs: &[PendingJob]) -> Placement {
         match best {
             Some(i) => {
                 used[i] += 1;
-                out.assigned.push((job.id.clone(), workers[i].name.clone()));
+                free -= 1;
+                out.assigned.push((job.id, workers[i].name.clone()));
             }
-            None => out
-                .waiting
-                .push((job.id.clone(), why_waiting(workers, &used, &job.constraint))),
+            None => {
+                let reason = why_waiting(workers, &used, &job.constraint);
+                no_fit.insert(job.constraint, reason.clone());
+                out.waiting.push((job.id, reason));
+            }
         }
     }
     out
@@ -384,7 +420,9 @@ mod tests {
                 let free = workers.iter().any(|w| w.state == WorkerState::Ready && j.constraint.admits(w) && used[w.name.as_str()] < w.slots);
                 prop_assert!(!free, "job {} left waiting while a worker had room", job_id);
             }
-            prop_assert_eq!(place(&workers, &jobs), p, "deterministic");
+            prop_assert_eq!(place(&workers, &jobs), p.clone(), "deterministic");
+            let lazy = place_until_full(&workers, jobs.iter().cloned());
+            prop_assert_eq!(lazy.assigned, p.assigned, "stopping when full places the same jobs");
         }
     }
 }
