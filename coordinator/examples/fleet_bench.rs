@@ -18,10 +18,9 @@ use rehearse_core::report::Report;
 use rehearse_proto::v1 as pb;
 use tokio::task::JoinHandle;
 
-mod bench_common;
-use bench_common::{Cluster, percentile};
+use rehearse_loadtest::cluster::{Cluster, percentile};
 
-use bench_common::PLAN;
+use rehearse_loadtest::cluster::PLAN;
 
 /// Registers a protocol-only worker and keeps it heartbeating until the task is aborted.
 async fn join(c: &Cluster, name: &str, incarnation: u64) -> JoinHandle<()> {
@@ -54,9 +53,9 @@ fn verdict_json() -> String {
 
 #[tokio::main]
 async fn main() {
-    let (bin, args) = bench_common::args();
-    let rounds: usize = bench_common::number(&args, 2).unwrap_or(500);
-    let loss_rounds: usize = bench_common::number(&args, 3).unwrap_or(3);
+    let (bin, args) = rehearse_loadtest::cluster::args();
+    let rounds: usize = rehearse_loadtest::cluster::number(&args, 2).unwrap_or(500);
+    let loss_rounds: usize = rehearse_loadtest::cluster::number(&args, 3).unwrap_or(3);
     let c = Cluster::start(bin, 3, Vec::new()).await;
     let mut client = c.client();
     let report = verdict_json();

@@ -11,16 +11,15 @@ use std::time::{Duration, Instant};
 
 use rehearse_coordinator::client::Client;
 
-mod bench_common;
-use bench_common::{Cluster, percentile};
+use rehearse_loadtest::cluster::{Cluster, percentile};
 
-use bench_common::PLAN;
+use rehearse_loadtest::cluster::PLAN;
 
 #[tokio::main]
 async fn main() {
-    let (bin, args) = bench_common::args();
-    let jobs: usize = bench_common::number(&args, 2).unwrap_or(20_000);
-    let clients: usize = bench_common::number(&args, 3).unwrap_or(64);
+    let (bin, args) = rehearse_loadtest::cluster::args();
+    let jobs: usize = rehearse_loadtest::cluster::number(&args, 2).unwrap_or(20_000);
+    let clients: usize = rehearse_loadtest::cluster::number(&args, 3).unwrap_or(64);
     let mut c = Cluster::start(bin, 3, Vec::new()).await;
     // warm-up: connections, leader known to every client
     let _ = c.client().submit(PLAN).await;

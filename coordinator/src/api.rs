@@ -136,7 +136,7 @@ fn assignment_set(
                 .map(|a| pb::Assignment {
                     job_id: a.job.clone(),
                     token: a.token,
-                    plan_toml: toml::to_string(&a.plan).unwrap_or_default(),
+                    plan_toml: a.plan_toml.clone(),
                 })
                 .collect(),
         }),

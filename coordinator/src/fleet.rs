@@ -5,12 +5,11 @@
 //! stream on every change. A stream subscribes by worker name; a name nobody registered gets a set
 //! saying so.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rehearse_core::jobs::JobStore;
-use rehearse_core::plan::RawPlan;
 use tokio::sync::watch;
 
 /// One attempt a worker should be running.
@@ -18,7 +17,8 @@ use tokio::sync::watch;
 pub struct Assigned {
     pub job: String,
     pub token: u64,
-    pub plan: RawPlan,
+    /// The plan as TOML, made once when the set is published.
+    pub plan_toml: String,
 }
 
 /// A worker's whole truth, as of the log index `applied`.
@@ -79,9 +79,15 @@ impl FleetHub {
             .subscribe()
     }
 
-    /// Publishes every worker's set that changed since the last call. On a leadership change
-    /// every set is sent again.
-    pub fn publish(&self, leader: bool, leader_hint: Option<(u64, String)>, jobs: &JobStore) {
+    /// Publishes the sets that changed since the last call, looking only at the `touched`
+    /// workers (`None`: all of them). On a leadership change every set is sent again.
+    pub fn publish(
+        &self,
+        leader: bool,
+        leader_hint: Option<(u64, String)>,
+        jobs: &JobStore,
+        touched: Option<&HashSet<String>>,
+    ) {
         let mut hub = self.lock();
         let leadership_changed = hub.leader != leader || hub.leader_hint != leader_hint;
         hub.leader = leader;
@@ -89,8 +95,14 @@ impl FleetHub {
         if leadership_changed {
             hub.published.clear();
         }
+        let workers: Vec<&rehearse_core::fleet::Worker> = match touched {
+            Some(names) if !leadership_changed => {
+                names.iter().filter_map(|n| jobs.worker(n)).collect()
+            }
+            _ => jobs.workers().collect(),
+        };
         let mut seen = Vec::new();
-        for w in jobs.workers() {
+        for w in workers {
             let running: Vec<(String, u64)> = w
                 .running
                 .iter()
@@ -113,7 +125,7 @@ impl FleetHub {
                         Some(Assigned {
                             job: job.clone(),
                             token: *token,
-                            plan: jobs.get(job)?.plan.clone(),
+                            plan_toml: toml::to_string(&jobs.get(job)?.plan).ok()?,
                         })
                     })
                     .collect(),
@@ -129,7 +141,7 @@ impl FleetHub {
         }
         if leadership_changed {
             // Subscribers of names the state does not know learn who leads now.
-            let known: std::collections::HashSet<String> = seen.into_iter().collect();
+            let known: HashSet<String> = seen.into_iter().collect();
             for (name, tx) in &hub.senders {
                 if !known.contains(name) {
                     tx.send_replace(Arc::new(WorkerSet {

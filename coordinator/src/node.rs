@@ -6,7 +6,7 @@
 //! messages that depend on the persisted state, advance. All submits queued when a loop turn
 //! starts become one log entry: many clients share one fsync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -140,7 +140,8 @@ enum Waiter {
     Submits(Vec<Reply<String>>),
     Cancel(Reply<()>),
     Membership(Reply<()>),
-    Fleet(Reply<Outcome>),
+    /// One reply per command of a fleet batch, in order.
+    FleetBatch(Vec<Reply<Outcome>>),
     /// The leader's own assignment or expiry proposal.
     Internal,
 }
@@ -161,11 +162,15 @@ pub struct Node {
     next_ctx: u64,
     /// Submits gathered during this loop turn; proposed as one entry.
     submits: Vec<(NewJob, Reply<String>)>,
+    /// Fleet messages gathered during this loop turn; proposed as one `Batch` entry.
+    fleet_batch: Vec<(Command, Reply<Outcome>)>,
     fleet: Arc<FleetHub>,
     /// Something placement depends on changed since the last placement.
     placement_dirty: bool,
     /// Something the assignment streams show changed since the last publication.
     fleet_dirty: bool,
+    /// The workers whose sets may have changed since the last publication; `None`: any.
+    touched: Option<HashSet<String>>,
     /// The leader's assignment / expiry proposal not applied yet (one of each at a time).
     assign_in_flight: Option<u64>,
     expire_in_flight: Option<u64>,
@@ -210,9 +215,11 @@ impl Node {
             reads: HashMap::new(),
             next_ctx: 1,
             submits: Vec::new(),
+            fleet_batch: Vec::new(),
             fleet,
             placement_dirty: true,
             fleet_dirty: true,
+            touched: None,
             assign_in_flight: None,
             expire_in_flight: None,
             leader_since: None,
@@ -253,6 +260,7 @@ impl Node {
                 self.handle(req);
             }
             self.propose_submits();
+            self.propose_fleet_batch();
             if last_tick.elapsed() >= TICK {
                 self.raw.tick();
                 last_tick = Instant::now();
@@ -386,15 +394,7 @@ impl Node {
                     return;
                 }
                 stamp(&mut command, now_ms());
-                let ctx = self.ctx();
-                match self.propose(ctx, &command) {
-                    Ok(()) => {
-                        self.waiters.insert(ctx, Waiter::Fleet(reply));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+                self.fleet_batch.push((command, reply));
             }
             Request::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -418,6 +418,25 @@ impl Node {
                 raft::Error::ProposalDropped => self.not_leader(),
                 other => ApiError::Unavailable(format!("propose: {other}")),
             })
+    }
+
+    fn propose_fleet_batch(&mut self) {
+        if self.fleet_batch.is_empty() {
+            return;
+        }
+        let (commands, replies): (Vec<Command>, Vec<Reply<Outcome>>) =
+            std::mem::take(&mut self.fleet_batch).into_iter().unzip();
+        let ctx = self.ctx();
+        match self.propose(ctx, &Command::Batch(commands)) {
+            Ok(()) => {
+                self.waiters.insert(ctx, Waiter::FleetBatch(replies));
+            }
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     fn propose_submits(&mut self) {
@@ -606,7 +625,9 @@ impl Node {
                     .into_iter()
                     .for_each(|r| drop(r.send(Err(err.clone())))),
                 Waiter::Cancel(r) | Waiter::Membership(r) => drop(r.send(Err(err.clone()))),
-                Waiter::Fleet(r) => drop(r.send(Err(err.clone()))),
+                Waiter::FleetBatch(replies) => replies
+                    .into_iter()
+                    .for_each(|r| drop(r.send(Err(err.clone())))),
                 Waiter::Internal => {}
             }
         }
@@ -616,6 +637,9 @@ impl Node {
             let _ = read.reply.send(Err(err.clone()));
         }
         for (_, reply) in self.submits.drain(..) {
+            let _ = reply.send(Err(err.clone()));
+        }
+        for (_, reply) in self.fleet_batch.drain(..) {
             let _ = reply.send(Err(err.clone()));
         }
     }
@@ -737,13 +761,43 @@ impl Node {
         if ctx.is_some() && ctx == self.expire_in_flight {
             self.expire_in_flight = None;
         }
-        match command {
-            Command::Heartbeat { .. } | Command::Progress { .. } | Command::Noop => {}
-            Command::Submit(_) => self.placement_dirty = true,
-            _ => {
+        self.note_changes(command);
+    }
+
+    fn note_changes(&mut self, command: &Command) {
+        let jobs = &self.raw.store().jobs;
+        // The worker running a job's latest attempt (ended or not: its set lost the job).
+        let worker_of = |job: &str| {
+            jobs.get(job)
+                .and_then(|j| j.attempts.last())
+                .map(|a| a.worker.clone())
+        };
+        let touched: Option<Vec<String>> = match command {
+            Command::Heartbeat { .. } | Command::Progress { .. } | Command::Noop => return,
+            Command::Submit(_) => {
                 self.placement_dirty = true;
-                self.fleet_dirty = true;
+                return;
             }
+            Command::Batch(commands) => {
+                commands.iter().for_each(|c| self.note_changes(c));
+                return;
+            }
+            Command::Assign { assignments, .. } => {
+                Some(assignments.iter().map(|(_, w)| w.clone()).collect())
+            }
+            Command::Report { job, .. } | Command::Cancel { id: job, .. } => {
+                Some(worker_of(job).into_iter().collect())
+            }
+            Command::RegisterWorker(spec) => Some(vec![spec.name.clone()]),
+            Command::Drain { .. } => Some(Vec::new()),
+            Command::ExpireWorkers { .. } => None,
+        };
+        self.placement_dirty = true;
+        self.fleet_dirty = true;
+        match (touched, self.touched.as_mut()) {
+            (Some(names), Some(set)) => set.extend(names),
+            (None, _) => self.touched = None,
+            (Some(_), None) => {}
         }
     }
 
@@ -821,8 +875,13 @@ impl Node {
             ApiError::NotLeader { leader } => leader,
             _ => None,
         };
-        self.fleet
-            .publish(self.is_leader(), leader_hint, &self.raw.store().jobs);
+        let touched = self.touched.replace(HashSet::new());
+        self.fleet.publish(
+            self.is_leader(),
+            leader_hint,
+            &self.raw.store().jobs,
+            touched.as_ref(),
+        );
     }
 }
 
@@ -845,7 +904,7 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::Cancel { at_ms, .. }
         | Command::Assign { at_ms, .. } => *at_ms = now,
         Command::ExpireWorkers { now_ms, .. } => *now_ms = now,
-        Command::Submit(_) | Command::Noop | Command::Drain { .. } => {}
+        Command::Submit(_) | Command::Noop | Command::Drain { .. } | Command::Batch(_) => {}
     }
 }
 
@@ -863,9 +922,16 @@ fn reply(waiter: Waiter, outcome: Outcome) {
         (Waiter::Cancel(r), Outcome::Cancelled(result)) => {
             let _ = r.send(result.map_err(ApiError::Invalid));
         }
-        (Waiter::Fleet(r), outcome) => {
-            let _ = r.send(Ok(outcome));
+        (Waiter::FleetBatch(replies), Outcome::Batch(outcomes)) => {
+            for (r, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = r.send(Ok(outcome));
+            }
         }
+        (Waiter::FleetBatch(replies), _) => replies.into_iter().for_each(|r| {
+            drop(r.send(Err(ApiError::Unavailable(
+                "entry applied without an outcome".into(),
+            ))))
+        }),
         (Waiter::Internal, _) => {}
         (Waiter::Submits(replies), _) => replies.into_iter().for_each(|r| {
             drop(r.send(Err(ApiError::Unavailable(

@@ -57,6 +57,10 @@ impl JobStore {
         self.workers.values()
     }
 
+    pub fn worker(&self, name: &str) -> Option<&Worker> {
+        self.workers.get(name)
+    }
+
     /// The placement input: workers as they are, pending jobs oldest first with their history.
     pub fn placement_input(&self) -> (Vec<WorkerView>, Vec<PendingJob>) {
         let workers = self.workers.values().map(Worker::view).collect();
@@ -709,21 +713,37 @@ mod tests {
         ]
     }
 
+    /// Single commands, and batches of them (as the leader gathers fleet messages).
+    fn entry() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            4 => command(),
+            1 => prop::collection::vec(command(), 0..4).prop_map(Command::Batch),
+        ]
+    }
+
     proptest! {
         /// Whatever arrives, in any order: a job has at most one accepted verdict, a verdict is
         /// only ever accepted with the current attempt's token, no worker runs more than its slots,
         /// and a job's running attempt is on the worker that lists it.
         #[test]
-        fn at_most_one_accepted_verdict_and_no_oversubscription(log in prop::collection::vec(command(), 0..60)) {
+        fn at_most_one_accepted_verdict_and_no_oversubscription(log in prop::collection::vec(entry(), 0..60)) {
             let mut s = JobStore::default();
             let mut accepted: BTreeMap<String, u32> = BTreeMap::new();
             for (i, cmd) in log.iter().enumerate() {
                 let index = i as u64 + 1;
                 let current = if let Command::Report { job, .. } = cmd { s.get(job).and_then(|j| j.attempts.last().map(|a| a.token)) } else { None };
                 let out = s.apply(index, cmd);
-                if let (Command::Report { job, token, .. }, Outcome::Done(Ok(()))) = (cmd, &out) {
-                    *accepted.entry(job.clone()).or_default() += 1;
+                if let (Command::Report { token, .. }, Outcome::Done(Ok(()))) = (cmd, &out) {
                     prop_assert_eq!(Some(*token), current, "accepted with a token that was not current");
+                }
+                let results: Vec<(&Command, &Outcome)> = match (cmd, &out) {
+                    (Command::Batch(cs), Outcome::Batch(os)) => cs.iter().zip(os).collect(),
+                    (c, o) => vec![(c, o)],
+                };
+                for (c, o) in results {
+                    if let (Command::Report { job, .. }, Outcome::Done(Ok(()))) = (c, o) {
+                        *accepted.entry(job.clone()).or_default() += 1;
+                    }
                 }
                 let queued: Vec<&str> = s.pending().map(|j| j.id.as_str()).collect();
                 let pending: Vec<&str> = s.list(None).into_iter().filter(|j| j.state == JobState::Pending).map(|j| j.id.as_str()).collect();

@@ -133,6 +133,9 @@ pub enum Command {
         now_ms: u64,
         lease_ms: u64,
     },
+    /// Fleet messages gathered during one turn of the leader's loop (heartbeats, progress,
+    /// verdicts, registrations), applied in order: one entry, one fsync. Never an `Assign`.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command did, per item, for the waiting clients.
@@ -146,6 +149,8 @@ pub enum Outcome {
     Assigned(Vec<Result<u64, String>>),
     /// Jobs put back to pending (or failed for good) because their worker was lost.
     Expired(Vec<String>),
+    /// Per command of a batch.
+    Batch(Vec<Outcome>),
     Nothing,
 }
 
@@ -256,7 +261,23 @@ impl JobStore {
             return Outcome::Nothing;
         }
         self.applied = index;
+        self.execute(index, command)
+    }
+
+    fn execute(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
+            Command::Batch(commands) => Outcome::Batch(
+                commands
+                    .iter()
+                    .map(|c| match c {
+                        // An Assign's token is its entry's index: it must have an entry of its own.
+                        Command::Assign { .. } | Command::Batch(_) => {
+                            Outcome::Done(Err("not allowed in a batch".into()))
+                        }
+                        c => self.execute(index, c),
+                    })
+                    .collect(),
+            ),
             Command::Submit(new) => {
                 Outcome::Submitted(new.iter().map(|n| self.submit(index, n)).collect())
             }

@@ -155,7 +155,16 @@ impl Client {
 
     /// Submits a plan; the id is chosen here so retries are the same job.
     pub async fn submit(&mut self, plan_toml: &str) -> Result<String, ClientError> {
-        let id = crate::new_job_id();
+        self.submit_with_id(plan_toml, &crate::new_job_id()).await
+    }
+
+    /// Submits a plan under an id the caller chose (a retry with the same id is the same job).
+    pub async fn submit_with_id(
+        &mut self,
+        plan_toml: &str,
+        id: &str,
+    ) -> Result<String, ClientError> {
+        let id = id.to_owned();
         let plan_toml = plan_toml.to_owned();
         let r = self
             .call(|mut c| {

@@ -1,12 +1,12 @@
-//! Shared by the benchmarks: a cluster of `rehearse coordinator` processes on loopback.
-#![allow(dead_code)]
+//! A cluster of `rehearse coordinator` processes on loopback, for the loadtest and the
+//! benchmarks (`coordinator/examples`).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rehearse_coordinator::client::Client;
+use rehearse_proto::client::Client;
 
 /// The plan every benchmark job carries (never run: the benchmarks measure the coordinator).
 pub const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
@@ -121,6 +121,37 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl Cluster {
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.procs.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every node's address.
+    pub fn addr_list(&self) -> Vec<String> {
+        self.addrs.values().cloned().collect()
+    }
+
+    /// The highest resident set size any running node has had (VmHWM), in MiB.
+    pub fn peak_rss_mb(&self) -> Option<f64> {
+        self.procs
+            .values()
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map(|kb| kb / 1024.0)
+            .reduce(f64::max)
     }
 }
 
