@@ -4,7 +4,8 @@
 //! loop follows raft-rs's Ready contract exactly: send the leader's messages, install a snapshot,
 //! persist entries and hard state (one fsync), apply committed entries in order, send the
 //! messages that depend on the persisted state, advance. All submits queued when a loop turn
-//! starts become one log entry: many clients share one fsync.
+//! starts become one log entry, and all fleet messages (heartbeats, progress, verdicts) another:
+//! many clients share one fsync.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -260,7 +261,6 @@ impl Node {
                 self.handle(req);
             }
             self.propose_submits();
-            self.propose_fleet_batch();
             if last_tick.elapsed() >= TICK {
                 self.raw.tick();
                 last_tick = Instant::now();
@@ -420,16 +420,21 @@ impl Node {
             })
     }
 
-    fn propose_fleet_batch(&mut self) {
-        if self.fleet_batch.is_empty() {
+    /// Proposes everything gathered this turn as one entry; each reply waits for it.
+    fn propose_gathered<T, R>(
+        &mut self,
+        gathered: Vec<(T, Reply<R>)>,
+        command: impl FnOnce(Vec<T>) -> Command,
+        waiter: impl FnOnce(Vec<Reply<R>>) -> Waiter,
+    ) {
+        if gathered.is_empty() {
             return;
         }
-        let (commands, replies): (Vec<Command>, Vec<Reply<Outcome>>) =
-            std::mem::take(&mut self.fleet_batch).into_iter().unzip();
+        let (items, replies): (Vec<T>, Vec<Reply<R>>) = gathered.into_iter().unzip();
         let ctx = self.ctx();
-        match self.propose(ctx, &Command::Batch(commands)) {
+        match self.propose(ctx, &command(items)) {
             Ok(()) => {
-                self.waiters.insert(ctx, Waiter::FleetBatch(replies));
+                self.waiters.insert(ctx, waiter(replies));
             }
             Err(e) => {
                 for r in replies {
@@ -440,22 +445,10 @@ impl Node {
     }
 
     fn propose_submits(&mut self) {
-        if self.submits.is_empty() {
-            return;
-        }
-        let (jobs, replies): (Vec<NewJob>, Vec<Reply<String>>) =
-            std::mem::take(&mut self.submits).into_iter().unzip();
-        let ctx = self.ctx();
-        match self.propose(ctx, &Command::Submit(jobs)) {
-            Ok(()) => {
-                self.waiters.insert(ctx, Waiter::Submits(replies));
-            }
-            Err(e) => {
-                for r in replies {
-                    let _ = r.send(Err(e.clone()));
-                }
-            }
-        }
+        let submits = std::mem::take(&mut self.submits);
+        self.propose_gathered(submits, Command::Submit, Waiter::Submits);
+        let fleet = std::mem::take(&mut self.fleet_batch);
+        self.propose_gathered(fleet, Command::Batch, Waiter::FleetBatch);
     }
 
     fn membership(&mut self, kind: Membership, id: u64, addr: String, reply: Reply<()>) {

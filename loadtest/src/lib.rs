@@ -220,11 +220,10 @@ async fn start_worker(env: &Env, name: String, incarnation: u64) -> anyhow::Resu
             let Ok(mut c) = client(&addrs) else { return };
             while !stop.is_cancelled() {
                 tokio::time::sleep(every).await;
-                match c.heartbeat(&name, incarnation).await {
-                    Err(ClientError::Refused(_) | ClientError::NotFound(_)) => {
-                        let _ = c.register_worker(req.clone()).await;
-                    }
-                    _ => {}
+                if let Err(ClientError::Refused(_) | ClientError::NotFound(_)) =
+                    c.heartbeat(&name, incarnation).await
+                {
+                    let _ = c.register_worker(req.clone()).await;
                 }
             }
         })
@@ -457,45 +456,54 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
         s.await.context("submitter task")??;
     }
     let acked: Vec<String> = std::mem::take(&mut *lock(&acked));
-    // Wait for every verdict, as long as verdicts keep coming.
+    // Wait until every acknowledged job has ended. Counting accepted verdicts is the fast path;
+    // it falls short when a verdict's acknowledgement was lost (leader kill) or a job failed for
+    // good (churn), so once verdicts stop coming the coordinator is asked.
+    let mut c = client(&addrs)?;
+    c.patience = Duration::from_secs(60);
+    let is_final = |st: Option<&String>| {
+        matches!(
+            st.map(String::as_str),
+            Some("passed" | "failed" | "cancelled")
+        )
+    };
     let mut last_progress = (progress(), Instant::now());
-    while progress() < acked.len() as u64 {
+    let mut state: HashMap<String, String> = HashMap::new();
+    loop {
+        if progress() >= acked.len() as u64 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = progress();
         if now != last_progress.0 {
             last_progress = (now, Instant::now());
-        } else if last_progress.1.elapsed() > opts.patience {
-            break;
+            continue;
         }
-    }
-    let last = lock(&env.stats.last_verdict).unwrap_or_else(Instant::now);
-    let elapsed = last.duration_since(started).as_secs_f64();
-
-    // The coordinator's word on every acknowledged job.
-    let mut c = client(&addrs)?;
-    c.patience = Duration::from_secs(60);
-    let deadline = Instant::now() + opts.patience;
-    let state: HashMap<String, String> = loop {
-        let state: HashMap<String, String> = c
+        if last_progress.1.elapsed() < Duration::from_millis(500) {
+            continue;
+        }
+        state = c
             .list_jobs(None)
             .await?
             .into_iter()
             .map(|j| (j.id, j.state))
             .collect();
-        let open = acked
-            .iter()
-            .filter(|id| {
-                !matches!(
-                    state.get(*id).map(String::as_str),
-                    Some("passed" | "failed" | "cancelled")
-                )
-            })
-            .count();
-        if open == 0 || Instant::now() > deadline {
-            break state;
+        if acked.iter().all(|id| is_final(state.get(id)))
+            || last_progress.1.elapsed() > opts.patience
+        {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    }
+    let last = lock(&env.stats.last_verdict).unwrap_or_else(Instant::now);
+    let elapsed = last.duration_since(started).as_secs_f64();
+    if state.is_empty() || !acked.iter().all(|id| is_final(state.get(id))) {
+        state = c
+            .list_jobs(None)
+            .await?
+            .into_iter()
+            .map(|j| (j.id, j.state))
+            .collect();
+    }
     let final_state = |id: &String| state.get(id).map(String::as_str);
     let lost = acked
         .iter()

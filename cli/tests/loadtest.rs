@@ -1,0 +1,81 @@
+//! The loadtest's scenarios at a small scale, against real coordinator processes: whatever the
+//! scenario does to the cluster, every acknowledged job ends, and none has two verdicts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rehearse_loadtest::{Figures, Options, Scenario, run};
+
+fn options(jobs: u64, workers: u64) -> Options {
+    Options {
+        jobs,
+        workers,
+        slots: 2,
+        rate: None,
+        clients: 8,
+        delay: Duration::ZERO,
+        coordinators: None,
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_rehearse")),
+        lease: Duration::from_secs(2),
+        patience: Duration::from_secs(60),
+    }
+}
+
+fn assert_sound(f: &Figures) {
+    assert_eq!(f.lost, 0, "acknowledged jobs never finished: {f:?}");
+    assert_eq!(f.duplicated, 0, "jobs with two accepted verdicts: {f:?}");
+    assert_eq!(
+        f.submit_latency_ms.count, f.jobs,
+        "every submit acknowledged"
+    );
+    assert!(f.lifecycles_per_sec > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn steady_every_job_gets_exactly_one_verdict() {
+    let f = run(Scenario::Steady, options(400, 20)).await.expect("run");
+    assert_sound(&f);
+    assert_eq!(f.failed, 0);
+    assert_eq!(f.assign_latency_ms.count, f.jobs, "every job delivered");
+    assert_eq!(f.redelivered, 0, "nothing re-delivered when nothing dies");
+    assert!(f.coordinator_rss_mb.is_some_and(|mb| mb > 1.0));
+    let json = serde_json::to_value(&f).expect("json");
+    for key in [
+        "lifecycles_per_sec",
+        "submit_latency_ms",
+        "assign_latency_ms",
+        "lost",
+        "duplicated",
+        "coordinator_rss_mb",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in the JSON figures");
+    }
+    assert!(json["assign_latency_ms"]["p999"].is_number());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_kill_loses_and_doubles_nothing() {
+    let f = run(Scenario::LeaderKill, options(1500, 20))
+        .await
+        .expect("run");
+    assert_sound(&f);
+    assert!(
+        f.events.iter().any(|e| e.starts_with("killed leader")),
+        "{:?}",
+        f.events
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_churn_loses_and_doubles_nothing() {
+    let mut opts = options(600, 20);
+    // Workers hold each job a while, so the ones that die take jobs with them.
+    opts.delay = Duration::from_millis(100);
+    let f = run(Scenario::WorkerChurn, opts).await.expect("run");
+    assert_sound(&f);
+    assert!(
+        f.events.iter().any(|e| e.contains("died silently")),
+        "{:?}",
+        f.events
+    );
+}
