@@ -133,6 +133,9 @@ pub struct NodeOptions {
     pub lease: Duration,
 }
 
+/// How long the leader lets requests gather before a turn (see `run`).
+const BATCH_WINDOW: Duration = Duration::from_micros(300);
+
 /// How often the leader looks for lost workers and overdue jobs.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 
@@ -249,6 +252,13 @@ impl Node {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            if first.is_some() && self.is_leader() {
+                // Let a burst gather — writes, and followers' acknowledgements — so one turn
+                // (one entry, one fsync, one append per follower) serves all of it instead of
+                // one each. Measured with the loadtest (BENCHMARKS.md); waiting for client
+                // requests alone gained nothing.
+                std::thread::sleep(BATCH_WINDOW);
+            }
             let mut stop = false;
             for req in first
                 .into_iter()

@@ -215,9 +215,9 @@ async fn start_worker(env: &Env, name: String, incarnation: u64) -> anyhow::Resu
     let stop = CancellationToken::new();
     let every = Duration::from_millis(reg.heartbeat_ms.max(50));
     let beat = {
-        let (addrs, name, stop, req) = (env.addrs.clone(), name.clone(), stop.clone(), req.clone());
+        // One connection per worker, shared by its heartbeats, stream and verdicts.
+        let (mut c, name, stop, req) = (c.clone(), name.clone(), stop.clone(), req.clone());
         tokio::spawn(async move {
-            let Ok(mut c) = client(&addrs) else { return };
             while !stop.is_cancelled() {
                 tokio::time::sleep(every).await;
                 if let Err(ClientError::Refused(_) | ClientError::NotFound(_)) =
@@ -230,7 +230,7 @@ async fn start_worker(env: &Env, name: String, incarnation: u64) -> anyhow::Resu
     };
     let lease = Duration::from_millis(reg.lease_ms.max(250));
     let stream = tokio::spawn(stream_loop(
-        env.addrs.clone(),
+        c,
         name,
         incarnation,
         env.stats.clone(),
@@ -248,7 +248,7 @@ async fn start_worker(env: &Env, name: String, incarnation: u64) -> anyhow::Resu
 /// Takes assignments from the stream and answers each with a verdict after `delay`.
 #[allow(clippy::too_many_arguments)]
 async fn stream_loop(
-    addrs: Vec<String>,
+    mut c: Client,
     name: String,
     incarnation: u64,
     stats: Arc<Stats>,
@@ -257,11 +257,10 @@ async fn stream_loop(
     lease: Duration,
     stop: CancellationToken,
 ) {
-    let Ok(mut c) = client(&addrs) else { return };
-    // One sender per worker, on its own connection: verdicts go out in the order they are ready.
+    // One sender per worker: verdicts go out in the order they are ready.
     let (ready_tx, ready_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64)>();
     let sender = tokio::spawn(send_verdicts(
-        addrs.clone(),
+        c.clone(),
         stats.clone(),
         report,
         ready_rx,
@@ -307,13 +306,12 @@ async fn stream_loop(
 }
 
 async fn send_verdicts(
-    addrs: Vec<String>,
+    mut c: Client,
     stats: Arc<Stats>,
     report: Arc<String>,
     mut ready: tokio::sync::mpsc::UnboundedReceiver<(String, u64)>,
     stop: CancellationToken,
 ) {
-    let Ok(mut c) = client(&addrs) else { return };
     while let Some((job, token)) = ready.recv().await {
         let sent = tokio::select! {
             r = c.verdict(&job, token, &report) => r,

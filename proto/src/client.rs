@@ -23,6 +23,8 @@ pub enum ClientError {
     NotFound(String),
 }
 
+/// Cloning shares the open connection (HTTP/2 multiplexes the calls on it).
+#[derive(Clone)]
 pub struct Client {
     addrs: Vec<String>,
     next: usize,
