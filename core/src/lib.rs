@@ -14,6 +14,8 @@
 //! - [`jobs`]: the coordinator's replicated state machine (jobs and their lifecycle), pure.
 //! - [`report`]: the verification report, its phases, and the verdict rules.
 //! - [`render`]: the human and JUnit renderings of a report (JSON is serde).
+//! - [`untar`]: which entries of a hostile tar archive may be written, and where (for the `files`
+//!   engine; not called yet).
 //!
 //! Must not depend on: tokio, tonic, storage engines, or any other crate of this workspace.
 
@@ -27,3 +29,4 @@ pub mod plan;
 pub mod render;
 pub mod report;
 pub mod script;
+pub mod untar;
