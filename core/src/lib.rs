@@ -4,6 +4,8 @@
 //! (callers pass times in). That keeps the rules that decide a verdict exhaustively testable.
 //!
 //! Layout:
+//! - [`backupset`]: choosing one recovery point from a backup set (latest / random, within);
+//!   not called yet.
 //! - [`placement`]: which worker runs which pending job (region, labels, slots, spread), pure.
 //! - [`plan`]: the plan file (TOML) — parsing, validation, unknown keys refused by name.
 //! - [`expect`]: check expectations (`>= 1000`, `= 'ok'`) and their evaluation.
@@ -19,6 +21,7 @@
 //!
 //! Must not depend on: tokio, tonic, storage engines, or any other crate of this workspace.
 
+pub mod backupset;
 pub mod expect;
 pub mod fleet;
 pub mod format;
