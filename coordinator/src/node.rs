@@ -660,16 +660,21 @@ impl Node {
                 continue;
             };
             let jobs = &self.raw.store().jobs;
+            let views = jobs.worker_views();
+            let explained = |job: &Job| {
+                let mut job = job.clone();
+                if job.reason.is_none() {
+                    job.reason = jobs.waiting_reason(&views, &job);
+                }
+                job
+            };
             let answer = match pending.read {
                 Read::Job(id) => jobs
                     .get(&id)
-                    .map(|j| ReadAnswer::Job(Box::new(explained(jobs, j))))
+                    .map(|j| ReadAnswer::Job(Box::new(explained(j))))
                     .ok_or(ApiError::NotFound(format!("no job {id}"))),
                 Read::Jobs(state) => Ok(ReadAnswer::Jobs(
-                    jobs.list(state)
-                        .into_iter()
-                        .map(|j| explained(jobs, j))
-                        .collect(),
+                    jobs.list(state).into_iter().map(explained).collect(),
                 )),
                 Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
             };
@@ -812,7 +817,7 @@ impl Node {
         }
         self.placement_dirty = false;
         let jobs = &self.raw.store().jobs;
-        let workers: Vec<_> = jobs.workers().map(Worker::view).collect();
+        let workers = jobs.worker_views();
         if !placement::has_free_slot(&workers) {
             return;
         }
@@ -886,15 +891,6 @@ impl Node {
             touched.as_ref(),
         );
     }
-}
-
-/// The job as a read shows it: a pending job says why it waits.
-fn explained(jobs: &rehearse_core::jobs::JobStore, job: &Job) -> Job {
-    let mut job = job.clone();
-    if job.reason.is_none() {
-        job.reason = jobs.waiting_reason(&job);
-    }
-    job
 }
 
 /// Fleet commands carry the leader's clock, set when it proposes them.

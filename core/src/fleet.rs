@@ -63,7 +63,7 @@ impl JobStore {
 
     /// The placement input: workers as they are, pending jobs oldest first with their history.
     pub fn placement_input(&self) -> (Vec<WorkerView>, Vec<PendingJob>) {
-        let workers = self.workers.values().map(Worker::view).collect();
+        let workers = self.worker_views();
         (workers, self.pending_input().collect())
     }
 
@@ -79,12 +79,18 @@ impl JobStore {
 
     /// Why a pending job is not running yet ("no live worker in region eu with a free slot");
     /// `None` for a job that is not pending.
-    pub fn waiting_reason(&self, job: &crate::jobs::Job) -> Option<String> {
+    ///
+    /// `workers` is [`JobStore::worker_views`], taken once for a whole listing.
+    pub fn waiting_reason(&self, workers: &[WorkerView], job: &crate::jobs::Job) -> Option<String> {
         if job.state != JobState::Pending {
             return None;
         }
-        let workers: Vec<WorkerView> = self.workers.values().map(Worker::view).collect();
-        Some(crate::placement::explain(&workers, &constraint(job)))
+        Some(crate::placement::explain(workers, &constraint(job)))
+    }
+
+    /// Every worker as placement sees it.
+    pub fn worker_views(&self) -> Vec<WorkerView> {
+        self.workers.values().map(Worker::view).collect()
     }
 
     /// A reconnect (same incarnation) refreshes the worker and keeps its attempts. A restart (new

@@ -330,6 +330,15 @@ async fn send_verdicts(
     }
 }
 
+/// Every job's state, by id, as the coordinator has it.
+async fn job_states(c: &mut Client) -> anyhow::Result<HashMap<String, String>> {
+    Ok(c.list_jobs(None)
+        .await?
+        .into_iter()
+        .map(|j| (j.id, j.state))
+        .collect())
+}
+
 /// Runs one scenario; returns what it measured.
 pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
     if opts.jobs == 0 || opts.workers == 0 || opts.slots == 0 || opts.clients == 0 {
@@ -480,12 +489,7 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
         if last_progress.1.elapsed() < Duration::from_millis(500) {
             continue;
         }
-        state = c
-            .list_jobs(None)
-            .await?
-            .into_iter()
-            .map(|j| (j.id, j.state))
-            .collect();
+        state = job_states(&mut c).await?;
         if acked.iter().all(|id| is_final(state.get(id)))
             || last_progress.1.elapsed() > opts.patience
         {
@@ -495,18 +499,10 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
     let last = lock(&env.stats.last_verdict).unwrap_or_else(Instant::now);
     let elapsed = last.duration_since(started).as_secs_f64();
     if state.is_empty() || !acked.iter().all(|id| is_final(state.get(id))) {
-        state = c
-            .list_jobs(None)
-            .await?
-            .into_iter()
-            .map(|j| (j.id, j.state))
-            .collect();
+        state = job_states(&mut c).await?;
     }
     let final_state = |id: &String| state.get(id).map(String::as_str);
-    let lost = acked
-        .iter()
-        .filter(|id| !matches!(final_state(id), Some("passed" | "failed" | "cancelled")))
-        .count() as u64;
+    let lost = acked.iter().filter(|id| !is_final(state.get(*id))).count() as u64;
     let failed = acked
         .iter()
         .filter(|id| final_state(id) == Some("failed"))
