@@ -529,6 +529,7 @@ fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
             url: artifact,
             engine: args.engine.clone(),
             blake3: args.blake3.clone(),
+            ..RawArtifact::default()
         },
         targets: has_targets.then(|| RawTargets {
             rto: args.rto.clone(),

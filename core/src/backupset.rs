@@ -1,7 +1,7 @@
 //! Choosing one recovery point from a backup set (a prefix holding many backups), as AWS Backup
 //! restore testing does: the latest, or a random one, optionally only among the recent ones.
-//! Pure: the source lists the objects, the caller passes the time and a random seed. Groundwork
-//! for issue 6's `[artifact] pick` / `within`; not called yet.
+//! Pure: the source lists the objects, the caller passes the time and a random seed. Plans say
+//! `[artifact] pick = "latest" | "random"` and `within = "30d"`.
 
 use std::time::Duration;
 
@@ -25,6 +25,13 @@ impl Pick {
             "latest" => Some(Pick::Latest),
             "random" => Some(Pick::Random),
             _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pick::Latest => "latest",
+            Pick::Random => "random",
         }
     }
 }

@@ -410,6 +410,7 @@ mod tests {
                 url: "/b/x.dump".into(),
                 engine: "postgres".into(),
                 blake3: None,
+                ..RawArtifact::default()
             },
             ..RawPlan::default()
         };

@@ -4,8 +4,7 @@
 //! (callers pass times in). That keeps the rules that decide a verdict exhaustively testable.
 //!
 //! Layout:
-//! - [`backupset`]: choosing one recovery point from a backup set (latest / random, within);
-//!   not called yet.
+//! - [`backupset`]: choosing one recovery point from a backup set (latest / random, within).
 //! - [`placement`]: which worker runs which pending job (region, labels, slots, spread), pure.
 //! - [`plan`]: the plan file (TOML) — parsing, validation, unknown keys refused by name.
 //! - [`expect`]: check expectations (`>= 1000`, `= 'ok'`) and their evaluation.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
+use crate::backupset::Pick;
 use crate::expect::Expectation;
 use crate::placement::Constraint;
 
@@ -52,6 +53,10 @@ pub enum PlanError {
     ZeroAttempts,
     #[error("placement: region and not_region are both {0:?}, so no worker can run it")]
     ContradictoryPlacement(String),
+    #[error("artifact.pick: {0:?} is not a way to pick (latest, random)")]
+    Pick(String),
+    #[error("artifact.within needs artifact.pick: it limits which backups of a set are picked")]
+    WithinWithoutPick,
 }
 
 /// The database engine that knows how to restore and query an artifact.
@@ -139,6 +144,10 @@ pub struct ArtifactSpec {
     pub engine: Engine,
     /// When set, a mismatch fails the verification in phase `checksum`.
     pub blake3: Option<Blake3Digest>,
+    /// When set, `url` is a backup set (a directory or prefix) and one backup is picked from it.
+    pub pick: Option<Pick>,
+    /// Only backups modified this recently are picked from.
+    pub within: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -213,6 +222,12 @@ pub struct RawArtifact {
     pub engine: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// `latest` or `random`: `url` names a backup set and one backup is picked from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pick: Option<String>,
+    /// With `pick`: only backups newer than this (e.g. "30d").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -281,6 +296,14 @@ impl Plan {
             Some(hex) => Some(Blake3Digest::parse_hex(&hex).ok_or(PlanError::Blake3(hex))?),
             None => None,
         };
+        let pick = match raw.artifact.pick {
+            Some(p) => Some(Pick::parse(p.trim()).ok_or(PlanError::Pick(p))?),
+            None => None,
+        };
+        let within = optional_duration("artifact.within", raw.artifact.within.as_deref())?;
+        if within.is_some() && pick.is_none() {
+            return Err(PlanError::WithinWithoutPick);
+        }
         let raw_targets = raw.targets.unwrap_or_default();
         let targets = Targets {
             rto: optional_duration("targets.rto", raw_targets.rto.as_deref())?,
@@ -334,6 +357,8 @@ impl Plan {
                 url,
                 engine,
                 blake3,
+                pick,
+                within,
             },
             targets,
             checks,
@@ -355,6 +380,8 @@ impl Plan {
                 url: self.artifact.url.clone(),
                 engine: self.artifact.engine.to_string(),
                 blake3: self.artifact.blake3.map(|d| d.to_string()),
+                pick: self.artifact.pick.map(|p| p.as_str().to_owned()),
+                within: self.artifact.within.map(fmt),
             },
             targets: has_targets.then(|| RawTargets {
                 rto: t.rto.map(fmt),
@@ -524,6 +551,22 @@ expect = ">= 1000"
         );
         assert!(err(&format!("max_attempts = 0\n{base}")).contains("at least 1"));
         assert!(err(&format!("{base}[placement]\nzone = \"a\"\n")).contains("zone"));
+    }
+
+    #[test]
+    fn backup_set_keys() {
+        let set = "[artifact]\nurl = \"/backups/daily/\"\nengine = \"postgres\"\n";
+        let plan =
+            Plan::from_toml(&format!("{set}pick = \"random\"\nwithin = \"30d\"\n")).expect("valid");
+        assert_eq!(plan.artifact.pick, Some(Pick::Random));
+        assert_eq!(plan.artifact.within, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(Plan::from_toml(&plan.to_toml()).expect("reparse"), plan);
+        assert!(err(&format!("{set}pick = \"oldest\"\n")).contains("latest, random"));
+        assert!(err(&format!("{set}within = \"30d\"\n")).contains("needs artifact.pick"));
+        assert!(
+            err(&format!("{set}pick = \"latest\"\nwithin = \"soon\"\n"))
+                .starts_with("artifact.within")
+        );
     }
 
     #[test]

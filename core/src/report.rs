@@ -60,6 +60,9 @@ pub struct ArtifactReport {
     pub blake3: Option<String>,
     /// The format recognised from the content, e.g. "pg_dump custom", "plain SQL (zstd)".
     pub format: Option<String>,
+    /// For a backup set (`pick`): how many backups were eligible (the picked one among them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

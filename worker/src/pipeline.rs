@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rehearse_core::backupset::Pick;
 use rehearse_core::format::{SNIFF_LEN, Sniffed, sniff};
 use rehearse_core::install;
 use rehearse_core::plan::Plan;
@@ -199,9 +200,32 @@ impl Verifier {
     }
 
     async fn phases(&self, plan: &Plan, run: &mut Run) -> Result<(), VerifyError> {
-        // fetch: locate and open the artifact. For a local file there is nothing to transfer.
+        // fetch: locate (for a backup set, pick) and open the artifact. For a local file there is
+        // nothing to transfer.
         run.clock.begin(Phase::Fetch);
-        let mut artifact = match source::open(&plan.artifact.url) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let seed = u64::from_str_radix(&crate::random_token()[..16], 16).unwrap_or(0);
+        let a = &plan.artifact;
+        let picked = match source::resolve(&a.url, a.pick, a.within, now_ms, seed) {
+            Ok(p) => p,
+            Err(reason) => fail!(run, Phase::Fetch, reason),
+        };
+        if let (Some((eligible, listed)), Some(pick)) = (picked.from, a.pick) {
+            run.report.artifact.url = picked.url.clone();
+            run.report.artifact.candidates = Some(eligible);
+            run.report.notes.push(format!(
+                "picked the {} of {eligible} eligible backups ({listed} in {})",
+                if pick == Pick::Latest {
+                    "latest"
+                } else {
+                    "random pick"
+                },
+                a.url
+            ));
+        }
+        let mut artifact = match source::open(&picked.url) {
             Ok(a) => a,
             Err(reason) => fail!(run, Phase::Fetch, reason),
         };

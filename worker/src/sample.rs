@@ -157,6 +157,7 @@ pub fn demo_plan(dump: &Path, orders: u32, blake3: Option<String>) -> Plan {
             url: format!("file://{}", dump.display()),
             engine: "postgres".into(),
             blake3,
+            ..RawArtifact::default()
         },
         targets: Some(RawTargets {
             rto: Some("5m".into()),

@@ -1,11 +1,13 @@
-//! Where artifacts come from. Today: local files and directories, by `file://` URL or plain path.
-//! (S3 and other object stores arrive behind the same shape with the artifact-sources issue.)
+//! Where artifacts come from. Today: local files and directories, by `file://` URL or plain path,
+//! and backup sets: a directory from which one backup is picked (`[artifact] pick`). (S3 and other
+//! object stores arrive behind the same shape with the artifact-sources issue.)
 
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use rehearse_core::backupset::{self, Candidate, Pick};
 use rehearse_core::format::SNIFF_LEN;
 
 /// A local artifact, opened far enough to know what it is.
@@ -39,6 +41,60 @@ pub fn local_path(url: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(PathBuf::from(url))
+}
+
+/// The artifact a plan means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked {
+    pub url: String,
+    /// For a backup set: (backups eligible, backups listed).
+    pub from: Option<(usize, usize)>,
+}
+
+/// The plan's URL as it is, or for a backup set the backup picked from the directory it names
+/// (regular files directly in it; `.blake3` sidecars skipped). `Err` is the failure reason.
+pub fn resolve(
+    url: &str,
+    pick: Option<Pick>,
+    within: Option<std::time::Duration>,
+    now_ms: i64,
+    seed: u64,
+) -> Result<Picked, String> {
+    let Some(pick) = pick else {
+        return Ok(Picked {
+            url: url.to_owned(),
+            from: None,
+        });
+    };
+    let dir = local_path(url)?;
+    let entries = fs::read_dir(&dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("backup set not found: {}", dir.display()),
+        _ => format!("cannot list backup set {}: {e}", dir.display()),
+    })?;
+    let mut listed = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(meta) = fs::metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let modified_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        listed.push(Candidate {
+            key: entry.file_name().to_string_lossy().into_owned(),
+            modified_ms,
+            size: meta.len(),
+        });
+    }
+    let chosen = backupset::choose(url, &listed, pick, within, now_ms, seed)?;
+    Ok(Picked {
+        url: format!("file://{}", dir.join(&chosen.candidate.key).display()),
+        from: Some((chosen.candidates, chosen.listed)),
+    })
 }
 
 /// Opens the artifact: existence, kind, size, first bytes. `Err` is the failure reason.

@@ -352,3 +352,65 @@ async fn shell_escapes_in_a_plain_dump_never_run() {
         assert!(!marker.exists(), "{name}: the shell command ran");
     }
 }
+
+/// A backup set: a directory of three dumps, 40, 10 and 2 days old, and a newer sidecar.
+fn backup_set(t: &TestEnv, fx: &std::path::Path) -> std::path::PathBuf {
+    let dump = fs::read(fx.join("custom.dump")).expect("fixture");
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let mut dir = None;
+    for (name, age_days) in [
+        ("monday.dump", 40),
+        ("tuesday.dump", 10),
+        ("wednesday.dump", 2),
+    ] {
+        let path = t.file(&format!("set/{name}"), &dump);
+        let f = fs::File::options().write(true).open(&path).expect("open");
+        f.set_modified(now - day * age_days).expect("mtime");
+        dir = path.parent().map(std::path::Path::to_path_buf);
+    }
+    // The sidecar is the newest file of all, but it is not a backup.
+    t.file(
+        "set/wednesday.dump.blake3",
+        blake3::hash(&dump).to_hex().as_bytes(),
+    );
+    dir.expect("set dir")
+}
+
+#[tokio::test]
+async fn a_backup_set_verifies_its_latest_or_a_random_recent_backup() {
+    use rehearse_core::report::Verdict;
+    let fx = fixtures().await;
+    let t = env();
+    let set = backup_set(&t, &fx);
+    let report = t.verify(&plan(&set, "pick = \"latest\"\n")).await;
+    assert_eq!(report.verdict, Verdict::Passed, "{:?}", report.failure);
+    assert!(
+        report.artifact.url.ends_with("/set/wednesday.dump"),
+        "{}",
+        report.artifact.url
+    );
+    assert_eq!(report.artifact.candidates, Some(3));
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("picked the latest of 3"))
+    );
+
+    let report = t
+        .verify(&plan(&set, "pick = \"random\"\nwithin = \"30d\"\n"))
+        .await;
+    assert_eq!(report.verdict, Verdict::Passed, "{:?}", report.failure);
+    assert_eq!(
+        report.artifact.candidates,
+        Some(2),
+        "monday is older than 30 days"
+    );
+    assert!(!report.artifact.url.ends_with("monday.dump"));
+
+    let report = t
+        .verify(&plan(&set, "pick = \"latest\"\nwithin = \"1d\"\n"))
+        .await;
+    assert_failed_in(&report, "fetch", "newer than 1day (3 older)");
+}

@@ -72,9 +72,8 @@ impl TestEnv {
 
     pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
         // Artifacts live beside the work root, not in it (the work root must end empty).
-        let dir = self.root.path().with_extension("artifacts");
-        fs::create_dir_all(&dir).expect("artifact dir");
-        let path = dir.join(name);
+        let path = self.root.path().with_extension("artifacts").join(name);
+        fs::create_dir_all(path.parent().expect("parent")).expect("artifact dir");
         fs::write(&path, bytes).expect("write artifact");
         path
     }
