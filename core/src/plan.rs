@@ -57,6 +57,8 @@ pub enum PlanError {
     Pick(String),
     #[error("artifact.within needs artifact.pick: it limits which backups of a set are picked")]
     WithinWithoutPick,
+    #[error("artifact.copies: a copy's URL is empty")]
+    EmptyCopy,
 }
 
 /// The database engine that knows how to restore and query an artifact.
@@ -148,6 +150,8 @@ pub struct ArtifactSpec {
     pub pick: Option<Pick>,
     /// Only backups modified this recently are picked from.
     pub within: Option<Duration>,
+    /// Copies that must exist and hash the same as the artifact.
+    pub copies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -228,6 +232,9 @@ pub struct RawArtifact {
     /// With `pick`: only backups newer than this (e.g. "30d").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub within: Option<String>,
+    /// Other copies of the same backup (3-2-1): each must exist with the same blake3.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -304,6 +311,15 @@ impl Plan {
         if within.is_some() && pick.is_none() {
             return Err(PlanError::WithinWithoutPick);
         }
+        let copies: Vec<String> = raw
+            .artifact
+            .copies
+            .iter()
+            .map(|c| c.trim().to_owned())
+            .collect();
+        if copies.iter().any(String::is_empty) {
+            return Err(PlanError::EmptyCopy);
+        }
         let raw_targets = raw.targets.unwrap_or_default();
         let targets = Targets {
             rto: optional_duration("targets.rto", raw_targets.rto.as_deref())?,
@@ -359,6 +375,7 @@ impl Plan {
                 blake3,
                 pick,
                 within,
+                copies,
             },
             targets,
             checks,
@@ -382,6 +399,7 @@ impl Plan {
                 blake3: self.artifact.blake3.map(|d| d.to_string()),
                 pick: self.artifact.pick.map(|p| p.as_str().to_owned()),
                 within: self.artifact.within.map(fmt),
+                copies: self.artifact.copies.clone(),
             },
             targets: has_targets.then(|| RawTargets {
                 rto: t.rto.map(fmt),
@@ -563,6 +581,10 @@ expect = ">= 1000"
         assert_eq!(Plan::from_toml(&plan.to_toml()).expect("reparse"), plan);
         assert!(err(&format!("{set}pick = \"oldest\"\n")).contains("latest, random"));
         assert!(err(&format!("{set}within = \"30d\"\n")).contains("needs artifact.pick"));
+        assert!(err(&format!("{set}copies = [\" \"]\n")).contains("copy's URL is empty"));
+        let copied = Plan::from_toml(&format!("{set}copies = [\"/dr/x.dump\"]\n")).expect("valid");
+        assert_eq!(copied.artifact.copies, ["/dr/x.dump"]);
+        assert_eq!(Plan::from_toml(&copied.to_toml()).expect("reparse"), copied);
         assert!(
             err(&format!("{set}pick = \"latest\"\nwithin = \"soon\"\n"))
                 .starts_with("artifact.within")

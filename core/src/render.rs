@@ -25,14 +25,28 @@ pub fn human(r: &Report) -> String {
     if let Some(f) = &r.failure {
         let _ = writeln!(s, "  failed in {}: {}", f.phase, f.reason);
     }
-    let mut artifact = format!("{}", human_bytes(r.artifact.bytes));
+    let mut artifact = human_bytes(r.artifact.bytes).to_string();
     if let Some(format) = &r.artifact.format {
         let _ = write!(artifact, ", {format}");
     }
     if let Some(b3) = &r.artifact.blake3 {
         let _ = write!(artifact, ", blake3 {}", &b3[..b3.len().min(16)]);
     }
+    if let Some(from) = &r.artifact.blake3_from {
+        let _ = write!(artifact, " (checked against the {from})");
+    }
     let _ = writeln!(s, "  artifact  {artifact}");
+    for c in &r.artifact.copies {
+        let mark = if c.ok { "✓" } else { "✗" };
+        match &c.reason {
+            Some(reason) => {
+                let _ = writeln!(s, "  copy      {mark} {}: {reason}", c.url);
+            }
+            None => {
+                let _ = writeln!(s, "  copy      {mark} {}", c.url);
+            }
+        }
+    }
     if let Some(v) = &r.server_version {
         let _ = writeln!(
             s,

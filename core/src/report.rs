@@ -63,6 +63,23 @@ pub struct ArtifactReport {
     /// For a backup set (`pick`): how many backups were eligible (the picked one among them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidates: Option<usize>,
+    /// Where the expected blake3 came from: "plan" or "sidecar" (`<artifact>.blake3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3_from: Option<String>,
+    /// The plan's `copies`, each with its result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyReport>,
+}
+
+/// One copy of the artifact (3-2-1): found with the same blake3, or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyReport {
+    pub url: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use rehearse_core::backupset::Pick;
 use rehearse_core::format::{SNIFF_LEN, Sniffed, sniff};
 use rehearse_core::install;
 use rehearse_core::plan::Plan;
-use rehearse_core::report::{Phase, PhaseReport, Report, duration_ms};
+use rehearse_core::report::{CopyReport, Phase, PhaseReport, Report, duration_ms};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -252,19 +252,43 @@ impl Verifier {
         artifact.bytes = bytes;
         run.report.artifact.bytes = bytes;
         run.report.artifact.blake3 = Some(digest.to_hex().to_string());
-        if let Some(expected) = plan.artifact.blake3
-            && expected.0 != *digest.as_bytes()
-        {
-            fail!(
-                run,
-                Phase::Checksum,
-                format!(
-                    "blake3 mismatch: expected {expected}, got {}",
-                    digest.to_hex()
-                )
-            );
+        // The expected digest: the plan's, or else a sidecar's next to the artifact.
+        let expected = match plan.artifact.blake3 {
+            Some(d) => Some((d, "plan")),
+            None if artifact.is_dir => None,
+            None => match source::sidecar(&artifact.path) {
+                Ok(found) => found.map(|d| (d, "sidecar")),
+                Err(reason) => fail!(run, Phase::Checksum, reason),
+            },
+        };
+        if let Some((expected, from)) = expected {
+            run.report.artifact.blake3_from = Some(from.to_owned());
+            if expected.0 != *digest.as_bytes() {
+                fail!(
+                    run,
+                    Phase::Checksum,
+                    format!(
+                        "blake3 mismatch: expected {expected} ({from}), got {}",
+                        digest.to_hex()
+                    )
+                );
+            }
         }
-        run.clock.end(true);
+        // Copies (3-2-1): each must exist and hash the same. A bad copy fails the verdict, but the
+        // artifact itself is good, so the restore still runs and the report is whole.
+        let copies = check_copies(&plan.artifact.copies, &digest).await;
+        let bad_copy = copies.iter().find(|c| !c.ok).map(|c| {
+            format!(
+                "copy {}: {}",
+                c.url,
+                c.reason.as_deref().unwrap_or("differs")
+            )
+        });
+        run.report.artifact.copies = copies;
+        if let Some(reason) = bad_copy {
+            run.report.fail(Phase::Checksum.as_str(), reason);
+        }
+        run.clock.end(run.report.failure.is_none());
 
         // What is it? Decided from the content before any sandbox is made for it.
         let (input, server_major, format) = match classify(&artifact) {
@@ -387,6 +411,37 @@ impl Clock {
     fn since_start(&self) -> Option<u64> {
         self.start.map(|s| ms(s.elapsed()))
     }
+}
+
+/// Hashes each copy and compares it with the artifact's digest.
+async fn check_copies(urls: &[String], digest: &blake3::Hash) -> Vec<CopyReport> {
+    let mut out = Vec::with_capacity(urls.len());
+    for url in urls {
+        let (blake3, reason) = match source::local_path(url) {
+            Err(reason) => (None, Some(reason)),
+            Ok(path) => {
+                match tokio::task::spawn_blocking(move || checksum::hash_file(&path)).await {
+                    Ok(Ok((h, _))) => (
+                        Some(h.to_hex().to_string()),
+                        (h != *digest)
+                            .then(|| format!("blake3 {} differs from the artifact's", h.to_hex())),
+                    ),
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                        (None, Some("missing".to_owned()))
+                    }
+                    Ok(Err(e)) => (None, Some(format!("cannot read: {e}"))),
+                    Err(e) => (None, Some(format!("hash task failed: {e}"))),
+                }
+            }
+        };
+        out.push(CopyReport {
+            url: url.clone(),
+            ok: reason.is_none(),
+            blake3,
+            reason,
+        });
+    }
+    out
 }
 
 fn ms(d: Duration) -> u64 {

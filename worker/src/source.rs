@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use rehearse_core::backupset::{self, Candidate, Pick};
 use rehearse_core::format::SNIFF_LEN;
+use rehearse_core::plan::Blake3Digest;
 
 /// A local artifact, opened far enough to know what it is.
 #[derive(Debug, Clone)]
@@ -95,6 +96,29 @@ pub fn resolve(
         url: format!("file://{}", dir.join(&chosen.candidate.key).display()),
         from: Some((chosen.candidates, chosen.listed)),
     })
+}
+
+/// The expected blake3 from a sidecar next to the artifact (`<artifact>.blake3`, as `b3sum`
+/// writes it: the hex digest first), if there is one. `Err` is the failure reason.
+pub fn sidecar(artifact: &std::path::Path) -> Result<Option<Blake3Digest>, String> {
+    let mut name = artifact.as_os_str().to_owned();
+    name.push(".blake3");
+    let path = PathBuf::from(name);
+    let text = match fs::read(&path) {
+        Ok(bytes) if bytes.len() <= 4096 => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(_) => {
+            return Err(format!(
+                "sidecar {} is too large to be a digest",
+                path.display()
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read sidecar {}: {e}", path.display())),
+    };
+    let first = text.split_whitespace().next().unwrap_or_default();
+    Blake3Digest::parse_hex(first)
+        .map(Some)
+        .ok_or_else(|| format!("sidecar {} does not hold a blake3 digest", path.display()))
 }
 
 /// Opens the artifact: existence, kind, size, first bytes. `Err` is the failure reason.

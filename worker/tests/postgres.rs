@@ -414,3 +414,73 @@ async fn a_backup_set_verifies_its_latest_or_a_random_recent_backup() {
         .await;
     assert_failed_in(&report, "fetch", "newer than 1day (3 older)");
 }
+
+#[tokio::test]
+async fn a_sidecar_digest_is_checked_and_a_bad_one_fails_the_checksum() {
+    let fx = fixtures().await;
+    let t = env();
+    let dump = fs::read(fx.join("custom.dump")).expect("fixture");
+    let good = t.file("good/shop.dump", &dump);
+    // As `b3sum shop.dump > shop.dump.blake3` writes it.
+    t.file(
+        "good/shop.dump.blake3",
+        format!("{}  shop.dump\n", blake3::hash(&dump).to_hex()).as_bytes(),
+    );
+    let report = t.verify(&plan(&good, "")).await;
+    assert_eq!(
+        report.verdict,
+        rehearse_core::report::Verdict::Passed,
+        "{:?}",
+        report.failure
+    );
+    assert_eq!(report.artifact.blake3_from.as_deref(), Some("sidecar"));
+
+    let bad = t.file("bad/shop.dump", &dump);
+    t.file(
+        "bad/shop.dump.blake3",
+        format!("{}\n", "0".repeat(64)).as_bytes(),
+    );
+    let report = t.verify(&plan(&bad, "")).await;
+    assert_failed_in(&report, "checksum", "(sidecar)");
+    t.file("bad/shop.dump.blake3", b"not a digest\n");
+    let report = t.verify(&plan(&bad, "")).await;
+    assert_failed_in(&report, "checksum", "does not hold a blake3 digest");
+}
+
+#[tokio::test]
+async fn copies_must_exist_with_the_same_digest_and_the_restore_still_runs() {
+    let fx = fixtures().await;
+    let t = env();
+    let dump = fs::read(fx.join("custom.dump")).expect("fixture");
+    let main = t.file("primary/shop.dump", &dump);
+    let same = t.file("dr/shop.dump", &dump);
+    let mut altered = dump.clone();
+    altered[100] ^= 0xff;
+    let other = t.file("tape/shop.dump", &altered);
+    let missing = other.with_file_name("gone.dump");
+    let extra = format!(
+        "copies = [\"file://{}\", \"file://{}\", \"file://{}\"]\n",
+        same.display(),
+        missing.display(),
+        other.display()
+    );
+    let report = t.verify(&plan(&main, &extra)).await;
+    assert_failed_in(&report, "checksum", "missing");
+    let results: Vec<(bool, Option<&str>)> = report
+        .artifact
+        .copies
+        .iter()
+        .map(|c| (c.ok, c.reason.as_deref()))
+        .collect();
+    assert_eq!(results[0], (true, None));
+    assert_eq!(results[1], (false, Some("missing")));
+    assert!(!results[2].0 && results[2].1.is_some_and(|r| r.contains("differs")));
+    // The artifact itself was good: it was restored and checked, so the report is whole.
+    let restore = report
+        .phases
+        .iter()
+        .find(|p| p.name == Phase::Restore)
+        .expect("restore ran");
+    assert!(restore.ok);
+    assert!(!report.tables.is_empty());
+}
