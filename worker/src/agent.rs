@@ -70,40 +70,54 @@ struct Shared {
     config: AgentConfig,
     incarnation: u64,
     verifier: Verifier,
+    /// Connected when the worker registered; clones share that connection (and its TLS setup).
+    client: Client,
 }
 
 impl Shared {
-    fn client(&self) -> Result<Client, ClientError> {
-        let client = Client::new(self.config.coordinators.clone())?;
-        match &self.config.tls {
-            Some(files) => client.with_tls(files),
-            None => Ok(client),
-        }
+    fn client(&self) -> Client {
+        self.client.clone()
     }
 
-    /// Registers until a coordinator answers; returns the heartbeat interval and the lease.
     async fn register(&self, client: &mut Client) -> Result<(Duration, Duration), AgentError> {
-        let req = pb::RegisterWorkerRequest {
-            name: self.config.name.clone(),
-            incarnation: self.incarnation,
-            region: self.config.region.clone(),
-            labels: self.config.labels.clone().into_iter().collect(),
-            slots: self.config.slots,
-        };
-        loop {
-            match client.register_worker(req.clone()).await {
-                Ok(r) => {
-                    return Ok((
-                        Duration::from_millis(r.heartbeat_ms.max(50)),
-                        Duration::from_millis(r.lease_ms.max(250)),
-                    ));
-                }
-                Err(ClientError::Refused(reason)) => return Err(AgentError::Refused(reason)),
-                Err(ClientError::NoAddress) => return Err(ClientError::NoAddress.into()),
-                Err(e) => {
-                    warn!(error = %e, "registration failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+        register(&self.config, self.incarnation, client).await
+    }
+}
+
+fn new_client(config: &AgentConfig) -> Result<Client, ClientError> {
+    let client = Client::new(config.coordinators.clone())?;
+    match &config.tls {
+        Some(files) => client.with_tls(files),
+        None => Ok(client),
+    }
+}
+
+/// Registers until a coordinator answers; returns the heartbeat interval and the lease.
+async fn register(
+    config: &AgentConfig,
+    incarnation: u64,
+    client: &mut Client,
+) -> Result<(Duration, Duration), AgentError> {
+    let req = pb::RegisterWorkerRequest {
+        name: config.name.clone(),
+        incarnation,
+        region: config.region.clone(),
+        labels: config.labels.clone().into_iter().collect(),
+        slots: config.slots,
+    };
+    loop {
+        match client.register_worker(req.clone()).await {
+            Ok(r) => {
+                return Ok((
+                    Duration::from_millis(r.heartbeat_ms.max(50)),
+                    Duration::from_millis(r.lease_ms.max(250)),
+                ));
+            }
+            Err(ClientError::Refused(reason)) => return Err(AgentError::Refused(reason)),
+            Err(ClientError::NoAddress) => return Err(ClientError::NoAddress.into()),
+            Err(e) => {
+                warn!(error = %e, "registration failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
@@ -138,13 +152,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         // The cores are shared by the slots.
         jobs: (cores / config.slots.max(1) as usize).clamp(1, 8),
     })?;
+    let incarnation = incarnation();
+    let mut client = new_client(&config)?;
+    let (heartbeat_every, lease) = register(&config, incarnation, &mut client).await?;
     let shared = Arc::new(Shared {
-        incarnation: incarnation(),
+        incarnation,
         config,
         verifier,
+        client: client.clone(),
     });
-    let mut client = shared.client()?;
-    let (heartbeat_every, lease) = shared.register(&mut client).await?;
     info!(
         name = %shared.config.name,
         region = %shared.config.region,
@@ -160,9 +176,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
-    let Ok(mut client) = shared.client() else {
-        return;
-    };
+    let mut client = shared.client();
     client.patience = every.max(Duration::from_secs(1));
     loop {
         tokio::time::sleep(every).await;
@@ -360,7 +374,7 @@ async fn run_plan(
     cancel: &CancellationToken,
 ) -> Option<Report> {
     let (phases_tx, phases_rx) = watch::channel(None);
-    let forward = tokio::spawn(forward_phases(shared.client().ok(), a.clone(), phases_rx));
+    let forward = tokio::spawn(forward_phases(shared.client(), a.clone(), phases_rx));
     let result = shared
         .verifier
         .verify_watched(plan, cancel, Some(phases_tx))
@@ -406,13 +420,10 @@ fn worker_failure(url: &str, engine: &str, phase: Phase, reason: String) -> Repo
 
 /// Sends each phase as it begins (best effort: a lost progress message only delays `job get`).
 async fn forward_phases(
-    client: Option<Client>,
+    mut client: Client,
     a: pb::Assignment,
     mut phases: watch::Receiver<Option<Phase>>,
 ) {
-    let Some(mut client) = client else {
-        return;
-    };
     while phases.changed().await.is_ok() {
         let phase = *phases.borrow_and_update();
         let Some(phase) = phase else { continue };
@@ -436,9 +447,7 @@ async fn deliver(shared: &Shared, a: &pb::Assignment, report: &Report, cancel: &
             return;
         }
     };
-    let Ok(mut client) = shared.client() else {
-        return;
-    };
+    let mut client = shared.client();
     loop {
         let sent = tokio::select! {
             r = client.verdict(&a.job_id, a.token, &json) => r,
