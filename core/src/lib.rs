@@ -12,6 +12,8 @@
 //! - [`format`]: recognising a PostgreSQL dump's format (and the server version) from its first bytes.
 //! - [`script`]: the line filter a plain SQL dump passes through on its way to `psql`.
 //! - [`install`]: choosing a PostgreSQL installation for a dump's major version.
+//! - [`limits`]: the plan's `[sandbox]` section (image, memory, cpus, pids, data store), sizes.
+//! - [`mysqlxml`]: reading the `mariadb --xml` client's result sets (NULL told from 'NULL').
 //! - [`jobs`]: the coordinator's replicated state machine (jobs and their lifecycle), pure.
 //! - [`report`]: the verification report, its phases, and the verdict rules.
 //! - [`render`]: the human and JUnit renderings of a report (JSON is serde).
@@ -26,6 +28,8 @@ pub mod fleet;
 pub mod format;
 pub mod install;
 pub mod jobs;
+pub mod limits;
+pub mod mysqlxml;
 pub mod placement;
 pub mod plan;
 pub mod render;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::backupset::Pick;
 use crate::expect::Expectation;
+use crate::limits::{RawSandbox, SandboxSpec};
 use crate::placement::Constraint;
 
 /// The default for `timeout` when a plan gives none: long enough for a large restore, short
@@ -35,7 +36,7 @@ pub enum PlanError {
     },
     #[error("artifact.blake3: expected 64 hex digits, got {0:?}")]
     Blake3(String),
-    #[error("artifact.engine: unknown engine {0:?} (supported: postgres)")]
+    #[error("artifact.engine: unknown engine {0:?} (supported: postgres, mysql)")]
     Engine(String),
     #[error("artifact.url is empty")]
     EmptyUrl,
@@ -59,6 +60,8 @@ pub enum PlanError {
     WithinWithoutPick,
     #[error("artifact.copies: a copy's URL is empty")]
     EmptyCopy,
+    #[error("sandbox.{key}: {reason}")]
+    Sandbox { key: &'static str, reason: String },
 }
 
 /// The database engine that knows how to restore and query an artifact.
@@ -66,12 +69,15 @@ pub enum PlanError {
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Postgres,
+    /// MySQL and MariaDB dumps (mysqldump, mariadb-dump), restored into MariaDB.
+    Mysql,
 }
 
 impl Engine {
     pub fn parse(name: &str) -> Result<Engine, PlanError> {
         match name {
             "postgres" | "postgresql" => Ok(Engine::Postgres),
+            "mysql" | "mariadb" => Ok(Engine::Mysql),
             other => Err(PlanError::Engine(other.to_owned())),
         }
     }
@@ -79,6 +85,7 @@ impl Engine {
     pub fn as_str(self) -> &'static str {
         match self {
             Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
         }
     }
 }
@@ -134,6 +141,8 @@ pub struct Plan {
     pub placement: Constraint,
     /// Deliveries to workers before the job fails with its attempt history.
     pub max_attempts: u32,
+    /// Container image and limits (`[sandbox]`), for the docker runtime.
+    pub sandbox: SandboxSpec,
 }
 
 /// The default for `max_attempts`.
@@ -206,6 +215,8 @@ pub struct RawPlan {
     pub placement: Option<RawPlacement>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<RawSandbox>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -366,6 +377,8 @@ impl Plan {
         {
             return Err(PlanError::ContradictoryPlacement(a.clone()));
         }
+        let sandbox = SandboxSpec::from_raw(raw.sandbox.unwrap_or_default())
+            .map_err(|(key, reason)| PlanError::Sandbox { key, reason })?;
         Ok(Plan {
             name: raw.name,
             timeout,
@@ -382,6 +395,7 @@ impl Plan {
             builtin,
             placement,
             max_attempts,
+            sandbox,
         })
     }
 
@@ -425,6 +439,7 @@ impl Plan {
                 labels: self.placement.labels.clone(),
             }),
             max_attempts: (self.max_attempts != DEFAULT_MAX_ATTEMPTS).then_some(self.max_attempts),
+            sandbox: self.sandbox.to_raw(),
         }
     }
 
