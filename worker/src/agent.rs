@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::pipeline::{Verifier, VerifyError, VerifyOptions};
+use crate::runtime::{RuntimeChoice, Tags};
 
 /// What `rehearse worker` is given.
 #[derive(Debug, Clone)]
@@ -44,6 +45,10 @@ pub struct AgentConfig {
     /// Sandboxes live in `work_dir/sandboxes`, caches in `work_dir/cache`.
     pub work_dir: PathBuf,
     pub sandbox_user: String,
+    /// Process or docker (or docker where the image is present).
+    pub runtime: RuntimeChoice,
+    /// Default container image per engine ("postgres", "mysql"); plans may name their own.
+    pub images: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,13 +150,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     make_dir(&sandboxes)?;
     make_dir(&cache)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let verifier = Verifier::new(VerifyOptions {
+    let verifier = Verifier::start(VerifyOptions {
         work_root: sandboxes,
         cache_dir: cache,
         sandbox_user: config.sandbox_user.clone(),
         // The cores are shared by the slots.
         jobs: (cores / config.slots.max(1) as usize).clamp(1, 8),
-    })?;
+        runtime: config.runtime,
+        // Containers carry the worker's name: a restarted worker reaps what its last life left.
+        worker_name: config.name.clone(),
+        images: config.images.clone(),
+    })
+    .await?;
     let incarnation = incarnation();
     let mut client = new_client(&config)?;
     let (heartbeat_every, lease) = register(&config, incarnation, &mut client).await?;
@@ -377,7 +387,15 @@ async fn run_plan(
     let forward = tokio::spawn(forward_phases(shared.client(), a.clone(), phases_rx));
     let result = shared
         .verifier
-        .verify_watched(plan, cancel, Some(phases_tx))
+        .verify_tagged(
+            plan,
+            cancel,
+            Some(phases_tx),
+            Tags {
+                job: Some(a.job_id.clone()),
+                attempt: Some(a.token),
+            },
+        )
         .await;
     forward.abort();
     match result {

@@ -9,6 +9,10 @@
 //! - [`source`]: where artifacts come from (local files and directories today).
 //! - [`checksum`]: blake3 in one pass, on all cores.
 //! - [`sandbox`]: the process sandbox runtime — private dirs, unprivileged user, no network, reaper.
+//! - [`runtime`]: one verification's sandbox in either runtime (process, or a docker container
+//!   through bollard): the server's lifecycle, tools run inside it, teardown, the container reaper.
+//! - [`mysql`]: the mysql engine — a throwaway MariaDB, restore with the client in sandbox mode,
+//!   checks through the client's XML output, mariadb-check.
 //! - [`postgres`]: the postgres engine — installations, disposable cluster, restore, inspection.
 //! - [`sample`]: the demo's sample database, dumped with the real pg_dump (also the test fixture).
 //! - [`tail`]: bounded capture of a tool's stderr for failure reasons.
@@ -18,8 +22,10 @@
 
 pub mod agent;
 pub mod checksum;
+pub mod mysql;
 pub mod pipeline;
 pub mod postgres;
+pub mod runtime;
 pub mod sample;
 pub mod sandbox;
 pub mod source;

@@ -6,23 +6,27 @@
 //! Only what stops a verification from happening at all (no PostgreSQL, a sandbox that cannot
 //! start, an interrupt) is an error of this module.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rehearse_core::backupset::Pick;
 use rehearse_core::format::{SNIFF_LEN, Sniffed, sniff};
 use rehearse_core::install;
-use rehearse_core::plan::Plan;
+use rehearse_core::limits::SandboxSpec;
+use rehearse_core::plan::{Engine, Plan};
 use rehearse_core::report::{CopyReport, Phase, PhaseReport, Report, duration_ms};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::checksum;
+use crate::mysql::{MariaInstall, MariaServer};
 use crate::postgres::binaries::{self, Installed};
 use crate::postgres::cluster::{ClusterError, PgCluster};
-use crate::postgres::inspect;
+use crate::postgres::inspect::{self, Inspection};
 use crate::postgres::restore::{self, Compression, Input};
+use crate::runtime::{DockerRuntime, RuntimeChoice, Tags};
 use crate::sandbox::{self, ProcessRuntime, SandboxError};
 use crate::source::{self, LocalArtifact};
 
@@ -47,6 +51,12 @@ pub struct VerifyOptions {
     pub sandbox_user: String,
     /// Parallel jobs for pg_restore and pg_amcheck.
     pub jobs: usize,
+    /// Process, docker, or docker when the engine's image is there.
+    pub runtime: RuntimeChoice,
+    /// The `rehearse.worker` label of this process's containers (the reaper's scope).
+    pub worker_name: String,
+    /// Default image per engine for the docker runtime ("postgres", "mysql").
+    pub images: HashMap<String, String>,
 }
 
 impl Default for VerifyOptions {
@@ -58,6 +68,9 @@ impl Default for VerifyOptions {
             jobs: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .min(8),
+            runtime: RuntimeChoice::Process,
+            worker_name: "local".to_owned(),
+            images: HashMap::new(),
         }
     }
 }
@@ -73,6 +86,8 @@ pub enum VerifyError {
     Provision(#[from] ClusterError),
     #[error("interrupted")]
     Interrupted,
+    #[error("docker runtime: {0}")]
+    Docker(String),
 }
 
 /// Runs verifications with one runtime and the PostgreSQL installations found at start.
@@ -80,6 +95,9 @@ pub enum VerifyError {
 pub struct Verifier {
     rt: ProcessRuntime,
     installs: Vec<Installed>,
+    /// The local MariaDB, or why there is none (needed only by mysql plans in the process runtime).
+    maria: Result<MariaInstall, String>,
+    docker: Option<DockerRuntime>,
     opts: VerifyOptions,
 }
 
@@ -100,7 +118,67 @@ impl Verifier {
             );
         }
         let installs = binaries::discover();
-        Ok(Verifier { rt, installs, opts })
+        let maria = crate::mysql::discover();
+        Ok(Verifier {
+            rt,
+            installs,
+            maria,
+            docker: None,
+            opts,
+        })
+    }
+
+    /// [`Verifier::new`], then the Docker engine when the options ask for it: `Docker` fails
+    /// without one; `Auto` goes on with processes only. Containers of this worker whose owner
+    /// died are removed.
+    pub async fn start(opts: VerifyOptions) -> Result<Verifier, VerifyError> {
+        let choice = opts.runtime;
+        let mut verifier = Verifier::new(opts)?;
+        if choice != RuntimeChoice::Process {
+            match DockerRuntime::connect(&verifier.opts.worker_name, verifier.opts.images.clone())
+                .await
+            {
+                Ok(docker) => verifier.docker = Some(docker),
+                Err(e) if choice == RuntimeChoice::Docker => return Err(VerifyError::Docker(e)),
+                Err(e) => info!(reason = %e, "no Docker engine; restores run as processes"),
+            }
+        }
+        Ok(verifier)
+    }
+
+    /// The local MariaDB (process runtime), or why there is none.
+    pub fn maria(&self) -> Result<&MariaInstall, String> {
+        self.maria.as_ref().map_err(Clone::clone)
+    }
+
+    pub fn docker(&self) -> Option<&DockerRuntime> {
+        self.docker.as_ref()
+    }
+
+    /// The container image a plan runs in, or `None` for the process runtime.
+    async fn image_for(
+        &self,
+        plan: &Plan,
+    ) -> Result<Option<(&DockerRuntime, String)>, VerifyError> {
+        let engine = plan.artifact.engine.as_str();
+        match (self.opts.runtime, &self.docker) {
+            (RuntimeChoice::Process, _) | (RuntimeChoice::Auto, None) => Ok(None),
+            (RuntimeChoice::Docker, None) => {
+                Err(VerifyError::Docker("no Docker engine connected".into()))
+            }
+            (choice, Some(docker)) => {
+                let image = docker.image_for(engine, &plan.sandbox);
+                if docker.has_image(&image).await {
+                    Ok(Some((docker, image)))
+                } else if choice == RuntimeChoice::Auto && plan.sandbox.image.is_none() {
+                    Ok(None)
+                } else {
+                    Err(VerifyError::Docker(format!(
+                        "image {image} is not on this Docker engine (build the defaults with deploy/images/build, or pull it)"
+                    )))
+                }
+            }
+        }
     }
 
     pub fn runtime(&self) -> &ProcessRuntime {
@@ -132,6 +210,18 @@ impl Verifier {
         cancel: &CancellationToken,
         phases: Option<tokio::sync::watch::Sender<Option<Phase>>>,
     ) -> Result<Report, VerifyError> {
+        self.verify_tagged(plan, cancel, phases, Tags::default())
+            .await
+    }
+
+    /// [`Self::verify_watched`], with the job and attempt a container sandbox is labelled with.
+    pub async fn verify_tagged(
+        &self,
+        plan: &Plan,
+        cancel: &CancellationToken,
+        phases: Option<tokio::sync::watch::Sender<Option<Phase>>>,
+        tags: Tags,
+    ) -> Result<Report, VerifyError> {
         let started = SystemTime::now();
         let mut report = Report::new(
             &plan.artifact.url,
@@ -146,8 +236,9 @@ impl Verifier {
                 announce: phases,
                 ..Clock::default()
             },
-            cluster: None,
+            server: None,
             newest_ms: None,
+            tags,
         };
         info!(artifact = %plan.artifact.url, "verification started");
 
@@ -180,9 +271,9 @@ impl Verifier {
                 outcome = Err(VerifyError::Interrupted);
             }
         }
-        if let Some(cluster) = run.cluster.take() {
+        if let Some(server) = run.server.take() {
             run.clock.begin(Phase::Teardown);
-            let stopped = cluster.stop().await;
+            let stopped = server.stop().await;
             if let Err(e) = &stopped {
                 warn!(error = %e, "teardown incomplete");
                 run.report.notes.push(format!("teardown incomplete: {e}"));
@@ -290,8 +381,29 @@ impl Verifier {
         }
         run.clock.end(run.report.failure.is_none());
 
-        // What is it? Decided from the content before any sandbox is made for it.
-        let (input, server_major, format) = match classify(&artifact) {
+        // What is it? Decided from the content before any sandbox is made for it; then where it
+        // runs: a container (docker runtime) or local processes.
+        let container = self.image_for(plan).await?;
+        run.report.runtime = if container.is_some() {
+            "docker"
+        } else {
+            "process"
+        }
+        .to_owned();
+        match plan.artifact.engine {
+            Engine::Postgres => self.postgres(plan, run, &artifact, container).await,
+            Engine::Mysql => self.mysql(plan, run, &artifact, container).await,
+        }
+    }
+
+    async fn postgres(
+        &self,
+        plan: &Plan,
+        run: &mut Run,
+        artifact: &LocalArtifact,
+        container: Option<(&DockerRuntime, String)>,
+    ) -> Result<(), VerifyError> {
+        let (input, server_major, format) = match classify(artifact) {
             Ok(found) => found,
             Err(reason) => {
                 run.clock.begin(Phase::Restore);
@@ -299,24 +411,72 @@ impl Verifier {
             }
         };
         run.report.artifact.format = Some(format);
-        let installed = install::choose(&self.install_list(), server_major)
-            .map_err(VerifyError::NoServer)
-            .and_then(|chosen| {
-                self.installs
-                    .iter()
-                    .find(|i| i.install == *chosen)
-                    .ok_or_else(|| VerifyError::NoServer("installation vanished".into()))
-            })?;
-        run.report.server_version = Some(installed.version.clone());
 
         run.clock.begin(Phase::Provision);
-        let cluster = run.cluster.insert(PgCluster::create(&self.rt, installed)?);
-        cluster.start(&self.rt, &self.opts.cache_dir).await?;
-        run.report.notes.push(self.rt.isolation_note());
+        match container {
+            Some((docker, image)) => {
+                let cluster = PgCluster::create_docker(&self.rt, docker)?;
+                let Server::Pg(cluster) = run.server.insert(Server::Pg(cluster)) else {
+                    unreachable!("just inserted")
+                };
+                let mounted = (!matches!(input, Input::Plain(..))).then(|| artifact.path.clone());
+                if let Err(e) = cluster
+                    .start_container(image.clone(), &plan.sandbox, mounted, run.tags.clone())
+                    .await
+                {
+                    fail!(
+                        run,
+                        Phase::Provision,
+                        format!("container from {image}: {e}")
+                    );
+                }
+                if let Some(major) = server_major
+                    && !cluster.version.starts_with(&format!("{major}."))
+                    && cluster
+                        .version
+                        .split('.')
+                        .next()
+                        .and_then(|m| m.parse::<u32>().ok())
+                        < Some(major)
+                {
+                    fail!(
+                        run,
+                        Phase::Provision,
+                        format!(
+                            "the dump is from PostgreSQL {major}, newer than the image's {} ({image})",
+                            cluster.version
+                        )
+                    );
+                }
+                run.report.notes.push(container_note(&image, &plan.sandbox));
+            }
+            None => {
+                let installed = install::choose(&self.install_list(), server_major)
+                    .map_err(VerifyError::NoServer)
+                    .and_then(|chosen| {
+                        self.installs
+                            .iter()
+                            .find(|i| i.install == *chosen)
+                            .ok_or_else(|| VerifyError::NoServer("installation vanished".into()))
+                    })?;
+                let Server::Pg(cluster) = run
+                    .server
+                    .insert(Server::Pg(PgCluster::create(&self.rt, installed)?))
+                else {
+                    unreachable!("just inserted")
+                };
+                cluster.start(&self.rt, &self.opts.cache_dir).await?;
+                run.report.notes.push(self.rt.isolation_note());
+            }
+        }
+        let Some(Server::Pg(cluster)) = &run.server else {
+            unreachable!("provisioned above")
+        };
+        run.report.server_version = Some(cluster.version.clone());
         run.clock.end(true);
 
         run.clock.begin(Phase::Restore);
-        let restored = match restore::restore(cluster, &self.rt, input, self.opts.jobs).await {
+        let restored = match restore::restore(cluster, input, self.opts.jobs).await {
             Ok(r) => r,
             Err(reason) => fail!(run, Phase::Restore, reason),
         };
@@ -328,27 +488,89 @@ impl Verifier {
         run.clock.end(true);
 
         run.clock.begin(Phase::Checks);
-        let found =
-            match inspect::inspect(cluster, &self.rt, &restored.database, plan, self.opts.jobs)
-                .await
-            {
-                Ok(found) => found,
-                Err(reason) => fail!(run, Phase::Checks, reason),
-            };
-        run.report.checks = found.checks;
-        run.report.tables = found.tables;
-        run.report.integrity = found.integrity;
-        run.report.notes.extend(found.notes);
-        if let Some((ms, text)) = found.newest {
-            run.newest_ms = Some(ms);
-            run.report.newest_data_at = Some(text);
+        let found = match inspect::inspect(cluster, &restored.database, plan, self.opts.jobs).await
+        {
+            Ok(found) => found,
+            Err(reason) => fail!(run, Phase::Checks, reason),
+        };
+        finish_checks(run, found);
+        Ok(())
+    }
+
+    async fn mysql(
+        &self,
+        plan: &Plan,
+        run: &mut Run,
+        artifact: &LocalArtifact,
+        container: Option<(&DockerRuntime, String)>,
+    ) -> Result<(), VerifyError> {
+        let (path, compression, format) = match classify_mysql(artifact) {
+            Ok(found) => found,
+            Err(reason) => {
+                run.clock.begin(Phase::Restore);
+                fail!(run, Phase::Restore, reason);
+            }
+        };
+        run.report.artifact.format = Some(format);
+
+        run.clock.begin(Phase::Provision);
+        match container {
+            Some((docker, image)) => {
+                let server =
+                    MariaServer::create_docker(&self.rt, docker).map_err(VerifyError::NoServer)?;
+                let Server::Maria(server) = run.server.insert(Server::Maria(server)) else {
+                    unreachable!("just inserted")
+                };
+                if let Err(e) = server
+                    .start_container(image.clone(), &plan.sandbox, None, run.tags.clone())
+                    .await
+                {
+                    fail!(
+                        run,
+                        Phase::Provision,
+                        format!("container from {image}: {e}")
+                    );
+                }
+                run.report.notes.push(container_note(&image, &plan.sandbox));
+            }
+            None => {
+                let install = self
+                    .maria
+                    .as_ref()
+                    .map_err(|e| VerifyError::NoServer(e.clone()))?;
+                let server =
+                    MariaServer::create(&self.rt, install).map_err(VerifyError::NoServer)?;
+                let Server::Maria(server) = run.server.insert(Server::Maria(server)) else {
+                    unreachable!("just inserted")
+                };
+                server
+                    .start(&self.rt, &self.opts.cache_dir)
+                    .await
+                    .map_err(|e| VerifyError::NoServer(format!("sandbox could not start: {e}")))?;
+                run.report.notes.push(self.rt.isolation_note());
+            }
         }
-        let ok = found.failure.is_none();
-        if let Some(reason) = found.failure {
-            run.report.fail(Phase::Checks.as_str(), reason);
+        let Some(Server::Maria(server)) = &run.server else {
+            unreachable!("provisioned above")
+        };
+        run.report.server_version = Some(server.version.clone());
+        run.clock.end(true);
+
+        run.clock.begin(Phase::Restore);
+        let restored = match crate::mysql::restore(server, path, compression).await {
+            Ok(r) => r,
+            Err(reason) => fail!(run, Phase::Restore, reason),
+        };
+        if let Err(reason) = artifact.unchanged() {
+            fail!(run, Phase::Restore, reason);
         }
-        run.clock.end(ok);
-        run.report.rto_ms = run.clock.since_start();
+        run.report.database = Some(restored.database.clone());
+        run.report.notes.extend(restored.notes);
+        run.clock.end(true);
+
+        run.clock.begin(Phase::Checks);
+        let found = crate::mysql::inspect(server, &restored.database, plan).await;
+        finish_checks(run, found);
         Ok(())
     }
 
@@ -367,9 +589,54 @@ enum Ended {
 struct Run {
     report: Report,
     clock: Clock,
-    /// The sandbox, once made; torn down by `verify` whatever happens to the phases.
-    cluster: Option<PgCluster>,
+    /// The sandbox's server, once made; torn down by `verify` whatever happens to the phases.
+    server: Option<Server>,
     newest_ms: Option<i64>,
+    tags: Tags,
+}
+
+/// A sandbox server of either engine.
+enum Server {
+    Pg(PgCluster),
+    Maria(MariaServer),
+}
+
+impl Server {
+    async fn stop(self) -> Result<(), String> {
+        match self {
+            Server::Pg(c) => c.stop().await,
+            Server::Maria(m) => m.stop().await,
+        }
+    }
+}
+
+/// Records what the checks phase found and ends it (and the RTO clock).
+fn finish_checks(run: &mut Run, found: Inspection) {
+    run.report.checks = found.checks;
+    run.report.tables = found.tables;
+    run.report.integrity = found.integrity;
+    run.report.notes.extend(found.notes);
+    if let Some((ms, text)) = found.newest {
+        run.newest_ms = Some(ms);
+        run.report.newest_data_at = Some(text);
+    }
+    let ok = found.failure.is_none();
+    if let Some(reason) = found.failure {
+        run.report.fail(Phase::Checks.as_str(), reason);
+    }
+    run.clock.end(ok);
+    run.report.rto_ms = run.clock.since_start();
+}
+
+/// A sentence for the report: the container and its limits.
+fn container_note(image: &str, spec: &SandboxSpec) -> String {
+    format!(
+        "docker sandbox: {image}, no network, read-only root, data on tmpfs, memory {}, cpus {}, pids {}, capabilities dropped",
+        rehearse_core::limits::format_size(spec.memory_bytes),
+        spec.cpus
+            .map_or_else(|| "unlimited".to_owned(), |c| c.to_string()),
+        spec.pids
+    )
 }
 
 /// Times phases; the RTO clock starts with the first phase.
@@ -507,6 +774,55 @@ fn classify(artifact: &LocalArtifact) -> Result<(Input, Option<u32>, String), St
         )),
         (Sniffed::Unknown { hint }, _) => Err(format!(
             "not a PostgreSQL dump: the content{suffix} is not pg_dump custom, directory or tar format, nor SQL text ({hint})"
+        )),
+    }
+}
+
+/// A MySQL/MariaDB dump (or SQL script), optionally gzip/zstd. `Err` is the failure reason.
+fn classify_mysql(artifact: &LocalArtifact) -> Result<(PathBuf, Compression, String), String> {
+    if artifact.is_dir {
+        return Err(
+            "a directory is not a MySQL/MariaDB dump (engine = \"mysql\" takes one SQL file)"
+                .into(),
+        );
+    }
+    let path = artifact.path.clone();
+    let outer = sniff(&artifact.head);
+    let (inner, compression) = match outer {
+        Sniffed::Gzip => (
+            sniff(&restore::decompressed_head(
+                &path,
+                Compression::Gzip,
+                SNIFF_LEN,
+            )?),
+            Compression::Gzip,
+        ),
+        Sniffed::Zstd => (
+            sniff(&restore::decompressed_head(
+                &path,
+                Compression::Zstd,
+                SNIFF_LEN,
+            )?),
+            Compression::Zstd,
+        ),
+        other => (other, Compression::None),
+    };
+    let suffix = match compression {
+        Compression::None => String::new(),
+        c => format!(" ({})", c.as_str()),
+    };
+    match inner {
+        Sniffed::MysqlDump => Ok((path, compression, format!("mysqldump{suffix}"))),
+        Sniffed::PlainSql { .. } => Ok((path, compression, format!("SQL script{suffix}"))),
+        Sniffed::Custom { .. } | Sniffed::Tar { .. } => Err(format!(
+            "the artifact is a PostgreSQL pg_dump archive{suffix}, not a MySQL/MariaDB dump (engine = \"postgres\")"
+        )),
+        Sniffed::Empty => Err(format!("the artifact decompresses to nothing{suffix}")),
+        Sniffed::Gzip | Sniffed::Zstd => Err(format!(
+            "the artifact is compressed twice{suffix}; not a MySQL/MariaDB dump"
+        )),
+        Sniffed::Unknown { hint } => Err(format!(
+            "not a MySQL/MariaDB dump: the content{suffix} is not SQL text ({hint})"
         )),
     }
 }

@@ -6,7 +6,6 @@
 //! all exercised by a restore. The newest order is one hour old (RPO ≈ 1 h).
 
 use std::path::Path;
-use std::process::Stdio;
 
 use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
 
@@ -46,7 +45,7 @@ pub const DATABASE: &str = "shop";
 
 /// A running PostgreSQL server holding the sample database.
 pub struct SampleDatabase<'a> {
-    verifier: &'a Verifier,
+    _verifier: &'a Verifier,
     cluster: Option<PgCluster>,
     pub orders: u32,
 }
@@ -59,7 +58,7 @@ impl<'a> SampleDatabase<'a> {
             .first()
             .ok_or("no PostgreSQL server binaries found")?;
         let mut sample = SampleDatabase {
-            verifier,
+            _verifier: verifier,
             cluster: None,
             orders: orders.max(10),
         };
@@ -70,7 +69,7 @@ impl<'a> SampleDatabase<'a> {
             .start(verifier.runtime(), &verifier.options().cache_dir)
             .await
             .map_err(|e| e.to_string())?;
-        let admin = connect(cluster.socket_dir(), "postgres").await?;
+        let admin = connect(&cluster.socket_dir(), "postgres").await?;
         // One statement per call: CREATE DATABASE refuses to run inside the implicit transaction
         // of a multi-statement query.
         for sql in [
@@ -83,7 +82,7 @@ impl<'a> SampleDatabase<'a> {
                 .await
                 .map_err(|e| format!("create sample database: {}", db_message(&e)))?;
         }
-        let shop = connect(cluster.socket_dir(), DATABASE).await?;
+        let shop = connect(&cluster.socket_dir(), DATABASE).await?;
         let orders = sample.orders;
         let customers = (orders / 10).max(1);
         shop.batch_execute(&format!(
@@ -112,25 +111,19 @@ impl<'a> SampleDatabase<'a> {
     /// directory format).
     pub async fn dump(&self, format: DumpFormat, out: &Path) -> Result<(), String> {
         let cluster = self.cluster.as_ref().ok_or("sample database is stopped")?;
-        let output = self
-            .verifier
-            .runtime()
-            .client_command(&cluster.installed.bin("pg_dump"), cluster.dir())
-            .args([format.flag(), "-d", DATABASE, "-f"])
-            .arg(out)
-            .args(cluster.client_args())
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| format!("run pg_dump: {e}"))?;
-        if output.status.success() {
+        let mut tool = cluster.tool("pg_dump", false);
+        tool.args.extend([
+            format.flag().into(),
+            "-d".into(),
+            DATABASE.into(),
+            "-f".into(),
+        ]);
+        tool.args.push(out.into());
+        let output = cluster.sandbox().run(tool, None).await?;
+        if output.success() {
             Ok(())
         } else {
-            Err(format!(
-                "pg_dump failed ({}): {}",
-                output.status,
-                crate::tail::last_lines(&String::from_utf8_lossy(&output.stderr), 3)
-            ))
+            Err(output.failure("pg_dump"))
         }
     }
 
@@ -189,7 +182,56 @@ pub fn demo_plan(dump: &Path, orders: u32, blake3: Option<String>) -> Plan {
         builtin: None,
         placement: None,
         max_attempts: None,
+        sandbox: None,
     };
     // The plan is built from constants above; a failure here is a bug in this function.
     Plan::from_raw(raw).unwrap_or_else(|e| panic!("demo plan is invalid: {e}"))
+}
+
+/// The shop database in MariaDB, dumped with the real mariadb-dump to `out` (tables only, no
+/// `CREATE DATABASE`: they restore into the sandbox's target database). Same shape as the
+/// PostgreSQL sample: customers, orders (the newest an hour old), an index, a view, a foreign key.
+pub async fn mysql_sample(verifier: &Verifier, orders: u32, out: &Path) -> Result<(), String> {
+    use crate::mysql::{MariaServer, Which};
+    let install = verifier.maria()?;
+    let mut server = MariaServer::create(verifier.runtime(), install)?;
+    let made = async {
+        server
+            .start(verifier.runtime(), &verifier.options().cache_dir)
+            .await?;
+        let orders = orders.max(10);
+        let customers = (orders / 10).max(1);
+        server
+            .query_xml(
+                None,
+                &format!(
+                    "CREATE DATABASE {DATABASE}; USE {DATABASE};
+                     CREATE TABLE customers (id BIGINT PRIMARY KEY, name VARCHAR(100) NOT NULL, email VARCHAR(200) NOT NULL UNIQUE, created_at DATETIME NOT NULL) ENGINE=InnoDB;
+                     CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT NOT NULL, total DECIMAL(12,2) NOT NULL CHECK (total >= 0),
+                                          status VARCHAR(20) NOT NULL, created_at DATETIME NOT NULL, KEY orders_created_at (created_at),
+                                          FOREIGN KEY (customer_id) REFERENCES customers (id)) ENGINE=InnoDB;
+                     CREATE VIEW daily_revenue AS SELECT DATE(created_at) AS day, SUM(total) AS revenue FROM orders GROUP BY 1;
+                     SET time_zone = '+00:00';
+                     INSERT INTO customers SELECT seq, CONCAT('customer ', seq), CONCAT('c', seq, '@example.com'), UTC_TIMESTAMP() - INTERVAL 400 DAY + INTERVAL seq MINUTE
+                       FROM seq_1_to_{customers};
+                     INSERT INTO orders SELECT seq, 1 + seq % {customers}, ROUND(RAND() * 500, 2), ELT(1 + seq % 3, 'paid', 'shipped', 'refunded'),
+                                               UTC_TIMESTAMP() - INTERVAL 1 HOUR - INTERVAL (({orders} - seq) * 37) SECOND
+                       FROM seq_1_to_{orders};"
+                ),
+            )
+            .await
+            .map_err(|e| format!("fill sample database: {e}"))?;
+        let mut tool = server.tool(Which::Dump);
+        tool.capture_stdout = true;
+        tool.args
+            .extend(["--single-transaction".into(), DATABASE.into()]);
+        let dumped = server.sandbox().run(tool, None).await?;
+        if !dumped.success() {
+            return Err(dumped.failure("mariadb-dump"));
+        }
+        std::fs::write(out, &dumped.stdout).map_err(|e| format!("write {}: {e}", out.display()))
+    }
+    .await;
+    let stopped = server.stop().await;
+    made.and(stopped)
 }

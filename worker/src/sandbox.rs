@@ -226,7 +226,7 @@ impl SandboxDir {
 }
 
 /// "pid starttime": the start time tells a live owner from a new process that reused its pid.
-fn owner_stamp(pid: u32) -> Option<String> {
+pub(crate) fn owner_stamp(pid: u32) -> Option<String> {
     Some(format!("{pid} {}", process_start_time(pid)?))
 }
 
@@ -241,7 +241,7 @@ fn process_start_time(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn owner_alive(stamp: &str) -> bool {
+pub(crate) fn owner_alive(stamp: &str) -> bool {
     let mut parts = stamp.split_whitespace();
     let (Some(pid), Some(start)) = (
         parts.next().and_then(|p| p.parse::<u32>().ok()),
@@ -347,6 +347,57 @@ fn is_zombie(pid: i32) -> bool {
 pub fn make_shared_dir(path: &Path) -> std::io::Result<()> {
     fs::create_dir_all(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+}
+
+/// Makes a directory anyone may write into (a container's server user, whatever its uid, makes
+/// its socket there; the sandbox dir around it stays private).
+pub fn make_open_dir(path: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o777))
+}
+
+/// Copies a freshly made data dir into the cache as `template`, under a staging name and then a
+/// rename, so concurrent verifications never see a half-made template (the loser of a race drops
+/// its copy). `ready` is a path inside the template that exists once it is complete.
+pub async fn publish_template(made: &Path, template: &Path, ready: &str) -> Result<(), String> {
+    let name = template
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let staging = template.with_file_name(format!(".staging-{}-{name}", std::process::id()));
+    let _ = tokio::fs::remove_dir_all(&staging).await;
+    copy_tree(made, &staging).await?;
+    if tokio::fs::rename(&staging, template).await.is_err() {
+        // Another verification made it first; ours is redundant.
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+    }
+    if template.join(ready).exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "template {} missing after build",
+            template.display()
+        ))
+    }
+}
+
+/// `cp -a`: keeps modes and owners (a template belongs to the sandbox user), fast on many files.
+pub async fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let out = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .output()
+        .await
+        .map_err(|e| format!("run cp: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cp -a failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// The default location for caches when none is given.

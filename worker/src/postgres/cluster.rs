@@ -10,19 +10,20 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::process::Child;
-use tracing::{debug, warn};
+use nix::sys::signal::Signal;
+use rehearse_core::limits::SandboxSpec;
+use tracing::debug;
 
 use super::SUPERUSER;
 use super::binaries::Installed;
-use crate::sandbox::{ProcessRuntime, SandboxDir, make_shared_dir};
+use crate::runtime::{
+    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, Sandbox, Tags, Tool,
+};
+use crate::sandbox::{ProcessRuntime, copy_tree, make_shared_dir, publish_template};
 
 /// The socket's port number (it only names the socket file; there is no TCP listener).
 pub const PORT: u16 = 5432;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_GRACE: Duration = Duration::from_secs(10);
 const INITDB_ARGS: [&str; 8] = [
     "-U",
     SUPERUSER,
@@ -71,51 +72,97 @@ pub enum ClusterError {
     SocketPath(PathBuf),
 }
 
-/// A running (or stopped) sandbox server.
+/// A running (or stopped) sandbox server, as a local process or in a container.
 #[derive(Debug)]
 pub struct PgCluster {
-    dir: SandboxDir,
-    /// The postmaster; `None` before start and after stop. Killed on drop as a last resort.
-    server: Option<Child>,
-    pub installed: Installed,
+    sandbox: Sandbox,
+    /// The host installation (process runtime); `None` in a container (the image's tools run).
+    installed: Option<Installed>,
+    /// The server's version, e.g. "15.20".
+    pub version: String,
+    /// psql supports `\restrict` (see `rehearse_core::script`).
+    pub psql_restrict: bool,
 }
 
 impl PgCluster {
     /// Makes the sandbox directory; the server is not started yet (see [`PgCluster::start`]).
     pub fn create(rt: &ProcessRuntime, installed: &Installed) -> Result<PgCluster, ClusterError> {
-        let dir = rt.create_dir()?;
-        let socket = dir.path().join(format!(".s.PGSQL.{PORT}"));
-        if socket.as_os_str().len() > 100 {
-            return Err(ClusterError::SocketPath(socket));
-        }
+        let sandbox = Sandbox::process(rt)?;
+        check_socket_path(&sandbox.host_socket_dir())?;
         Ok(PgCluster {
-            dir,
-            server: None,
-            installed: installed.clone(),
+            sandbox,
+            installed: Some(installed.clone()),
+            version: installed.version.clone(),
+            psql_restrict: installed.psql_restrict,
         })
     }
 
+    /// A container sandbox (see [`PgCluster::start_container`]).
+    pub fn create_docker(
+        rt: &ProcessRuntime,
+        docker: &DockerRuntime,
+    ) -> Result<PgCluster, ClusterError> {
+        let sandbox = Sandbox::docker(rt, docker)?;
+        check_socket_path(&sandbox.host_socket_dir())?;
+        Ok(PgCluster {
+            sandbox,
+            installed: None,
+            version: String::new(),
+            psql_restrict: false,
+        })
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.sandbox.dir()
     }
 
-    /// The unix socket directory (the `host` for clients).
-    pub fn socket_dir(&self) -> &Path {
-        self.dir.path()
+    /// The unix socket directory the worker connects through.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.sandbox.host_socket_dir()
     }
 
-    /// Connection flags for the libpq client tools (psql, pg_restore, pg_dump, pg_amcheck).
+    /// Connection flags for the libpq client tools (psql, pg_restore, pg_dump, pg_amcheck), as
+    /// they run in the sandbox.
     pub fn client_args(&self) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> = ["-p", &PORT.to_string(), "-U", SUPERUSER, "-h"]
             .iter()
             .map(Into::into)
             .collect();
-        args.push(self.socket_dir().into());
+        args.push(self.sandbox.tool_socket_dir().into());
         args
     }
 
+    /// A PostgreSQL client tool with the connection flags, ready for [`Sandbox::run`].
+    pub fn tool(&self, name: &str, untrusted: bool) -> Tool {
+        Tool {
+            name: name.to_owned(),
+            host_program: self
+                .installed
+                .as_ref()
+                .map_or_else(|| PathBuf::from(name), |i| i.bin(name)),
+            args: self.client_args(),
+            untrusted,
+            capture_stdout: false,
+        }
+    }
+
+    /// Whether a tool is there to run (in a container: assumed; running it tells).
+    pub fn has_tool(&self, name: &str) -> Result<(), String> {
+        match &self.installed {
+            Some(i) if !i.bin(name).is_file() => Err(format!(
+                "{name} not installed in {}",
+                i.install.bindir.display()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.sandbox.dir().join("data")
     }
 
     /// Copies the template, starts the server, waits until it accepts connections.
@@ -124,32 +171,105 @@ impl PgCluster {
         rt: &ProcessRuntime,
         cache_dir: &Path,
     ) -> Result<(), ClusterError> {
-        let template = ensure_template(rt, &self.installed, cache_dir).await?;
+        let installed = self
+            .installed
+            .clone()
+            .ok_or_else(|| ClusterError::Start("no local installation".into()))?;
+        let template = ensure_template(rt, &installed, cache_dir).await?;
         copy_tree(&template, &self.data_dir())
             .await
             .map_err(|reason| ClusterError::Template {
                 dir: template.clone(),
                 reason,
             })?;
-        let log = std::fs::File::create(self.dir.path().join("server.log"))
+        let log_path = self.sandbox.dir().join("server.log");
+        let log = std::fs::File::create(&log_path)
             .map_err(|e| ClusterError::Start(format!("create server log: {e}")))?;
-        rt.give(&self.dir.path().join("server.log"))?;
-        let mut cmd = rt.command(&self.installed.bin("postgres"), self.dir.path());
-        cmd.arg("-D").arg(self.data_dir()).arg("-c").arg(format!(
-            "unix_socket_directories={}",
-            self.socket_dir().display()
-        ));
-        cmd.arg("-c").arg(format!("port={PORT}"));
-        for (key, value) in SETTINGS {
-            cmd.arg("-c").arg(format!("{key}={value}"));
-        }
+        rt.give(&log_path)?;
+        let mut cmd = rt.command(&installed.bin("postgres"), self.sandbox.dir());
+        cmd.arg("-D").arg(self.data_dir());
+        cmd.args(server_args(&self.sandbox.tool_socket_dir(), "0700"));
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let child = cmd
             .spawn()
             .map_err(|e| ClusterError::Start(e.to_string()))?;
-        debug!(pid = child.id(), dir = %self.dir.path().display(), "postgres started");
-        self.server = Some(child);
+        debug!(pid = child.id(), dir = %self.sandbox.dir().display(), "postgres started");
+        // Immediate shutdown: the data is thrown away anyway.
+        self.sandbox.set_server(child, Signal::SIGQUIT);
         self.wait_ready().await
+    }
+
+    /// Starts the server in a container made from `image`: initdb on the container's tmpfs,
+    /// then postgres with the same settings as the process runtime, its socket in the
+    /// bind-mounted dir. Ready when a connection through that socket answers.
+    pub async fn start_container(
+        &mut self,
+        image: String,
+        limits: &SandboxSpec,
+        artifact: Option<PathBuf>,
+        tags: Tags,
+    ) -> Result<(), ClusterError> {
+        let data = format!("{CONTAINER_DATA_DIR}/data");
+        let script = format!(
+            "for d in /usr/lib/postgresql/*/bin; do [ -d \"$d\" ] && PATH=\"$d:$PATH\"; done; export PATH; \
+             initdb -D {data} {} >/tmp/initdb.log 2>&1 || {{ cat /tmp/initdb.log >&2; exit 1; }}; \
+             exec postgres -D {data} \"$@\"",
+            INITDB_ARGS.join(" ")
+        );
+        let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), script, "sh".to_owned()];
+        cmd.extend(
+            server_args(Path::new(CONTAINER_SOCKET_DIR), "0777")
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        self.sandbox
+            .start_container(ContainerSpec {
+                image,
+                user: SUPERUSER.to_owned(),
+                cmd,
+                limits: limits.clone(),
+                artifact,
+                tags,
+            })
+            .await
+            .map_err(ClusterError::Start)?;
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let client = loop {
+            match super::inspect::connect(&self.socket_dir(), "postgres").await {
+                Ok(client) => break client,
+                Err(e) => {
+                    if let Some(how) = self.sandbox.server_exited().await {
+                        return Err(ClusterError::Start(format!("postgres {how}")));
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(ClusterError::NotReady(format!(
+                            "not ready after {}s: {e}",
+                            READY_TIMEOUT.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let version = client
+            .simple_query("SHOW server_version")
+            .await
+            .ok()
+            .and_then(|m| {
+                m.into_iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+            })
+            .unwrap_or_default();
+        self.version = version
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let (major, minor) = parse_major_minor(&self.version);
+        self.psql_restrict = rehearse_core::install::psql_has_restrict(major, minor);
+        Ok(())
     }
 
     async fn wait_ready(&mut self) -> Result<(), ClusterError> {
@@ -162,12 +282,9 @@ impl PgCluster {
             {
                 return Ok(());
             }
-            if let Some(child) = self.server.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.server = None;
+            if let Some(how) = self.sandbox.server_exited().await {
                 return Err(ClusterError::Start(format!(
-                    "postgres exited ({status}): {}",
+                    "postgres {how}: {}",
                     self.log_tail()
                 )));
             }
@@ -184,28 +301,54 @@ impl PgCluster {
 
     /// The last lines of the server log, for failure reasons.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.sandbox.dir().join("server.log")).unwrap_or_default();
         crate::tail::last_lines(&log, 3)
     }
 
-    /// Stops the server (immediate shutdown) and removes the sandbox directory.
-    pub async fn stop(mut self) -> Result<(), String> {
-        if let Some(mut child) = self.server.take() {
-            if let Some(pid) = child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGQUIT);
-            }
-            if tokio::time::timeout(STOP_GRACE, child.wait())
-                .await
-                .is_err()
-            {
-                warn!("postgres ignored an immediate shutdown; killing it");
-                let _ = child.kill().await;
-            }
-        }
-        self.dir
-            .remove()
-            .map_err(|e| format!("remove sandbox dir: {e}"))
+    /// Stops the server (immediate shutdown) or removes the container, and removes the dir.
+    pub async fn stop(self) -> Result<(), String> {
+        self.sandbox.stop().await
     }
+}
+
+fn check_socket_path(dir: &Path) -> Result<(), ClusterError> {
+    let socket = dir.join(format!(".s.PGSQL.{PORT}"));
+    if socket.as_os_str().len() > 100 {
+        return Err(ClusterError::SocketPath(socket));
+    }
+    Ok(())
+}
+
+/// The server's flags: socket only, and the throwaway-restore settings.
+fn server_args(socket_dir: &Path, socket_mode: &str) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-c".into(),
+        format!("unix_socket_directories={}", socket_dir.display()).into(),
+        "-c".into(),
+        format!("port={PORT}").into(),
+    ];
+    for (key, value) in SETTINGS {
+        let value = if key == "unix_socket_permissions" {
+            socket_mode
+        } else {
+            value
+        };
+        args.push("-c".into());
+        args.push(format!("{key}={value}").into());
+    }
+    args
+}
+
+fn parse_major_minor(version: &str) -> (u32, u32) {
+    let mut parts = version.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    });
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// Returns the cached template data directory for this installation, making it once.
@@ -257,42 +400,8 @@ async fn ensure_template(
             log: crate::tail::last_lines(&String::from_utf8_lossy(&out.stderr), 3),
         });
     }
-    let staging = cache_dir.join(format!(
-        ".staging-{}-{}",
-        std::process::id(),
-        &key.to_hex()[..8]
-    ));
-    let _ = tokio::fs::remove_dir_all(&staging).await;
-    let copied = copy_tree(&data, &staging).await;
+    let published = publish_template(&data, &template, "PG_VERSION").await;
     let _ = build.remove();
-    copied.map_err(err)?;
-    if tokio::fs::rename(&staging, &template).await.is_err() {
-        // Another verification made it first; ours is redundant.
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-    }
-    if template.join("PG_VERSION").is_file() {
-        Ok(template)
-    } else {
-        Err(err("template missing after build".into()))
-    }
-}
-
-/// `cp -a`: keeps modes and owners (the template belongs to the sandbox user), fast on many files.
-async fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
-    let out = tokio::process::Command::new("cp")
-        .arg("-a")
-        .arg("--")
-        .arg(from)
-        .arg(to)
-        .output()
-        .await
-        .map_err(|e| format!("run cp: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "cp -a failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    published.map_err(err)?;
+    Ok(template)
 }

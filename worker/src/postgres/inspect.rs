@@ -2,16 +2,14 @@
 //! of every table, and `pg_amcheck` (heap and B-tree structure) where it is installed.
 
 use std::path::Path;
-use std::process::Stdio;
 
-use rehearse_core::plan::Plan;
+use rehearse_core::plan::{Check, Plan};
 use rehearse_core::report::{CheckReport, IntegrityReport, TableRows};
 use rehearse_core::script::quote_ident;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::SUPERUSER;
 use super::cluster::{PORT, PgCluster};
-use crate::sandbox::ProcessRuntime;
 use crate::tail;
 
 /// Opens a connection over the sandbox's unix socket.
@@ -64,6 +62,25 @@ async fn first_value(client: &Client, sql: &str) -> Result<Option<String>, Strin
         .flatten())
 }
 
+/// A check's report from what its query returned (the first value) or why it failed.
+pub fn check_report(check: &Check, result: Result<Option<String>, String>) -> CheckReport {
+    let (observed, outcome) = match result {
+        Ok(observed) => {
+            let outcome = check.expect.evaluate(observed.as_deref());
+            (observed, outcome)
+        }
+        Err(e) => (None, Err(format!("query failed: {e}"))),
+    };
+    CheckReport {
+        name: check.name.clone(),
+        sql: check.sql.clone(),
+        expect: check.expect.to_string(),
+        observed,
+        ok: outcome.is_ok(),
+        reason: outcome.err(),
+    }
+}
+
 /// What the checks phase found.
 #[derive(Debug, Default)]
 pub struct Inspection {
@@ -78,39 +95,24 @@ pub struct Inspection {
 }
 
 impl Inspection {
-    fn fail(&mut self, reason: String) {
+    pub fn fail(&mut self, reason: String) {
         self.failure.get_or_insert(reason);
     }
 }
 
 pub async fn inspect(
     cluster: &PgCluster,
-    rt: &ProcessRuntime,
     database: &str,
     plan: &Plan,
     jobs: usize,
 ) -> Result<Inspection, String> {
-    let client = connect(cluster.socket_dir(), database).await?;
+    let client = connect(&cluster.socket_dir(), database).await?;
     // The plan's checks, the row counts (own connection) and pg_amcheck (own process) are
     // independent: they run side by side, and their results are read in that order after.
     let plan_checks = async {
         let mut reports = Vec::with_capacity(plan.checks.len());
         for check in &plan.checks {
-            let (observed, outcome) = match first_value(&client, &check.sql).await {
-                Ok(observed) => {
-                    let outcome = check.expect.evaluate(observed.as_deref());
-                    (observed, outcome)
-                }
-                Err(e) => (None, Err(format!("query failed: {e}"))),
-            };
-            reports.push(CheckReport {
-                name: check.name.clone(),
-                sql: check.sql.clone(),
-                expect: check.expect.to_string(),
-                observed,
-                ok: outcome.is_ok(),
-                reason: outcome.err(),
-            });
+            reports.push(check_report(check, first_value(&client, &check.sql).await));
         }
         let newest = match &plan.targets.freshness {
             Some(sql) => freshness(&client, sql).await,
@@ -122,14 +124,14 @@ pub async fn inspect(
         if !plan.builtin.row_counts {
             return None;
         }
-        Some(match connect(cluster.socket_dir(), database).await {
+        Some(match connect(&cluster.socket_dir(), database).await {
             Ok(counter) => row_counts(&counter).await,
             Err(e) => Err(e),
         })
     };
     let integrity = async {
         if plan.builtin.integrity {
-            Some(amcheck(cluster, rt, database, jobs).await)
+            Some(amcheck(cluster, database, jobs).await)
         } else {
             None
         }
@@ -234,34 +236,29 @@ enum Amcheck {
     Unavailable(String),
 }
 
-async fn amcheck(cluster: &PgCluster, rt: &ProcessRuntime, database: &str, jobs: usize) -> Amcheck {
-    let bin = cluster.installed.bin("pg_amcheck");
-    if !bin.is_file() {
-        return Amcheck::Unavailable(format!(
-            "pg_amcheck not installed in {}",
-            cluster.installed.install.bindir.display()
-        ));
+async fn amcheck(cluster: &PgCluster, database: &str, jobs: usize) -> Amcheck {
+    if let Err(why) = cluster.has_tool("pg_amcheck") {
+        return Amcheck::Unavailable(why);
     }
-    let out = rt
-        .client_command(&bin, cluster.dir())
-        .args([
-            "--install-missing",
-            "--no-strict-names",
-            "-j",
-            &jobs.max(1).to_string(),
-        ])
-        .args(cluster.client_args())
-        .arg(database)
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    let out = match out {
+    let mut tool = cluster.tool("pg_amcheck", false);
+    tool.capture_stdout = true;
+    tool.args.extend(
+        [
+            "--install-missing".to_owned(),
+            "--no-strict-names".to_owned(),
+            "-j".to_owned(),
+            jobs.max(1).to_string(),
+            database.to_owned(),
+        ]
+        .map(Into::into),
+    );
+    let out = match cluster.sandbox().run(tool, None).await {
         Ok(out) => out,
         Err(e) => return Amcheck::Unavailable(format!("run pg_amcheck: {e}")),
     };
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    match out.status.code() {
+    let stderr = out.stderr.trim().to_owned();
+    match out.code {
         Some(0) => Amcheck::Ran(IntegrityReport {
             tool: "pg_amcheck".into(),
             ok: true,

@@ -13,16 +13,13 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use rehearse_core::script::ScriptFilter;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::cluster::PgCluster;
 use super::{SUPERUSER, TARGET_DB};
-use crate::sandbox::ProcessRuntime;
-use crate::tail;
+use crate::runtime::{FeedRx, Tool};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -70,30 +67,24 @@ const IN_FLIGHT: usize = 4;
 const MAX_LINE: u64 = 256 * 1024 * 1024;
 
 /// Restores `input`; `Err` is the failure reason for phase `restore`.
-pub async fn restore(
-    cluster: &PgCluster,
-    rt: &ProcessRuntime,
-    input: Input,
-    jobs: usize,
-) -> Result<Restored, String> {
-    super::inspect::create_database(cluster.socket_dir(), TARGET_DB).await?;
+pub async fn restore(cluster: &PgCluster, input: Input, jobs: usize) -> Result<Restored, String> {
+    super::inspect::create_database(&cluster.socket_dir(), TARGET_DB).await?;
+    let at = |path: &Path| cluster.sandbox().tool_path(path).into_os_string();
     match input {
-        Input::Plain(path, compression) => restore_plain(cluster, rt, path, compression).await,
+        Input::Plain(path, compression) => restore_plain(cluster, path, compression).await,
         // Parallel restore needs a seekable custom or directory archive.
         Input::SeekableArchive(path) => {
             restore_archive(
                 cluster,
-                rt,
-                vec![format!("--jobs={}", jobs.max(1)).into(), path.into()],
+                vec![format!("--jobs={}", jobs.max(1)).into(), at(&path)],
                 None,
             )
             .await
         }
-        Input::TarArchive(path) => restore_archive(cluster, rt, vec![path.into()], None).await,
+        Input::TarArchive(path) => restore_archive(cluster, vec![at(&path)], None).await,
         Input::ArchiveStream(path, compression) => {
             restore_archive(
                 cluster,
-                rt,
                 Vec::new(),
                 Some(Feed {
                     path,
@@ -109,26 +100,28 @@ pub async fn restore(
 /// psql, fed through the script filter, as the sandbox user.
 async fn restore_plain(
     cluster: &PgCluster,
-    rt: &ProcessRuntime,
     path: PathBuf,
     compression: Compression,
 ) -> Result<Restored, String> {
-    let mut cmd = rt.command(&cluster.installed.bin("psql"), cluster.dir());
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", TARGET_DB])
-        .args(cluster.client_args());
+    let mut tool = cluster.tool("psql", true);
+    let connection = std::mem::take(&mut tool.args);
+    tool.args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", TARGET_DB]
+        .map(Into::into)
+        .to_vec();
+    tool.args.extend(connection);
     let nonce = crate::random_token();
-    let key = cluster.installed.psql_restrict.then(crate::random_token);
+    let key = cluster.psql_restrict.then(crate::random_token);
     let mut notes = Vec::new();
     if key.is_none() {
         notes.push(format!(
             "psql {} has no restricted mode: meta-commands are refused only at the start of a line",
-            cluster.installed.version
+            cluster.version
         ));
     }
     let filter = ScriptFilter::new(key, &nonce, &[SUPERUSER]);
     let filter = run_tool(
-        "psql",
-        cmd,
+        cluster,
+        tool,
         Some(Feed {
             path,
             compression,
@@ -164,21 +157,23 @@ async fn restore_plain(
 /// read artifacts the sandbox user cannot), from a file in `args` or from the `feed`.
 async fn restore_archive(
     cluster: &PgCluster,
-    rt: &ProcessRuntime,
     args: Vec<std::ffi::OsString>,
     feed: Option<Feed>,
 ) -> Result<Restored, String> {
-    let mut cmd = rt.client_command(&cluster.installed.bin("pg_restore"), cluster.dir());
-    cmd.args([
+    let mut tool = cluster.tool("pg_restore", false);
+    let connection = std::mem::take(&mut tool.args);
+    tool.args = [
         "--no-owner",
         "--no-privileges",
         "--exit-on-error",
         "-d",
         TARGET_DB,
-    ])
-    .args(cluster.client_args())
-    .args(args);
-    run_tool("pg_restore", cmd, feed).await?;
+    ]
+    .map(Into::into)
+    .to_vec();
+    tool.args.extend(connection);
+    tool.args.extend(args);
+    run_tool(cluster, tool, feed).await?;
     let note =
         "archive restored with --no-owner --no-privileges (roles are not part of a database dump)";
     Ok(Restored {
@@ -187,78 +182,48 @@ async fn restore_archive(
     })
 }
 
-struct Feed {
-    path: PathBuf,
-    compression: Compression,
-    filter: Option<ScriptFilter>,
+/// What a restore tool reads on stdin: the artifact, decompressed, optionally through a filter.
+pub struct Feed {
+    pub path: PathBuf,
+    pub compression: Compression,
+    pub filter: Option<ScriptFilter>,
 }
 
-/// Runs a restore tool, feeding its stdin when asked; returns the filter (it knows where a plain
-/// script `\connect`ed to). `Err` is the failure reason.
+/// Runs a restore tool in the sandbox, feeding its stdin when asked; returns the filter (it
+/// knows where a plain script `\connect`ed to). `Err` is the failure reason.
 async fn run_tool(
-    tool: &str,
-    mut cmd: tokio::process::Command,
+    cluster: &PgCluster,
+    tool: Tool,
     feed: Option<Feed>,
 ) -> Result<Option<ScriptFilter>, String> {
-    cmd.stdin(if feed.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("start {tool}: {e}"))?;
-    let stderr_tail = child.stderr.take().map(|s| tokio::spawn(tail::collect(s)));
-    let mut feed_error = None;
-    let mut filter_back = None;
-    if let Some(feed) = feed {
-        let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(IN_FLIGHT);
-        let feeder = tokio::task::spawn_blocking(move || {
-            feed_blocking(&feed.path, feed.compression, feed.filter, &tx)
-        });
-        let mut stdin = child.stdin.take();
-        while let Some(message) = rx.recv().await {
-            match message {
-                Ok(chunk) => {
-                    let Some(pipe) = stdin.as_mut() else { break };
-                    // A write error means the tool exited; its status and stderr say why.
-                    if pipe.write_all(&chunk).await.is_err() {
-                        break;
-                    }
-                }
-                Err(reason) => {
-                    feed_error = Some(reason);
-                    break;
-                }
-            }
+    let name = tool.name.clone();
+    let (rx, feeder) = match feed {
+        Some(feed) => {
+            let (rx, feeder) = start_feed(feed);
+            (Some(rx), Some(feeder))
         }
-        drop(stdin);
-        drop(rx);
-        filter_back = feeder.await.ok().flatten();
-        if feed_error.is_some() {
-            let _ = child.kill().await;
-        }
-    }
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| format!("wait for {tool}: {e}"))?;
-    let stderr = match stderr_tail {
-        Some(task) => task.await.unwrap_or_default(),
-        None => String::new(),
+        None => (None, None),
     };
-    if let Some(reason) = feed_error {
-        return Err(reason);
-    }
-    if !status.success() {
-        let said = tail::last_lines(&stderr, 3);
-        return Err(if said.is_empty() {
-            format!("{tool} failed ({status})")
-        } else {
-            format!("{tool} failed ({status}): {said}")
-        });
+    let out = cluster.sandbox().run(tool, rx).await;
+    let filter_back = match feeder {
+        Some(f) => f.await.ok().flatten(),
+        None => None,
+    };
+    let out = out?;
+    if !out.success() {
+        return Err(out.failure(&name));
     }
     Ok(filter_back)
+}
+
+/// Starts reading (and decompressing, and filtering) an artifact on a blocking thread; the
+/// chunks arrive on the receiver, a few in flight at most. The task returns the filter.
+pub fn start_feed(feed: Feed) -> (FeedRx, tokio::task::JoinHandle<Option<ScriptFilter>>) {
+    let (tx, rx) = mpsc::channel::<Result<Vec<u8>, String>>(IN_FLIGHT);
+    let feeder = tokio::task::spawn_blocking(move || {
+        feed_blocking(&feed.path, feed.compression, feed.filter, &tx)
+    });
+    (rx, feeder)
 }
 
 fn open_stream(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {

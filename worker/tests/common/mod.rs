@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rehearse_core::plan::Plan;
 use rehearse_core::report::{Report, Verdict};
+use rehearse_worker::runtime::RuntimeChoice;
 use rehearse_worker::sample::{DumpFormat, SampleDatabase};
 use rehearse_worker::{Verifier, VerifyOptions};
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,53 @@ pub fn env() -> TestEnv {
     TestEnv { root, verifier }
 }
 
+/// A verifier for `runtime`, its containers labelled with a name of this test's own. The docker
+/// runtime needs a Docker engine and the local images (scripts/test builds them): without them
+/// this fails loudly, never skips.
+pub async fn env_for(runtime: RuntimeChoice) -> TestEnv {
+    let root = tempfile::Builder::new()
+        .prefix("rh-eng-")
+        .tempdir()
+        .expect("test work root");
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod work root");
+    let name = root
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let opts = VerifyOptions {
+        work_root: root.path().to_owned(),
+        cache_dir: target_tmp().join("cache"),
+        jobs: 2,
+        runtime,
+        worker_name: name,
+        ..VerifyOptions::default()
+    };
+    let verifier = Verifier::start(opts).await.unwrap_or_else(|e| {
+        panic!("{runtime:?} runtime unavailable: {e} (run scripts/test, which sets it up)")
+    });
+    if let Some(docker) = verifier.docker() {
+        for engine in ["postgres", "mysql"] {
+            let image = docker.image_for(engine, &Default::default());
+            assert!(
+                docker.has_image(&image).await,
+                "image {image} is missing: run deploy/images/build (scripts/test does)"
+            );
+        }
+    }
+    TestEnv { root, verifier }
+}
+
 impl TestEnv {
+    /// No container of this env's is left (docker runtime).
+    pub async fn assert_no_containers(&self) {
+        if let Some(docker) = self.verifier.docker() {
+            let left = docker.containers().await;
+            assert!(left.is_empty(), "containers left behind: {left:?}");
+        }
+    }
+
     pub async fn verify(&self, plan: &Plan) -> Report {
         let report = self
             .verifier
@@ -55,6 +102,7 @@ impl TestEnv {
             .await
             .expect("a verdict, not an error");
         self.assert_clean();
+        self.assert_no_containers().await;
         report
     }
 
@@ -212,4 +260,59 @@ pub fn assert_failed_in(report: &Report, phase: &str, reason_part: &str) {
         "reason {:?} should mention {reason_part:?}",
         failure.reason
     );
+}
+
+/// The MariaDB sample dump (mariadb-dump of the shop tables), made once per target dir, plus its
+/// gzip and zstd forms.
+pub async fn mysql_fixtures() -> PathBuf {
+    let dir = target_tmp().join(format!("mysql-fixtures-v1-{ORDERS}"));
+    if dir.join("complete").is_file() {
+        return dir;
+    }
+    let staging = tempfile::Builder::new()
+        .prefix("mysql-staging-")
+        .tempdir_in(target_tmp())
+        .expect("staging dir");
+    let work_dir = tempfile::Builder::new()
+        .prefix("rh-myfx-")
+        .tempdir()
+        .expect("work");
+    fs::set_permissions(work_dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let opts = VerifyOptions {
+        work_root: work_dir.path().to_owned(),
+        cache_dir: target_tmp().join("cache"),
+        jobs: 2,
+        ..VerifyOptions::default()
+    };
+    let verifier = Verifier::new(opts).expect("verifier");
+    let out = staging.path().join("out");
+    fs::create_dir(&out).expect("out");
+    rehearse_worker::sample::mysql_sample(&verifier, ORDERS, &out.join("shop.sql"))
+        .await
+        .expect("MariaDB sample (mariadb-server is required: run scripts/test, which installs it)");
+    let sql = fs::read(out.join("shop.sql")).expect("dump");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&sql).expect("gzip");
+    fs::write(out.join("shop.sql.gz"), gz.finish().expect("gzip")).expect("write gz");
+    fs::write(
+        out.join("shop.sql.zst"),
+        zstd::encode_all(&sql[..], 3).expect("zstd"),
+    )
+    .expect("zst");
+    fs::write(out.join("complete"), b"").expect("marker");
+    if fs::rename(&out, &dir).is_err() {
+        assert!(
+            dir.join("complete").is_file(),
+            "fixtures missing after a lost race"
+        );
+    }
+    dir
+}
+
+pub fn engine_plan(engine: &str, artifact: &Path, extra: &str) -> Plan {
+    let text = format!(
+        "[artifact]\nurl = \"file://{}\"\nengine = \"{engine}\"\n{extra}",
+        artifact.display()
+    );
+    Plan::from_toml(&text).expect("test plan")
 }

@@ -1,0 +1,488 @@
+//! The `mysql` engine: mysqldump / mariadb-dump SQL restored into a throwaway MariaDB.
+//!
+//! - Server: `mariadbd` with its own datadir and socket and no TCP listener
+//!   (`--skip-networking`), settings for a disposable restore (no doublewrite, no binlog, lazy log
+//!   flush), `--secure-file-priv` pointing inside the sandbox (so `SELECT … INTO OUTFILE` can
+//!   write nowhere else) and `--local-infile=0`. In the process runtime the datadir is a copy of
+//!   a cached `mariadb-install-db` template; in a container it is made on the tmpfs at start.
+//! - Restore: the `mariadb` client in `--sandbox` mode (no `\!`, `\.`, `tee`, pager: no file
+//!   system or shell from the dump), reading the decompressed stream on stdin, stopping at the
+//!   first error (batch mode). Tables go into database `restored` unless the dump says `USE`.
+//! - Checks: the plan's SQL through the client's `--xml` output (NULL told from 'NULL'), the
+//!   freshness query for RPO, exact row counts of every table, and `mariadb-check`.
+//!
+//! Only MariaDB's server and client are used (Oracle MySQL's client has no sandbox mode); MySQL
+//! dumps restore into MariaDB.
+
+mod inspect;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use rehearse_core::limits::SandboxSpec;
+
+use crate::postgres::restore::{Compression, Feed, start_feed};
+use crate::runtime::{
+    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, Sandbox, Tags, Tool,
+};
+use crate::sandbox::{ProcessRuntime, make_shared_dir};
+
+pub use inspect::inspect;
+
+/// The database dumps are restored into (a dump with `USE other` goes there instead).
+pub const TARGET_DB: &str = "restored";
+/// Schemas of the server itself, never counted or checked as restored data.
+pub const SYSTEM_SCHEMAS: [&str; 4] = ["mysql", "information_schema", "performance_schema", "sys"];
+const SOCKET: &str = "mysqld.sock";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Server flags for a disposable restore; the first four are the sandbox's boundary.
+const SETTINGS: [&str; 15] = [
+    "--skip-networking",
+    "--local-infile=0",
+    "--skip-name-resolve",
+    "--skip-log-bin",
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-doublewrite=0",
+    "--innodb-flush-method=fsync",
+    "--innodb-use-native-aio=0",
+    "--innodb-buffer-pool-size=256M",
+    "--max-allowed-packet=1G",
+    "--default-time-zone=+00:00",
+    "--character-set-server=utf8mb4",
+    "--collation-server=utf8mb4_general_ci",
+    "--skip-performance-schema",
+    "--max-connections=32",
+];
+/// `--force`: a container without network cannot resolve its own host name, which only matters
+/// for host-based grants (and `--skip-name-resolve` makes the server ignore those anyway).
+const INSTALL_ARGS: [&str; 5] = [
+    "--no-defaults",
+    "--auth-root-authentication-method=normal",
+    "--skip-test-db",
+    "--skip-name-resolve",
+    "--force",
+];
+
+/// MariaDB's programs on this host (process runtime).
+#[derive(Debug, Clone)]
+pub struct MariaInstall {
+    pub server: PathBuf,
+    pub install_db: PathBuf,
+    pub client: PathBuf,
+    pub check: PathBuf,
+    /// mariadb-dump (used to make the sample; not needed to verify).
+    pub dump: Option<PathBuf>,
+    /// e.g. "10.11.19"
+    pub version: String,
+}
+
+/// Finds mariadbd, mariadb-install-db, the client and mariadb-check (or their mysql names).
+pub fn discover() -> Result<MariaInstall, String> {
+    let find = |names: &[&str]| -> Option<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        dirs.extend(
+            ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from),
+        );
+        names
+            .iter()
+            .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
+            .find(|p| p.is_file())
+    };
+    let missing = |what: &str| {
+        format!(
+            "no MariaDB {what} found (install mariadb-server and mariadb-client, or use the docker runtime)"
+        )
+    };
+    let server = find(&["mariadbd", "mysqld"]).ok_or_else(|| missing("server (mariadbd)"))?;
+    let install_db = find(&["mariadb-install-db", "mysql_install_db"])
+        .ok_or_else(|| missing("mariadb-install-db"))?;
+    let client = find(&["mariadb", "mysql"]).ok_or_else(|| missing("client (mariadb)"))?;
+    let check = find(&["mariadb-check", "mysqlcheck"]).ok_or_else(|| missing("mariadb-check"))?;
+    let dump = find(&["mariadb-dump", "mysqldump"]);
+    let out = std::process::Command::new(&server)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run {} --version: {e}", server.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|w| w.split('-').next().unwrap_or(w).to_owned())
+        .ok_or_else(|| format!("cannot read the version of {}: {text}", server.display()))?;
+    Ok(MariaInstall {
+        server,
+        install_db,
+        client,
+        check,
+        dump,
+        version,
+    })
+}
+
+/// A throwaway MariaDB server in a sandbox.
+#[derive(Debug)]
+pub struct MariaServer {
+    sandbox: Sandbox,
+    install: Option<MariaInstall>,
+    /// The server's version, e.g. "10.11.19-MariaDB-0+deb12u1".
+    pub version: String,
+}
+
+impl MariaServer {
+    pub fn create(rt: &ProcessRuntime, install: &MariaInstall) -> Result<MariaServer, String> {
+        let sandbox = Sandbox::process(rt).map_err(|e| e.to_string())?;
+        check_socket_path(&sandbox.host_socket_dir())?;
+        Ok(MariaServer {
+            sandbox,
+            install: Some(install.clone()),
+            version: install.version.clone(),
+        })
+    }
+
+    pub fn create_docker(
+        rt: &ProcessRuntime,
+        docker: &DockerRuntime,
+    ) -> Result<MariaServer, String> {
+        let sandbox = Sandbox::docker(rt, docker).map_err(|e| e.to_string())?;
+        check_socket_path(&sandbox.host_socket_dir())?;
+        Ok(MariaServer {
+            sandbox,
+            install: None,
+            version: String::new(),
+        })
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// A client tool connected to the server as root through its socket.
+    pub fn tool(&self, which: Which) -> Tool {
+        let (name, host) = match which {
+            Which::Client => ("mariadb", self.install.as_ref().map(|i| i.client.clone())),
+            Which::Check => (
+                "mariadb-check",
+                self.install.as_ref().map(|i| i.check.clone()),
+            ),
+            Which::Dump => (
+                "mariadb-dump",
+                self.install.as_ref().and_then(|i| i.dump.clone()),
+            ),
+        };
+        let mut args: Vec<OsString> = vec![
+            // Must come first: no option file of the host or image is read.
+            "--no-defaults".into(),
+            format!(
+                "--socket={}",
+                self.sandbox.tool_socket_dir().join(SOCKET).display()
+            )
+            .into(),
+            "--user=root".into(),
+        ];
+        if which == Which::Client {
+            args.extend(["--sandbox".into(), "--max-allowed-packet=1G".into()]);
+        }
+        Tool {
+            name: name.to_owned(),
+            host_program: host.unwrap_or_else(|| PathBuf::from(name)),
+            args,
+            untrusted: true,
+            capture_stdout: false,
+        }
+    }
+
+    /// Runs SQL through the client with `--xml` output; `Err` is the client's own words.
+    pub async fn query_xml(&self, database: Option<&str>, sql: &str) -> Result<String, String> {
+        let mut tool = self.tool(Which::Client);
+        tool.capture_stdout = true;
+        tool.args.push("--xml".into());
+        tool.args.push("--execute".into());
+        tool.args.push(sql.into());
+        if let Some(db) = database {
+            tool.args.push(db.into());
+        }
+        let out = self.sandbox.run(tool, None).await?;
+        if !out.success() {
+            return Err(crate::tail::last_lines(&out.stderr, 2));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts the server from a copy of the cached template (process runtime).
+    pub async fn start(&mut self, rt: &ProcessRuntime, cache_dir: &Path) -> Result<(), String> {
+        let install = self
+            .install
+            .clone()
+            .ok_or("no local MariaDB installation")?;
+        let template = ensure_template(rt, &install, cache_dir).await?;
+        let dir = self.sandbox.dir().to_owned();
+        let data = dir.join("data");
+        crate::sandbox::copy_tree(&template, &data).await?;
+        for sub in ["files", "tmp"] {
+            std::fs::create_dir(dir.join(sub)).map_err(|e| format!("create {sub} dir: {e}"))?;
+            rt.give(&dir.join(sub)).map_err(|e| e.to_string())?;
+        }
+        let log = dir.join("server.log");
+        let mut cmd = rt.command(&install.server, &dir);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.join(SOCKET).display()))
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", log.display()))
+            .arg(format!(
+                "--secure-file-priv={}",
+                dir.join("files").display()
+            ))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
+            .args(SETTINGS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().map_err(|e| format!("start mariadbd: {e}"))?;
+        // The data is thrown away: no clean shutdown needed.
+        self.sandbox.set_server(child, Signal::SIGKILL);
+        self.wait_ready().await
+    }
+
+    /// Starts the server in a container: mariadb-install-db on the tmpfs, then mariadbd.
+    pub async fn start_container(
+        &mut self,
+        image: String,
+        limits: &SandboxSpec,
+        artifact: Option<PathBuf>,
+        tags: Tags,
+    ) -> Result<(), String> {
+        let data = format!("{CONTAINER_DATA_DIR}/data");
+        let files = format!("{CONTAINER_DATA_DIR}/files");
+        let script = format!(
+            "mkdir -p {files} && mariadb-install-db {} --datadir={data} >/tmp/install.log 2>&1 \
+             || {{ cat /tmp/install.log >&2; exit 1; }}; \
+             exec mariadbd --no-defaults --datadir={data} --socket={CONTAINER_SOCKET_DIR}/{SOCKET} \
+             --pid-file={CONTAINER_DATA_DIR}/mysqld.pid --secure-file-priv={files} --tmpdir=/tmp \"$@\"",
+            INSTALL_ARGS.join(" ")
+        );
+        let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), script, "sh".to_owned()];
+        cmd.extend(SETTINGS.map(String::from));
+        self.sandbox
+            .start_container(ContainerSpec {
+                image,
+                user: "mysql".to_owned(),
+                cmd,
+                limits: limits.clone(),
+                artifact,
+                tags,
+            })
+            .await?;
+        self.wait_ready().await
+    }
+
+    /// Waits for the socket, then for an answer to `SELECT VERSION()`.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let socket = self.sandbox.host_socket_dir().join(SOCKET);
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let mut last = String::from("no socket yet");
+        loop {
+            if socket.exists() {
+                match self.query_xml(None, "SELECT VERSION()").await {
+                    Ok(xml) => {
+                        if let Ok(Some(Some(v))) = rehearse_core::mysqlxml::first_value(&xml) {
+                            self.version = v;
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            if let Some(how) = self.sandbox.server_exited().await {
+                return Err(format!("mariadbd {how}{}", self.log_tail()));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "mariadbd not ready after {}s: {last}{}",
+                    READY_TIMEOUT.as_secs(),
+                    self.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.sandbox.dir().join("server.log")).unwrap_or_default();
+        let tail = crate::tail::last_lines(&log, 3);
+        if tail.is_empty() {
+            tail
+        } else {
+            format!(": {tail}")
+        }
+    }
+
+    pub async fn stop(self) -> Result<(), String> {
+        self.sandbox.stop().await
+    }
+}
+
+/// Which client program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Client,
+    Check,
+    Dump,
+}
+
+fn check_socket_path(dir: &Path) -> Result<(), String> {
+    let socket = dir.join(SOCKET);
+    if socket.as_os_str().len() > 100 {
+        return Err(format!(
+            "socket path {} is too long for a unix socket; use a shorter --work-dir",
+            socket.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The outcome of a successful restore.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub database: String,
+    pub notes: Vec<String>,
+}
+
+/// Restores a (possibly compressed) SQL dump; `Err` is the failure reason for phase `restore`.
+pub async fn restore(
+    server: &MariaServer,
+    path: PathBuf,
+    compression: Compression,
+) -> Result<Restored, String> {
+    server
+        .query_xml(None, &format!("CREATE DATABASE {TARGET_DB}"))
+        .await
+        .map_err(|e| format!("create database {TARGET_DB}: {e}"))?;
+    let mut tool = server.tool(Which::Client);
+    tool.args.push(TARGET_DB.into());
+    let (rx, feeder) = start_feed(Feed {
+        path,
+        compression,
+        filter: None,
+    });
+    let out = server.sandbox().run(tool, Some(rx)).await;
+    let _ = feeder.await;
+    let out = out?;
+    if !out.success() {
+        return Err(out.failure("mariadb"));
+    }
+    // Where did the tables go? A dump made with --databases says USE and creates its own.
+    let xml = server
+        .query_xml(
+            None,
+            &format!(
+                "SELECT s.schema_name, COUNT(t.table_name) FROM information_schema.schemata s \
+                 LEFT JOIN information_schema.tables t ON t.table_schema = s.schema_name \
+                 WHERE s.schema_name NOT IN ({}) GROUP BY s.schema_name ORDER BY 2 DESC, 1",
+                system_list()
+            ),
+        )
+        .await
+        .map_err(|e| format!("list restored databases: {e}"))?;
+    let schemas: Vec<(String, u64)> = rehearse_core::mysqlxml::rows(&xml)?
+        .into_iter()
+        .filter_map(|r| {
+            let name = r.first().cloned().flatten()?;
+            let tables = r.get(1).cloned().flatten()?.parse().ok()?;
+            Some((name, tables))
+        })
+        .collect();
+    let ours = schemas
+        .iter()
+        .find(|(n, _)| n == TARGET_DB)
+        .map_or(0, |s| s.1);
+    let mut notes = vec!["restored with the mariadb client in --sandbox mode".to_owned()];
+    let database = match schemas.iter().find(|(n, t)| n != TARGET_DB && *t > 0) {
+        Some((name, _)) if ours == 0 => {
+            notes.push(format!(
+                "the dump created its own database {name:?}; checks run there"
+            ));
+            name.clone()
+        }
+        _ => TARGET_DB.to_owned(),
+    };
+    let others: Vec<&str> = schemas
+        .iter()
+        .filter(|(n, t)| *n != database && n != TARGET_DB && *t > 0)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !others.is_empty() {
+        notes.push(format!("the dump also restored: {}", others.join(", ")));
+    }
+    Ok(Restored { database, notes })
+}
+
+/// `'mysql', 'information_schema', …` for SQL.
+pub fn system_list() -> String {
+    SYSTEM_SCHEMAS
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The cached template datadir for this installation, made once with mariadb-install-db.
+async fn ensure_template(
+    rt: &ProcessRuntime,
+    install: &MariaInstall,
+    cache_dir: &Path,
+) -> Result<PathBuf, String> {
+    let uid = rt.user().map_or(u32::MAX, |u| u.uid);
+    let key = blake3::hash(
+        format!(
+            "{}|{}|{:?}|{uid}",
+            install.version,
+            install.server.display(),
+            INSTALL_ARGS
+        )
+        .as_bytes(),
+    );
+    let template = cache_dir.join(format!("mariadb-template-{}", &key.to_hex()[..16]));
+    if template.join("mysql").is_dir() {
+        return Ok(template);
+    }
+    make_shared_dir(cache_dir).map_err(|e| format!("cache dir {}: {e}", cache_dir.display()))?;
+    let mut build = rt.create_dir().map_err(|e| e.to_string())?;
+    let data = build.path().join("data");
+    let out = rt
+        .command(&install.install_db, build.path())
+        .args(INSTALL_ARGS)
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", build.path().display()))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("run mariadb-install-db: {e}"))?;
+    if !out.status.success() {
+        let _ = build.remove();
+        return Err(format!(
+            "mariadb-install-db failed ({}): {}",
+            out.status,
+            crate::tail::last_lines(
+                &format!(
+                    "{}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                3
+            )
+        ));
+    }
+    let published = crate::sandbox::publish_template(&data, &template, "mysql").await;
+    let _ = build.remove();
+    published?;
+    Ok(template)
+}
