@@ -10,6 +10,7 @@ mod cluster_client;
 use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
 use rehearse_core::render;
 use rehearse_core::report::{Report, Verdict};
+use rehearse_worker::runtime::RuntimeChoice;
 use rehearse_worker::sample::{self, DumpFormat, SampleDatabase};
 use rehearse_worker::{Verifier, VerifyError, VerifyOptions};
 use tokio_util::sync::CancellationToken;
@@ -85,8 +86,10 @@ struct WorkerArgs {
     #[arg(long, default_value_t = 1)]
     slots: u32,
     /// Where restores run.
-    #[arg(long, value_enum, default_value = "process", env = "REHEARSE_RUNTIME")]
+    #[arg(long, value_enum, default_value = "auto", env = "REHEARSE_RUNTIME")]
     runtime: Runtime,
+    #[command(flatten)]
+    images: ImageArgs,
     /// The worker's own directory: sandboxes (reaped at start) and caches.
     #[arg(
         long,
@@ -304,15 +307,63 @@ enum Output {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Runtime {
-    /// Local PostgreSQL binaries in a private temp dir; unprivileged and without network when run as root.
+    /// docker when a Docker engine answers and the engine's image is there, else process.
+    Auto,
+    /// Local server binaries in a private temp dir; unprivileged and without network when run as root.
     Process,
+    /// A disposable container per verification (bollard): no network, read-only root, limits.
+    Docker,
+}
+
+impl Runtime {
+    fn choice(self) -> RuntimeChoice {
+        match self {
+            Runtime::Auto => RuntimeChoice::Auto,
+            Runtime::Process => RuntimeChoice::Process,
+            Runtime::Docker => RuntimeChoice::Docker,
+        }
+    }
+}
+
+/// Container images for the docker runtime.
+#[derive(Debug, Args)]
+struct ImageArgs {
+    /// Image for PostgreSQL plans (any image with the server and client tools, e.g. postgres:16).
+    #[arg(
+        long,
+        default_value = "rehearse/postgres:local",
+        env = "REHEARSE_IMAGE_POSTGRES"
+    )]
+    image_postgres: String,
+    /// Image for MySQL/MariaDB plans (a MariaDB image, e.g. mariadb:11).
+    #[arg(
+        long,
+        default_value = "rehearse/mariadb:local",
+        env = "REHEARSE_IMAGE_MYSQL"
+    )]
+    image_mysql: String,
+}
+
+impl ImageArgs {
+    fn map(&self) -> std::collections::HashMap<String, String> {
+        std::collections::HashMap::from([
+            ("postgres".to_owned(), self.image_postgres.clone()),
+            ("mysql".to_owned(), self.image_mysql.clone()),
+        ])
+    }
 }
 
 #[derive(Debug, Args)]
 struct SandboxArgs {
     /// Where the sandbox runs restores.
-    #[arg(long, value_enum, default_value = "process", env = "REHEARSE_RUNTIME")]
+    #[arg(long, value_enum, default_value = "auto", env = "REHEARSE_RUNTIME")]
     runtime: Runtime,
+    #[command(flatten)]
+    images: ImageArgs,
+    /// The `rehearse.worker` label of this run's containers: a later run with the same label
+    /// removes what a killed run left behind.
+    #[arg(long, default_value = "local", env = "REHEARSE_CONTAINER_OWNER")]
+    owner: String,
     /// Directory for sandbox dirs (one `rehearse-*` dir per verification, removed afterwards).
     #[arg(long, env = "REHEARSE_WORK_DIR")]
     work_dir: Option<PathBuf>,
@@ -341,6 +392,9 @@ impl SandboxArgs {
         if let Some(jobs) = self.jobs {
             opts.jobs = jobs.max(1);
         }
+        opts.runtime = self.runtime.choice();
+        opts.worker_name = self.owner.clone();
+        opts.images = self.images.map();
         opts
     }
 }
@@ -493,7 +547,7 @@ async fn verify(args: VerifyArgs, cancel: &CancellationToken) -> Result<ExitCode
         }
         None => quick_plan(&args)?,
     };
-    let verifier = Verifier::new(args.sandbox.options())?;
+    let verifier = Verifier::start(args.sandbox.options()).await?;
     let report = verifier.verify(&plan, cancel).await?;
     print_report(&report, args.output)
 }
@@ -540,6 +594,7 @@ fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
         builtin: None,
         placement: None,
         max_attempts: None,
+        sandbox: None,
     };
     Ok(Plan::from_raw(raw)?)
 }
@@ -558,7 +613,7 @@ fn print_report(report: &Report, output: Output) -> Result<ExitCode, CouldNotVer
 }
 
 async fn demo(args: DemoArgs, cancel: &CancellationToken) -> Result<ExitCode, CouldNotVerify> {
-    let verifier = Verifier::new(args.sandbox.options())?;
+    let verifier = Verifier::start(args.sandbox.options()).await?;
     let (dir, _temp) = match &args.keep {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -645,7 +700,6 @@ async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<ExitCod
     if let Some(WorkerAction::Drain { name, client }) = args.action {
         return cluster_client::drain(&name, &client).await;
     }
-    let Runtime::Process = args.runtime;
     let name = match args.name {
         Some(n) => n,
         None => std::fs::read_to_string("/etc/hostname")
@@ -666,6 +720,8 @@ async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<ExitCod
         slots: args.slots,
         work_dir: args.work_dir,
         sandbox_user: args.sandbox_user,
+        runtime: args.runtime.choice(),
+        images: args.images.map(),
     };
     rehearse_worker::agent::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

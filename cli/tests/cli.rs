@@ -11,10 +11,13 @@ use serde_json::Value;
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearse"));
-    cmd.env_remove("RUST_LOG").env(
-        "REHEARSE_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
-    );
+    // The process runtime unless a test asks for docker (tests/docker.rs covers that runtime).
+    cmd.env_remove("RUST_LOG")
+        .env("REHEARSE_RUNTIME", "process")
+        .env(
+            "REHEARSE_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+        );
     cmd
 }
 
