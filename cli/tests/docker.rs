@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{container_label, containers_labelled};
+
 fn bin(owner: &str, work: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearse"));
     cmd.env_remove("RUST_LOG")
@@ -23,37 +26,7 @@ fn bin(owner: &str, work: &Path) -> Command {
 
 /// Container ids with `rehearse.worker=OWNER`, any state (the docker CLI, independent of ours).
 fn containers(owner: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=rehearse.worker={owner}"),
-        ])
-        .output()
-        .expect("the docker CLI is required for these tests");
-    assert!(
-        out.status.success(),
-        "no Docker engine: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn label(id: &str, key: &str) -> String {
-    let out = Command::new("docker")
-        .args([
-            "inspect",
-            "-f",
-            &format!("{{{{index .Config.Labels \"{key}\"}}}}"),
-            id,
-        ])
-        .output()
-        .expect("docker inspect");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    containers_labelled(&format!("rehearse.worker={owner}"))
 }
 
 fn inspect(id: &str, template: &str) -> String {
@@ -117,8 +90,8 @@ fn kill_mid_restore_leaves_a_container_that_the_next_run_reaps() {
     );
     assert_eq!(inspect(&id, "{{.HostConfig.PidsLimit}}"), "1024");
     assert_eq!(inspect(&id, "{{.HostConfig.CapDrop}}"), "[ALL]");
-    assert_eq!(label(&id, "rehearse.worker"), owner);
-    assert!(label(&id, "rehearse.owner").starts_with(&child.id().to_string()));
+    assert_eq!(container_label(&id, "rehearse.worker"), owner);
+    assert!(container_label(&id, "rehearse.owner").starts_with(&child.id().to_string()));
 
     child.kill().expect("kill -9");
     child.wait().expect("reap child");

@@ -15,7 +15,7 @@ use rehearse_proto::v1 as pb;
 use serde_json::Value;
 
 mod common;
-use common::TestCluster;
+use common::{TestCluster, container_label, containers_labelled};
 
 /// Short, so losing a worker costs seconds, not the default 10 s.
 const LEASE: &str = "2s";
@@ -100,6 +100,10 @@ impl Fleet {
     }
 
     fn spawn_worker(&mut self, name: &str, region: &str, slots: u32) {
+        self.spawn_worker_on(name, region, slots, "process");
+    }
+
+    fn spawn_worker_on(&mut self, name: &str, region: &str, slots: u32, runtime: &str) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -108,7 +112,7 @@ impl Fleet {
         let child = Command::new(env!("CARGO_BIN_EXE_rehearse"))
             .args(["worker", "--coordinators", &self.coordinators()])
             .args(["--name", name, "--region", region])
-            .args(["--slots", &slots.to_string(), "--runtime", "process"])
+            .args(["--slots", &slots.to_string(), "--runtime", runtime])
             .arg("--work-dir")
             .arg(self.work_dir(name))
             .env("REHEARSE_LOG", "info")
@@ -496,4 +500,68 @@ async fn cancel_timeout_drain_and_a_job_that_fits_nowhere() {
     assert_eq!(job.state, "passed", "{:?}", report(&job));
     assert_eq!(job.attempts[0].worker, "mars-1");
     f.kill_worker("mars-1");
+}
+
+async fn wait_container(label: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(id) = containers_labelled(label).into_iter().next() {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no container labelled {label}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_docker_worker_runs_jobs_in_labelled_containers_and_reaps_after_a_kill() {
+    let mut f = Fleet::start(&[]).await;
+    let name = format!("dk-{}", std::process::id());
+    f.spawn_worker_on(&name, "eu", 1, "docker");
+    f.wait_workers(1).await;
+    let mut c = f.client();
+
+    // While the job runs, its container carries the worker, job and attempt labels.
+    let id = c.submit(&f.slow_plan("")).await.expect("submit");
+    let container = wait_container(&format!("rehearse.job={id}")).await;
+    let job = f.wait_job(&id, "started", |j| !j.attempts.is_empty()).await;
+    assert_eq!(container_label(&container, "rehearse.worker"), name);
+    assert_eq!(
+        container_label(&container, "rehearse.attempt"),
+        job.attempts[0].token.to_string()
+    );
+    let job = f.wait_final(&id).await;
+    assert_eq!(job.state, "passed", "{}", job.report_json);
+    assert_eq!(report(&job)["runtime"], "docker");
+    assert!(
+        containers_labelled(&format!("rehearse.job={id}")).is_empty(),
+        "container left after a pass"
+    );
+
+    // kill -9 of the worker mid-restore leaves its container; the restarted worker reaps it, and
+    // the job passes on its next attempt.
+    let id = c.submit(&f.slow_plan("")).await.expect("submit");
+    let container = wait_container(&format!("rehearse.job={id}")).await;
+    f.kill_worker(&name);
+    assert_eq!(
+        containers_labelled(&format!("rehearse.job={id}")),
+        vec![container.clone()],
+        "after a kill -9 the container is still there"
+    );
+    f.spawn_worker_on(&name, "eu", 1, "docker");
+    let job = f.wait_final(&id).await;
+    assert_eq!(job.state, "passed", "{}", job.report_json);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while containers_labelled(&format!("rehearse.worker={name}"))
+        .iter()
+        .any(|c| *c == container)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted worker never reaped {container}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(containers_labelled(&format!("rehearse.worker={name}")).is_empty());
+    eventually_no_orphans(&f.work_dir(&name)).await;
 }
