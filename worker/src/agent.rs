@@ -160,6 +160,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         // Containers carry the worker's name: a restarted worker reaps what its last life left.
         worker_name: config.name.clone(),
         images: config.images.clone(),
+        // S3 sources use the worker's AWS environment.
+        s3: Default::default(),
     })
     .await?;
     let incarnation = incarnation();

@@ -6,7 +6,9 @@
 //! Layout:
 //! - [`agent`]: the fleet agent — registration, heartbeats, the assignment stream, attempts.
 //! - [`pipeline`]: one verification, phase by phase, with the RTO clock, timeout and interrupt.
-//! - [`source`]: where artifacts come from (local files and directories today).
+//! - [`source`]: local artifacts (files, pg_dump directories, backup-set directories, sidecars).
+//! - [`remote`]: artifacts in S3-compatible storage (object_store): download + hash in one pass,
+//!   prefixes as backup sets, sidecars, copies.
 //! - [`checksum`]: blake3 in one pass, on all cores.
 //! - [`sandbox`]: the process sandbox runtime — private dirs, unprivileged user, no network, reaper.
 //! - [`runtime`]: one verification's sandbox in either runtime (process, or a docker container
@@ -25,6 +27,7 @@ pub mod checksum;
 pub mod mysql;
 pub mod pipeline;
 pub mod postgres;
+pub mod remote;
 pub mod runtime;
 pub mod sample;
 pub mod sandbox;

@@ -26,8 +26,9 @@ use crate::postgres::binaries::{self, Installed};
 use crate::postgres::cluster::{ClusterError, PgCluster};
 use crate::postgres::inspect::{self, Inspection};
 use crate::postgres::restore::{self, Compression, Input};
+use crate::remote::{self, S3Settings};
 use crate::runtime::{DockerRuntime, RuntimeChoice, Tags};
-use crate::sandbox::{self, ProcessRuntime, SandboxError};
+use crate::sandbox::{self, ProcessRuntime, SandboxDir, SandboxError};
 use crate::source::{self, LocalArtifact};
 
 /// Records a failed phase and ends the run: a verdict, not an error. (A macro rather than a
@@ -57,6 +58,8 @@ pub struct VerifyOptions {
     pub worker_name: String,
     /// Default image per engine for the docker runtime ("postgres", "mysql").
     pub images: HashMap<String, String>,
+    /// S3 settings on top of the AWS environment (a worker's source profile).
+    pub s3: S3Settings,
 }
 
 impl Default for VerifyOptions {
@@ -71,6 +74,7 @@ impl Default for VerifyOptions {
             runtime: RuntimeChoice::Process,
             worker_name: "local".to_owned(),
             images: HashMap::new(),
+            s3: S3Settings::default(),
         }
     }
 }
@@ -237,6 +241,7 @@ impl Verifier {
                 ..Clock::default()
             },
             server: None,
+            spill: None,
             newest_ms: None,
             tags,
         };
@@ -280,6 +285,14 @@ impl Verifier {
             }
             run.clock.end(stopped.is_ok());
         }
+        if let Some(mut spill) = run.spill.take() {
+            let removed = tokio::task::spawn_blocking(move || spill.remove()).await;
+            if !matches!(removed, Ok(Ok(()))) {
+                run.report
+                    .notes
+                    .push("the downloaded artifact's spill dir could not be removed".into());
+            }
+        }
         outcome?;
         run.report.phases = run.clock.phases;
         let started_ms = started
@@ -299,7 +312,7 @@ impl Verifier {
             .map_or(0, |d| d.as_millis() as i64);
         let seed = u64::from_str_radix(&crate::random_token()[..16], 16).unwrap_or(0);
         let a = &plan.artifact;
-        let picked = match source::resolve(&a.url, a.pick, a.within, now_ms, seed) {
+        let picked = match self.resolve(&a.url, a.pick, a.within, now_ms, seed).await {
             Ok(p) => p,
             Err(reason) => fail!(run, Phase::Fetch, reason),
         };
@@ -316,25 +329,53 @@ impl Verifier {
                 a.url
             ));
         }
-        let mut artifact = match source::open(&picked.url) {
+        // An object in S3 streams into a spill file in the work dir, hashed on the way: the
+        // checksum phase then only compares.
+        let mut hashed_on_fetch = None;
+        let local_url = if remote::is_remote(&picked.url) {
+            let spill = match self.rt.create_dir() {
+                Ok(dir) => run.spill.insert(dir),
+                Err(e) => fail!(run, Phase::Fetch, format!("spill dir: {e}")),
+            };
+            let name = picked
+                .url
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+                .unwrap_or("artifact");
+            let dest = spill.path().join(name);
+            match remote::download(&picked.url, &dest, &self.opts.s3).await {
+                Ok(fetched) => hashed_on_fetch = Some((fetched.digest, fetched.bytes)),
+                Err(reason) => fail!(run, Phase::Fetch, reason),
+            }
+            dest.display().to_string()
+        } else {
+            picked.url.clone()
+        };
+        let mut artifact = match source::open(&local_url) {
             Ok(a) => a,
             Err(reason) => fail!(run, Phase::Fetch, reason),
         };
         run.report.artifact.bytes = artifact.bytes;
         run.clock.end(true);
 
-        // checksum: the one pass over the bytes.
+        // checksum: the one pass over the bytes (already made while downloading).
         run.clock.begin(Phase::Checksum);
         let path = artifact.path.clone();
         let is_dir = artifact.is_dir;
-        let hashed = tokio::task::spawn_blocking(move || {
-            if is_dir {
-                checksum::hash_tree(&path).map(|(h, n, _)| (h, n))
-            } else {
-                checksum::hash_file(&path)
+        let hashed = match hashed_on_fetch {
+            Some(done) => Ok(Ok(done)),
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    if is_dir {
+                        checksum::hash_tree(&path).map(|(h, n, _)| (h, n))
+                    } else {
+                        checksum::hash_file(&path)
+                    }
+                })
+                .await
             }
-        })
-        .await;
+        };
         let (digest, bytes) = match hashed {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => fail!(run, Phase::Checksum, format!("read artifact: {e}")),
@@ -347,7 +388,7 @@ impl Verifier {
         let expected = match plan.artifact.blake3 {
             Some(d) => Some((d, "plan")),
             None if artifact.is_dir => None,
-            None => match source::sidecar(&artifact.path) {
+            None => match self.sidecar(&picked.url, &artifact).await {
                 Ok(found) => found.map(|d| (d, "sidecar")),
                 Err(reason) => fail!(run, Phase::Checksum, reason),
             },
@@ -367,7 +408,7 @@ impl Verifier {
         }
         // Copies (3-2-1): each must exist and hash the same. A bad copy fails the verdict, but the
         // artifact itself is good, so the restore still runs and the report is whole.
-        let copies = check_copies(&plan.artifact.copies, &digest).await;
+        let copies = check_copies(&plan.artifact.copies, &digest, &self.opts.s3).await;
         let bad_copy = copies.iter().find(|c| !c.ok).map(|c| {
             format!(
                 "copy {}: {}",
@@ -574,6 +615,48 @@ impl Verifier {
         Ok(())
     }
 
+    /// The artifact a plan means: its URL, or one backup picked from the set it names (a local
+    /// directory or an S3 prefix).
+    async fn resolve(
+        &self,
+        url: &str,
+        pick: Option<Pick>,
+        within: Option<Duration>,
+        now_ms: i64,
+        seed: u64,
+    ) -> Result<source::Picked, String> {
+        match pick {
+            Some(pick) if remote::is_remote(url) => {
+                let listed = remote::list(url, &self.opts.s3).await?;
+                let chosen =
+                    rehearse_core::backupset::choose(url, &listed, pick, within, now_ms, seed)?;
+                Ok(source::Picked {
+                    url: remote::join(url, &chosen.candidate.key),
+                    from: Some((chosen.candidates, chosen.listed)),
+                })
+            }
+            _ => source::resolve(url, pick, within, now_ms, seed),
+        }
+    }
+
+    /// The digest in `<artifact>.blake3` beside the artifact, wherever it lives.
+    async fn sidecar(
+        &self,
+        url: &str,
+        artifact: &LocalArtifact,
+    ) -> Result<Option<rehearse_core::plan::Blake3Digest>, String> {
+        if !remote::is_remote(url) {
+            return source::sidecar(&artifact.path);
+        }
+        let sidecar = format!("{url}.blake3");
+        match remote::read_small(&sidecar, &self.opts.s3).await? {
+            Some(bytes) => {
+                source::parse_sidecar(&String::from_utf8_lossy(&bytes), &sidecar).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
     fn install_list(&self) -> Vec<install::Installation> {
         self.installs.iter().map(|i| i.install.clone()).collect()
     }
@@ -591,6 +674,8 @@ struct Run {
     clock: Clock,
     /// The sandbox's server, once made; torn down by `verify` whatever happens to the phases.
     server: Option<Server>,
+    /// Where a downloaded artifact was spilled; removed with the sandbox.
+    spill: Option<SandboxDir>,
     newest_ms: Option<i64>,
     tags: Tags,
 }
@@ -680,26 +765,33 @@ impl Clock {
     }
 }
 
-/// Hashes each copy and compares it with the artifact's digest.
-async fn check_copies(urls: &[String], digest: &blake3::Hash) -> Vec<CopyReport> {
+/// Hashes each copy (local or in S3) and compares it with the artifact's digest.
+async fn check_copies(urls: &[String], digest: &blake3::Hash, s3: &S3Settings) -> Vec<CopyReport> {
     let mut out = Vec::with_capacity(urls.len());
     for url in urls {
-        let (blake3, reason) = match source::local_path(url) {
-            Err(reason) => (None, Some(reason)),
-            Ok(path) => {
-                match tokio::task::spawn_blocking(move || checksum::hash_file(&path)).await {
-                    Ok(Ok((h, _))) => (
-                        Some(h.to_hex().to_string()),
-                        (h != *digest)
-                            .then(|| format!("blake3 {} differs from the artifact's", h.to_hex())),
-                    ),
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                        (None, Some("missing".to_owned()))
+        let hashed: Result<Option<blake3::Hash>, String> = if remote::is_remote(url) {
+            remote::hash(url, s3).await.map(|f| f.map(|f| f.digest))
+        } else {
+            match source::local_path(url) {
+                Err(reason) => Err(reason),
+                Ok(path) => {
+                    match tokio::task::spawn_blocking(move || checksum::hash_file(&path)).await {
+                        Ok(Ok((h, _))) => Ok(Some(h)),
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                        Ok(Err(e)) => Err(format!("cannot read: {e}")),
+                        Err(e) => Err(format!("hash task failed: {e}")),
                     }
-                    Ok(Err(e)) => (None, Some(format!("cannot read: {e}"))),
-                    Err(e) => (None, Some(format!("hash task failed: {e}"))),
                 }
             }
+        };
+        let (blake3, reason) = match hashed {
+            Ok(Some(h)) => (
+                Some(h.to_hex().to_string()),
+                (h != *digest)
+                    .then(|| format!("blake3 {} differs from the artifact's", h.to_hex())),
+            ),
+            Ok(None) => (None, Some("missing".to_owned())),
+            Err(reason) => (None, Some(reason)),
         };
         out.push(CopyReport {
             url: url.clone(),

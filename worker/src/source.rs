@@ -38,7 +38,7 @@ pub fn local_path(url: &str) -> Result<PathBuf, String> {
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(format!(
-            "artifact URL scheme {scheme:?} is not supported yet (supported: file://, or a plain path)"
+            "artifact URL scheme {scheme:?} is not supported (supported: file://, s3://, or a plain path)"
         ));
     }
     Ok(PathBuf::from(url))
@@ -115,10 +115,14 @@ pub fn sidecar(artifact: &std::path::Path) -> Result<Option<Blake3Digest>, Strin
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read sidecar {}: {e}", path.display())),
     };
+    parse_sidecar(&text, &path.display().to_string()).map(Some)
+}
+
+/// The digest in a sidecar's text (`b3sum` output: the hex digest first). `Err` names `what`.
+pub fn parse_sidecar(text: &str, what: &str) -> Result<Blake3Digest, String> {
     let first = text.split_whitespace().next().unwrap_or_default();
     Blake3Digest::parse_hex(first)
-        .map(Some)
-        .ok_or_else(|| format!("sidecar {} does not hold a blake3 digest", path.display()))
+        .ok_or_else(|| format!("sidecar {what} does not hold a blake3 digest"))
 }
 
 /// Opens the artifact: existence, kind, size, first bytes. `Err` is the failure reason.
@@ -211,7 +215,7 @@ mod tests {
             local_path("relative/x.dump"),
             Ok(PathBuf::from("relative/x.dump"))
         );
-        assert!(local_path("s3://bucket/key").is_err_and(|e| e.contains("s3")));
+        assert!(local_path("gs://bucket/key").is_err_and(|e| e.contains("gs")));
         assert!(local_path("file://host/x").is_err());
     }
 
