@@ -595,6 +595,7 @@ fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
         placement: None,
         max_attempts: None,
         sandbox: None,
+        files: None,
     };
     Ok(Plan::from_raw(raw)?)
 }

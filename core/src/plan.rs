@@ -36,7 +36,7 @@ pub enum PlanError {
     },
     #[error("artifact.blake3: expected 64 hex digits, got {0:?}")]
     Blake3(String),
-    #[error("artifact.engine: unknown engine {0:?} (supported: postgres, mysql)")]
+    #[error("artifact.engine: unknown engine {0:?} (supported: postgres, mysql, files)")]
     Engine(String),
     #[error("artifact.url is empty")]
     EmptyUrl,
@@ -62,6 +62,10 @@ pub enum PlanError {
     EmptyCopy,
     #[error("sandbox.{key}: {reason}")]
     Sandbox { key: &'static str, reason: String },
+    #[error("files.{key}: {reason}")]
+    Files { key: &'static str, reason: String },
+    #[error("{0}")]
+    EngineMismatch(String),
 }
 
 /// The database engine that knows how to restore and query an artifact.
@@ -71,6 +75,8 @@ pub enum Engine {
     Postgres,
     /// MySQL and MariaDB dumps (mysqldump, mariadb-dump), restored into MariaDB.
     Mysql,
+    /// tar archives (optionally gzip/zstd) of file trees, extracted safely and checked.
+    Files,
 }
 
 impl Engine {
@@ -78,6 +84,7 @@ impl Engine {
         match name {
             "postgres" | "postgresql" => Ok(Engine::Postgres),
             "mysql" | "mariadb" => Ok(Engine::Mysql),
+            "files" | "tar" => Ok(Engine::Files),
             other => Err(PlanError::Engine(other.to_owned())),
         }
     }
@@ -86,6 +93,7 @@ impl Engine {
         match self {
             Engine::Postgres => "postgres",
             Engine::Mysql => "mysql",
+            Engine::Files => "files",
         }
     }
 }
@@ -143,6 +151,18 @@ pub struct Plan {
     pub max_attempts: u32,
     /// Container image and limits (`[sandbox]`), for the docker runtime.
     pub sandbox: SandboxSpec,
+    /// What a `files` artifact must contain (`[files]`).
+    pub files: FilesSpec,
+}
+
+/// The `[files]` section: checks and limits for the `files` engine.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FilesSpec {
+    /// Relative paths that must exist after extraction.
+    pub required: Vec<String>,
+    /// A `b3sum`-format manifest inside the archive; every file it lists must match.
+    pub manifest: Option<String>,
+    pub limits: crate::untar::Limits,
 }
 
 /// The default for `max_attempts`.
@@ -217,6 +237,23 @@ pub struct RawPlan {
     pub max_attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<RawSandbox>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<RawFiles>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// Total bytes the archive may extract to (default 64GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<String>,
+    /// Entries the archive may hold (default 1000000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -379,6 +416,7 @@ impl Plan {
         }
         let sandbox = SandboxSpec::from_raw(raw.sandbox.unwrap_or_default())
             .map_err(|(key, reason)| PlanError::Sandbox { key, reason })?;
+        let files = files_spec(engine, raw.files, &checks, &targets)?;
         Ok(Plan {
             name: raw.name,
             timeout,
@@ -396,6 +434,7 @@ impl Plan {
             placement,
             max_attempts,
             sandbox,
+            files,
         })
     }
 
@@ -440,6 +479,17 @@ impl Plan {
             }),
             max_attempts: (self.max_attempts != DEFAULT_MAX_ATTEMPTS).then_some(self.max_attempts),
             sandbox: self.sandbox.to_raw(),
+            files: (self.files != FilesSpec::default()).then(|| {
+                let default = crate::untar::Limits::default();
+                RawFiles {
+                    required: self.files.required.clone(),
+                    manifest: self.files.manifest.clone(),
+                    max_bytes: (self.files.limits.max_bytes != default.max_bytes)
+                        .then(|| crate::limits::format_size(self.files.limits.max_bytes)),
+                    max_entries: (self.files.limits.max_entries != default.max_entries)
+                        .then_some(self.files.limits.max_entries),
+                }
+            }),
         }
     }
 
@@ -448,6 +498,73 @@ impl Plan {
         toml::to_string(&self.to_raw())
             .unwrap_or_else(|e| format!("# plan could not be written: {e}\n"))
     }
+}
+
+/// Validates `[files]` against the engine: it belongs to the `files` engine, which in turn has no
+/// SQL to run (no `[[checks]]`, no freshness query).
+fn files_spec(
+    engine: Engine,
+    raw: Option<RawFiles>,
+    checks: &[Check],
+    targets: &Targets,
+) -> Result<FilesSpec, PlanError> {
+    if engine != Engine::Files {
+        return match raw {
+            Some(_) => Err(PlanError::EngineMismatch(format!(
+                "[files] is for engine = \"files\", not {engine}"
+            ))),
+            None => Ok(FilesSpec::default()),
+        };
+    }
+    if !checks.is_empty() {
+        return Err(PlanError::EngineMismatch(
+            "[[checks]] are SQL; engine = \"files\" checks with [files] required / manifest".into(),
+        ));
+    }
+    if targets.freshness.is_some() {
+        return Err(PlanError::EngineMismatch(
+            "targets.freshness is a SQL query; engine = \"files\" has no database".into(),
+        ));
+    }
+    let raw = raw.unwrap_or_default();
+    let mut limits = crate::untar::Limits::default();
+    if let Some(b) = &raw.max_bytes {
+        limits.max_bytes = crate::limits::parse_size(b).map_err(|reason| PlanError::Files {
+            key: "max_bytes",
+            reason,
+        })?;
+    }
+    if let Some(n) = raw.max_entries {
+        if n == 0 {
+            return Err(PlanError::Files {
+                key: "max_entries",
+                reason: "must be at least 1".into(),
+            });
+        }
+        limits.max_entries = n;
+    }
+    let clean = |p: &str| {
+        p.trim()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    let required: Vec<String> = raw.required.iter().map(|p| clean(p)).collect();
+    if let Some(bad) = required
+        .iter()
+        .chain(raw.manifest.iter())
+        .find(|p| p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == ".."))
+    {
+        return Err(PlanError::Files {
+            key: "required",
+            reason: format!("{bad:?} is not a relative path inside the archive"),
+        });
+    }
+    Ok(FilesSpec {
+        required,
+        manifest: raw.manifest.map(|m| clean(&m)),
+        limits,
+    })
 }
 
 /// Error texts from the TOML parser span several lines (with a caret under the column); the CLI
@@ -618,6 +735,36 @@ expect = ">= 1000"
                 row_counts: true,
                 integrity: false
             }
+        );
+    }
+
+    #[test]
+    fn the_files_engine_and_its_section() {
+        let base = "[artifact]\nurl = \"/b/etc.tar.gz\"\nengine = \"files\"\n";
+        let plan = Plan::from_toml(&format!(
+            "{base}[files]\nrequired = [\"./etc/app.conf\", \"data/\"]\nmanifest = \"MANIFEST.blake3\"\nmax_bytes = \"1GiB\"\nmax_entries = 500\n"
+        ))
+        .expect("valid");
+        assert_eq!(plan.artifact.engine, Engine::Files);
+        assert_eq!(plan.files.required, vec!["etc/app.conf", "data"]);
+        assert_eq!(plan.files.limits.max_bytes, 1 << 30);
+        assert_eq!(plan.files.limits.max_entries, 500);
+        assert_eq!(Plan::from_toml(&plan.to_toml()).expect("round trip"), plan);
+        let err = |t: &str| Plan::from_toml(t).expect_err("refused").to_string();
+        assert!(
+            err(&format!(
+                "{base}[[checks]]\nname = \"n\"\nsql = \"SELECT 1\"\nexpect = \"= 1\"\n"
+            ))
+            .contains("[[checks]] are SQL")
+        );
+        assert!(
+            err(&format!("{base}[files]\nrequired = [\"../etc\"]\n"))
+                .contains("not a relative path")
+        );
+        assert!(err(&format!("{base}[files]\nmax_bytes = \"lots\"\n")).contains("files.max_bytes"));
+        assert!(
+            err("[artifact]\nurl = \"/x\"\nengine = \"postgres\"\n[files]\nrequired = [\"a\"]\n")
+                .contains("not postgres")
         );
     }
 }

@@ -95,6 +95,13 @@ pub fn human(r: &Report) -> String {
         let first = i.output.lines().next().unwrap_or("no problems found");
         let _ = writeln!(s, "  integrity {mark} {}: {first}", i.tool);
     }
+    if let Some(f) = &r.files {
+        let _ = writeln!(
+            s,
+            "  files     {} files, {} bytes, {} dirs, {} symlinks",
+            f.count, f.bytes, f.dirs, f.symlinks
+        );
+    }
     if !r.tables.is_empty() {
         let total: u64 = r.tables.iter().map(|t| t.rows).sum();
         let mut biggest: Vec<_> = r.tables.iter().collect();

@@ -108,6 +108,16 @@ pub struct TableRows {
     pub rows: u64,
 }
 
+/// A file-tree artifact, extracted: entries written by kind, and the bytes of regular files.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilesReport {
+    /// Regular files (hardlinks included).
+    pub count: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IntegrityReport {
     pub tool: String,
@@ -159,6 +169,9 @@ pub struct Report {
     pub tables: Vec<TableRows>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrity: Option<IntegrityReport>,
+    /// What a `files` artifact extracted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
     /// Things a reader should know that are not failures (e.g. roles created, isolation used).
@@ -187,6 +200,7 @@ impl Report {
             checks: Vec::new(),
             tables: Vec::new(),
             integrity: None,
+            files: None,
             failure: None,
             notes: Vec::new(),
         }

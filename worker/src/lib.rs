@@ -13,6 +13,8 @@
 //! - [`sandbox`]: the process sandbox runtime — private dirs, unprivileged user, no network, reaper.
 //! - [`runtime`]: one verification's sandbox in either runtime (process, or a docker container
 //!   through bollard): the server's lifecycle, tools run inside it, teardown, the container reaper.
+//! - [`files`]: the files engine — a tar tree extracted entry by entry through
+//!   `rehearse_core::untar`, never through a link, and checked against required paths and a manifest.
 //! - [`mysql`]: the mysql engine — a throwaway MariaDB, restore with the client in sandbox mode,
 //!   checks through the client's XML output, mariadb-check.
 //! - [`postgres`]: the postgres engine — installations, disposable cluster, restore, inspection.
@@ -24,6 +26,7 @@
 
 pub mod agent;
 pub mod checksum;
+pub mod files;
 pub mod mysql;
 pub mod pipeline;
 pub mod postgres;

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rehearse_core::backupset::Pick;
@@ -424,6 +426,10 @@ impl Verifier {
 
         // What is it? Decided from the content before any sandbox is made for it; then where it
         // runs: a container (docker runtime) or local processes.
+        if plan.artifact.engine == Engine::Files {
+            // No server and no tool: the worker extracts the archive itself, in either runtime.
+            return self.files(plan, run, &artifact).await;
+        }
         let container = self.image_for(plan).await?;
         run.report.runtime = if container.is_some() {
             "docker"
@@ -434,7 +440,72 @@ impl Verifier {
         match plan.artifact.engine {
             Engine::Postgres => self.postgres(plan, run, &artifact, container).await,
             Engine::Mysql => self.mysql(plan, run, &artifact, container).await,
+            Engine::Files => Ok(()), // extracted above
         }
+    }
+
+    async fn files(
+        &self,
+        plan: &Plan,
+        run: &mut Run,
+        artifact: &LocalArtifact,
+    ) -> Result<(), VerifyError> {
+        let (path, compression, format) = match classify_tar(artifact) {
+            Ok(found) => found,
+            Err(reason) => {
+                run.clock.begin(Phase::Restore);
+                fail!(run, Phase::Restore, reason);
+            }
+        };
+        run.report.artifact.format = Some(format);
+        run.report.runtime = "process".to_owned();
+
+        run.clock.begin(Phase::Provision);
+        let dir = self.rt.create_dir()?;
+        let root = dir.path().join("root");
+        let made = sandbox::make_shared_dir(&root);
+        let stop = Arc::new(AtomicBool::new(false));
+        run.server = Some(Server::Files(dir, stop.clone()));
+        if let Err(e) = made {
+            fail!(run, Phase::Provision, format!("extraction dir: {e}"));
+        }
+        run.report.notes.push(
+            "files extracted by the worker itself into its sandbox dir, every entry admitted first (paths, links, kinds, limits)".into(),
+        );
+        run.clock.end(true);
+
+        run.clock.begin(Phase::Restore);
+        let spec = plan.files.clone();
+        let into = root.clone();
+        let extracted = tokio::task::spawn_blocking(move || {
+            crate::files::extract(&path, compression, &into, &spec, &stop)
+        })
+        .await;
+        let report = match extracted {
+            Ok(Ok(report)) => report,
+            Ok(Err(reason)) => fail!(run, Phase::Restore, reason),
+            Err(e) => fail!(run, Phase::Restore, format!("extraction task failed: {e}")),
+        };
+        run.report.files = Some(report);
+        if let Err(reason) = artifact.unchanged() {
+            fail!(run, Phase::Restore, reason);
+        }
+        run.clock.end(true);
+
+        run.clock.begin(Phase::Checks);
+        let spec = plan.files.clone();
+        let checks = tokio::task::spawn_blocking(move || crate::files::check(&root, &spec))
+            .await
+            .unwrap_or_default();
+        let mut found = Inspection::default();
+        for c in &checks {
+            if let Some(reason) = &c.reason {
+                found.fail(format!("check {:?}: {reason}", c.name));
+            }
+        }
+        found.checks = checks;
+        finish_checks(run, found);
+        Ok(())
     }
 
     async fn postgres(
@@ -684,6 +755,8 @@ struct Run {
 enum Server {
     Pg(PgCluster),
     Maria(MariaServer),
+    /// The `files` engine's extraction dir (no server), and the flag that stops an extraction.
+    Files(SandboxDir, Arc<AtomicBool>),
 }
 
 impl Server {
@@ -691,6 +764,13 @@ impl Server {
         match self {
             Server::Pg(c) => c.stop().await,
             Server::Maria(m) => m.stop().await,
+            Server::Files(mut dir, stop) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::spawn_blocking(move || dir.remove())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("remove sandbox dir: {e}"))
+            }
         }
     }
 }
@@ -879,30 +959,7 @@ fn classify_mysql(artifact: &LocalArtifact) -> Result<(PathBuf, Compression, Str
         );
     }
     let path = artifact.path.clone();
-    let outer = sniff(&artifact.head);
-    let (inner, compression) = match outer {
-        Sniffed::Gzip => (
-            sniff(&restore::decompressed_head(
-                &path,
-                Compression::Gzip,
-                SNIFF_LEN,
-            )?),
-            Compression::Gzip,
-        ),
-        Sniffed::Zstd => (
-            sniff(&restore::decompressed_head(
-                &path,
-                Compression::Zstd,
-                SNIFF_LEN,
-            )?),
-            Compression::Zstd,
-        ),
-        other => (other, Compression::None),
-    };
-    let suffix = match compression {
-        Compression::None => String::new(),
-        c => format!(" ({})", c.as_str()),
-    };
+    let (inner, compression, suffix) = peel(artifact)?;
     match inner {
         Sniffed::MysqlDump => Ok((path, compression, format!("mysqldump{suffix}"))),
         Sniffed::PlainSql { .. } => Ok((path, compression, format!("SQL script{suffix}"))),
@@ -917,4 +974,38 @@ fn classify_mysql(artifact: &LocalArtifact) -> Result<(PathBuf, Compression, Str
             "not a MySQL/MariaDB dump: the content{suffix} is not SQL text ({hint})"
         )),
     }
+}
+
+/// A tar archive, optionally gzip/zstd. `Err` is the failure reason.
+fn classify_tar(artifact: &LocalArtifact) -> Result<(PathBuf, Compression, String), String> {
+    if artifact.is_dir {
+        return Err(
+            "a directory is not a tar archive (engine = \"files\" takes one archive file)".into(),
+        );
+    }
+    let path = artifact.path.clone();
+    let (inner, compression, suffix) = peel(artifact)?;
+    match inner {
+        Sniffed::Tar { .. } => Ok((path, compression, format!("tar{suffix}"))),
+        other => Err(format!(
+            "not a tar archive: the content{suffix} is {}",
+            other.describe()
+        )),
+    }
+}
+
+/// What is inside one layer of gzip or zstd (or the content itself): the inner format, the
+/// compression, and " (gzip)"-style text for labels.
+fn peel(artifact: &LocalArtifact) -> Result<(Sniffed, Compression, String), String> {
+    let compression = match sniff(&artifact.head) {
+        Sniffed::Gzip => Compression::Gzip,
+        Sniffed::Zstd => Compression::Zstd,
+        other => return Ok((other, Compression::None, String::new())),
+    };
+    let head = restore::decompressed_head(&artifact.path, compression, SNIFF_LEN)?;
+    Ok((
+        sniff(&head),
+        compression,
+        format!(" ({})", compression.as_str()),
+    ))
 }

@@ -183,6 +183,7 @@ pub fn demo_plan(dump: &Path, orders: u32, blake3: Option<String>) -> Plan {
         placement: None,
         max_attempts: None,
         sandbox: None,
+        files: None,
     };
     // The plan is built from constants above; a failure here is a bug in this function.
     Plan::from_raw(raw).unwrap_or_else(|e| panic!("demo plan is invalid: {e}"))

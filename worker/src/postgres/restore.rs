@@ -226,7 +226,7 @@ pub fn start_feed(feed: Feed) -> (FeedRx, tokio::task::JoinHandle<Option<ScriptF
     (rx, feeder)
 }
 
-fn open_stream(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
+pub fn open_stream(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
     let file = File::open(path)?;
     Ok(match compression {
         Compression::None => Box::new(file),
