@@ -20,7 +20,6 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
-use tokio::io::AsyncWriteExt;
 
 use rehearse_core::backupset::Candidate;
 
@@ -143,38 +142,73 @@ async fn get(url: &str, settings: &S3Settings) -> Result<Option<object_store::Ge
     }
 }
 
-/// Streams `url` into `dest` and hashes it on the way, in one pass with bounded memory.
+/// Streams `url` into `dest` and hashes it on the way, in one pass with bounded memory: the
+/// download gathers 8 MiB blocks, and a blocking thread writes each block and hashes it on all
+/// cores while the next one arrives (at most three blocks in flight).
 pub async fn download(url: &str, dest: &Path, settings: &S3Settings) -> Result<Fetched, String> {
     let got = get(url, settings)
         .await?
         .ok_or_else(|| format!("not found: {url}"))?;
     let expected = got.meta.size;
-    let mut file = tokio::fs::File::create(dest)
-        .await
+    let file = std::fs::File::create(dest)
         .map_err(|e| format!("spill {url} to {}: {e}", dest.display()))?;
-    let mut hasher = Hasher::new();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let spill = dest.display().to_string();
+    let sink = tokio::task::spawn_blocking(move || -> Result<blake3::Hash, String> {
+        use std::io::Write;
+        let mut file = file;
+        let mut hasher = blake3::Hasher::new();
+        for block in rx {
+            file.write_all(&block)
+                .map_err(|e| format!("spill to {spill}: {e}"))?;
+            hasher.update_rayon(&block);
+        }
+        file.flush().map_err(|e| format!("spill to {spill}: {e}"))?;
+        Ok(hasher.finalize())
+    });
     let mut bytes = 0u64;
+    let mut block = Vec::with_capacity(HASH_BLOCK);
     let mut stream = got.into_stream();
+    let mut failed = None;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| describe(url, &e))?;
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| format!("spill {url} to {}: {e}", dest.display()))?;
-        hasher.update(&chunk).await;
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failed = Some(describe(url, &e));
+                break;
+            }
+        };
         bytes += chunk.len() as u64;
+        block.extend_from_slice(&chunk);
+        if block.len() >= HASH_BLOCK {
+            let full = std::mem::replace(&mut block, Vec::with_capacity(HASH_BLOCK));
+            // The sink stops taking blocks only when it failed; its error says why.
+            let tx = tx.clone();
+            if tokio::task::spawn_blocking(move || tx.send(full))
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                break;
+            }
+        }
     }
-    file.flush()
+    if failed.is_none() && !block.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || tx.send(block)).await;
+    } else {
+        drop(tx);
+    }
+    let digest = sink
         .await
-        .map_err(|e| format!("spill {url}: {e}"))?;
+        .map_err(|e| format!("spill task failed: {e}"))??;
+    if let Some(reason) = failed {
+        return Err(reason);
+    }
     if bytes != expected {
         return Err(format!(
             "download of {url} ended after {bytes} of {expected} bytes"
         ));
     }
-    Ok(Fetched {
-        digest: hasher.finalize().await,
-        bytes,
-    })
+    Ok(Fetched { digest, bytes })
 }
 
 /// Hashes `url` without keeping it (a copy checked against the artifact). `Ok(None)`: not found.
