@@ -90,6 +90,10 @@ struct WorkerArgs {
     runtime: Runtime,
     #[command(flatten)]
     images: ImageArgs,
+    /// Named S3 source profiles (TOML: [s3.NAME] aws_endpoint = ..., aws_access_key_id = ...);
+    /// a plan picks one with `[artifact] profile = "NAME"`.
+    #[arg(long, env = "REHEARSE_SOURCES")]
+    sources: Option<PathBuf>,
     /// The worker's own directory: sandboxes (reaped at start) and caches.
     #[arg(
         long,
@@ -360,6 +364,10 @@ struct SandboxArgs {
     runtime: Runtime,
     #[command(flatten)]
     images: ImageArgs,
+    /// Named S3 source profiles (TOML: [s3.NAME] aws_endpoint = ..., aws_access_key_id = ...);
+    /// a plan picks one with `[artifact] profile = "NAME"`.
+    #[arg(long, env = "REHEARSE_SOURCES")]
+    sources: Option<PathBuf>,
     /// The `rehearse.worker` label of this run's containers: a later run with the same label
     /// removes what a killed run left behind.
     #[arg(long, default_value = "local", env = "REHEARSE_CONTAINER_OWNER")]
@@ -380,7 +388,7 @@ struct SandboxArgs {
 }
 
 impl SandboxArgs {
-    fn options(&self) -> VerifyOptions {
+    fn options(&self) -> anyhow::Result<VerifyOptions> {
         let mut opts = VerifyOptions::default();
         if let Some(dir) = &self.work_dir {
             opts.work_root = dir.clone();
@@ -394,8 +402,9 @@ impl SandboxArgs {
         }
         opts.runtime = self.runtime.choice();
         opts.worker_name = self.owner.clone();
+        opts.profiles = read_sources(self.sources.as_deref())?;
         opts.images = self.images.map();
-        opts
+        Ok(opts)
     }
 }
 
@@ -547,7 +556,7 @@ async fn verify(args: VerifyArgs, cancel: &CancellationToken) -> Result<ExitCode
         }
         None => quick_plan(&args)?,
     };
-    let verifier = Verifier::start(args.sandbox.options()).await?;
+    let verifier = Verifier::start(args.sandbox.options()?).await?;
     let report = verifier.verify(&plan, cancel).await?;
     print_report(&report, args.output)
 }
@@ -614,7 +623,7 @@ fn print_report(report: &Report, output: Output) -> Result<ExitCode, CouldNotVer
 }
 
 async fn demo(args: DemoArgs, cancel: &CancellationToken) -> Result<ExitCode, CouldNotVerify> {
-    let verifier = Verifier::start(args.sandbox.options()).await?;
+    let verifier = Verifier::start(args.sandbox.options()?).await?;
     let (dir, _temp) = match &args.keep {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -723,9 +732,23 @@ async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<ExitCod
         sandbox_user: args.sandbox_user,
         runtime: args.runtime.choice(),
         images: args.images.map(),
+        profiles: read_sources(args.sources.as_deref())?,
     };
     rehearse_worker::agent::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--sources` file's profiles (none without the flag).
+fn read_sources(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<std::collections::BTreeMap<String, rehearse_worker::remote::S3Settings>> {
+    let Some(path) = path else {
+        return Ok(Default::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read source profiles {}", path.display()))?;
+    rehearse_worker::remote::parse_profiles(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 async fn make_sample(

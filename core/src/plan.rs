@@ -170,7 +170,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArtifactSpec {
-    /// `file:///path`, or a plain path.
+    /// `file:///path`, a plain path, or `s3://bucket/key`.
     pub url: String,
     pub engine: Engine,
     /// When set, a mismatch fails the verification in phase `checksum`.
@@ -181,6 +181,8 @@ pub struct ArtifactSpec {
     pub within: Option<Duration>,
     /// Copies that must exist and hash the same as the artifact.
     pub copies: Vec<String>,
+    /// The worker's named source profile for the plan's S3 URLs (`None`: its default).
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -283,6 +285,9 @@ pub struct RawArtifact {
     /// Other copies of the same backup (3-2-1): each must exist with the same blake3.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<String>,
+    /// A named source profile of the worker (`--sources`) for the plan's s3:// URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -427,6 +432,11 @@ impl Plan {
                 pick,
                 within,
                 copies,
+                profile: raw
+                    .artifact
+                    .profile
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty()),
             },
             targets,
             checks,
@@ -453,6 +463,7 @@ impl Plan {
                 pick: self.artifact.pick.map(|p| p.as_str().to_owned()),
                 within: self.artifact.within.map(fmt),
                 copies: self.artifact.copies.clone(),
+                profile: self.artifact.profile.clone(),
             },
             targets: has_targets.then(|| RawTargets {
                 rto: t.rto.map(fmt),

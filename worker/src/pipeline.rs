@@ -6,7 +6,7 @@
 //! Only what stops a verification from happening at all (no PostgreSQL, a sandbox that cannot
 //! start, an interrupt) is an error of this module.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -60,8 +60,10 @@ pub struct VerifyOptions {
     pub worker_name: String,
     /// Default image per engine for the docker runtime ("postgres", "mysql").
     pub images: HashMap<String, String>,
-    /// S3 settings on top of the AWS environment (a worker's source profile).
+    /// S3 settings on top of the AWS environment: the default source profile.
     pub s3: S3Settings,
+    /// Named source profiles a plan selects with `[artifact] profile = "name"`.
+    pub profiles: BTreeMap<String, S3Settings>,
 }
 
 impl Default for VerifyOptions {
@@ -77,6 +79,7 @@ impl Default for VerifyOptions {
             worker_name: "local".to_owned(),
             images: HashMap::new(),
             s3: S3Settings::default(),
+            profiles: BTreeMap::new(),
         }
     }
 }
@@ -314,7 +317,21 @@ impl Verifier {
             .map_or(0, |d| d.as_millis() as i64);
         let seed = u64::from_str_radix(&crate::random_token()[..16], 16).unwrap_or(0);
         let a = &plan.artifact;
-        let picked = match self.resolve(&a.url, a.pick, a.within, now_ms, seed).await {
+        let s3 = match &a.profile {
+            None => &self.opts.s3,
+            Some(name) => match self.opts.profiles.get(name) {
+                Some(settings) => settings,
+                None => fail!(
+                    run,
+                    Phase::Fetch,
+                    format!("this worker has no source profile {name:?} (see --sources)")
+                ),
+            },
+        };
+        let picked = match self
+            .resolve(&a.url, a.pick, a.within, now_ms, seed, s3)
+            .await
+        {
             Ok(p) => p,
             Err(reason) => fail!(run, Phase::Fetch, reason),
         };
@@ -346,7 +363,7 @@ impl Verifier {
                 .filter(|n| !n.is_empty() && *n != "." && *n != "..")
                 .unwrap_or("artifact");
             let dest = spill.path().join(name);
-            match remote::download(&picked.url, &dest, &self.opts.s3).await {
+            match remote::download(&picked.url, &dest, s3).await {
                 Ok(fetched) => hashed_on_fetch = Some((fetched.digest, fetched.bytes)),
                 Err(reason) => fail!(run, Phase::Fetch, reason),
             }
@@ -390,7 +407,7 @@ impl Verifier {
         let expected = match plan.artifact.blake3 {
             Some(d) => Some((d, "plan")),
             None if artifact.is_dir => None,
-            None => match self.sidecar(&picked.url, &artifact).await {
+            None => match self.sidecar(&picked.url, &artifact, s3).await {
                 Ok(found) => found.map(|d| (d, "sidecar")),
                 Err(reason) => fail!(run, Phase::Checksum, reason),
             },
@@ -410,7 +427,7 @@ impl Verifier {
         }
         // Copies (3-2-1): each must exist and hash the same. A bad copy fails the verdict, but the
         // artifact itself is good, so the restore still runs and the report is whole.
-        let copies = check_copies(&plan.artifact.copies, &digest, &self.opts.s3).await;
+        let copies = check_copies(&plan.artifact.copies, &digest, s3).await;
         let bad_copy = copies.iter().find(|c| !c.ok).map(|c| {
             format!(
                 "copy {}: {}",
@@ -695,10 +712,11 @@ impl Verifier {
         within: Option<Duration>,
         now_ms: i64,
         seed: u64,
+        s3: &S3Settings,
     ) -> Result<source::Picked, String> {
         match pick {
             Some(pick) if remote::is_remote(url) => {
-                let listed = remote::list(url, &self.opts.s3).await?;
+                let listed = remote::list(url, s3).await?;
                 let chosen =
                     rehearse_core::backupset::choose(url, &listed, pick, within, now_ms, seed)?;
                 Ok(source::Picked {
@@ -715,12 +733,13 @@ impl Verifier {
         &self,
         url: &str,
         artifact: &LocalArtifact,
+        s3: &S3Settings,
     ) -> Result<Option<rehearse_core::plan::Blake3Digest>, String> {
         if !remote::is_remote(url) {
             return source::sidecar(&artifact.path);
         }
         let sidecar = format!("{url}.blake3");
-        match remote::read_small(&sidecar, &self.opts.s3).await? {
+        match remote::read_small(&sidecar, s3).await? {
             Some(bytes) => {
                 source::parse_sidecar(&String::from_utf8_lossy(&bytes), &sidecar).map(Some)
             }

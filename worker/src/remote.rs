@@ -39,6 +39,44 @@ impl fmt::Debug for S3Settings {
     }
 }
 
+/// Source profiles from a TOML file (`--sources`): one table per profile under `s3`, with
+/// object_store's AWS keys (`aws_endpoint`, `aws_access_key_id`, `aws_secret_access_key`,
+/// `aws_region`, `aws_allow_http`, …). `Err` names the file and the problem, never a value.
+///
+/// ```toml
+/// [s3.dr]
+/// aws_endpoint = "https://minio.dr.example:9000"
+/// aws_access_key_id = "..."
+/// aws_secret_access_key = "..."
+/// ```
+pub fn parse_profiles(text: &str) -> Result<BTreeMap<String, S3Settings>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        s3: BTreeMap<String, BTreeMap<String, String>>,
+    }
+    let file: File = toml::from_str(text).map_err(|e| {
+        format!(
+            "source profiles: {}",
+            e.message().split_whitespace().collect::<Vec<_>>().join(" ")
+        )
+    })?;
+    let mut out = BTreeMap::new();
+    for (name, keys) in file.s3 {
+        if let Some(bad) = keys
+            .keys()
+            .find(|k| k.parse::<AmazonS3ConfigKey>().is_err())
+        {
+            return Err(format!(
+                "source profile {name:?}: unknown S3 setting {bad:?}"
+            ));
+        }
+        out.insert(name, S3Settings(keys));
+    }
+    Ok(out)
+}
+
 /// `s3://bucket/key` split; `None` for any other URL.
 pub fn parse(url: &str) -> Option<(String, String)> {
     let rest = url
@@ -331,6 +369,18 @@ mod tests {
         assert_eq!(parse("file:///x"), None);
         assert_eq!(join("s3://b/daily/", "x"), "s3://b/daily/x");
         assert_eq!(join("s3://b/daily", "x"), "s3://b/daily/x");
+    }
+
+    #[test]
+    fn profiles_parse_and_refuse_unknown_keys() {
+        let p = parse_profiles(
+            "[s3.dr]\naws_endpoint = \"http://127.0.0.1:9000\"\naws_secret_access_key = \"s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(p["dr"].0["aws_endpoint"], "http://127.0.0.1:9000");
+        let err = parse_profiles("[s3.dr]\naws_endpiont = \"x\"\n").expect_err("typo");
+        assert!(err.contains("aws_endpiont") && err.contains("dr"), "{err}");
+        assert!(parse_profiles("[gcs.x]\n").is_err());
     }
 
     #[test]

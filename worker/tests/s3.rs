@@ -207,3 +207,30 @@ async fn wrong_credentials_and_missing_objects_fail_in_fetch_with_a_reason() {
     let report = env.verify(&s3_plan("s3://no-such-bucket/x.dump", "")).await;
     assert_failed_in(&report, Phase::Fetch.as_str(), "s3://no-such-bucket/x.dump");
 }
+
+#[tokio::test]
+async fn a_plan_picks_a_named_source_profile() {
+    let fx = fixtures().await;
+    let s3 = Moto::start(&["backups"]);
+    s3.put(
+        "backups",
+        "x.dump",
+        fs::read(fx.join("custom.dump")).expect("fixture"),
+    )
+    .await;
+    // The default settings are wrong; the "dr" profile is right.
+    let env = TestEnv::with_profiles(
+        s3.settings_with("AKIAWRONGWRONGWRONG", "wrong"),
+        [("dr".to_owned(), s3.settings())].into_iter().collect(),
+    );
+    let report = env.verify(&s3_plan("s3://backups/x.dump", "")).await;
+    assert_failed_in(&report, Phase::Fetch.as_str(), "refused the credentials");
+    let report = env
+        .verify(&s3_plan("s3://backups/x.dump", "profile = \"dr\"\n"))
+        .await;
+    assert_passed(&report);
+    let report = env
+        .verify(&s3_plan("s3://backups/x.dump", "profile = \"tape\"\n"))
+        .await;
+    assert_failed_in(&report, Phase::Fetch.as_str(), "no source profile \"tape\"");
+}

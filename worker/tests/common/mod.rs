@@ -444,6 +444,14 @@ impl Drop for Moto {
 impl TestEnv {
     /// A process-runtime env whose verifier reaches S3 with `s3`.
     pub fn with_s3(s3: rehearse_worker::remote::S3Settings) -> TestEnv {
+        TestEnv::with_profiles(s3, Default::default())
+    }
+
+    /// The same, with named source profiles.
+    pub fn with_profiles(
+        s3: rehearse_worker::remote::S3Settings,
+        profiles: std::collections::BTreeMap<String, rehearse_worker::remote::S3Settings>,
+    ) -> TestEnv {
         let root = tempfile::Builder::new()
             .prefix("rh-s3-")
             .tempdir()
@@ -454,6 +462,7 @@ impl TestEnv {
             cache_dir: target_tmp().join("cache"),
             jobs: 2,
             s3,
+            profiles,
             ..VerifyOptions::default()
         };
         let verifier = Verifier::new(opts).expect("verifier");
