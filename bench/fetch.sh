@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6: fetch + checksum throughput and peak memory, S3 (moto's server on loopback) and
-# file://, against b3sum and against the server's own ceiling (curl to /dev/null).
+# file://, against b3sum, against the server's own ceiling (curl to /dev/null), and against the
+# same work done with standard tools (curl | tee spill | b3sum).
 #
 #   bench/fetch.sh [SIZES_GB...]        default: 1 4
 #
@@ -37,6 +38,8 @@ for gb in "${sizes[@]}"; do
   for round in 1 2 3; do
     s=$( { /usr/bin/time -f %e b3sum --no-names "$f" >/dev/null; } 2>&1 ); row "b3sum (local file)" "$s" "-"
     s=$( { /usr/bin/time -f %e curl -s -o /dev/null "$AWS_ENDPOINT_URL/bench/art-$gb.bin"; } 2>&1 ); row "curl S3 -> /dev/null" "$s" "-"
+    # The same work with standard tools: download, keep a copy, hash it.
+    s=$( { /usr/bin/time -f %e sh -c "curl -s '$AWS_ENDPOINT_URL/bench/art-$gb.bin' | tee '$work/spill' | b3sum --no-names >/dev/null"; } 2>&1 ); rm -f "$work/spill"; row "curl|tee spill|b3sum" "$s" "-"
     /usr/bin/time -v -o "$work/t" "$bin" verify --runtime process --work-dir "$work" --output json "s3://bench/art-$gb.bin" > "$work/r.json" || true
     row "rehearse s3:// f+c" "$(python3 -c "print($(phase_ms "$work/r.json")/1000)")" "$(maxrss_mb "$work/t")"
     /usr/bin/time -v -o "$work/t" "$bin" verify --runtime process --work-dir "$work" --output json "$f" > "$work/r.json" || true
