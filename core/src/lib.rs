@@ -13,6 +13,7 @@
 //! - [`script`]: the line filter a plain SQL dump passes through on its way to `psql`.
 //! - [`install`]: choosing a PostgreSQL installation for a dump's major version.
 //! - [`limits`]: the plan's `[sandbox]` section (image, memory, cpus, pids, data store), sizes.
+//! - [`manifest`]: a pg_dump directory checked against its `<dir>.blake3` b3sum manifest.
 //! - [`mysqlxml`]: reading the `mariadb --xml` client's result sets (NULL told from 'NULL').
 //! - [`jobs`]: the coordinator's replicated state machine (jobs and their lifecycle), pure.
 //! - [`report`]: the verification report, its phases, and the verdict rules.
@@ -29,6 +30,7 @@ pub mod format;
 pub mod install;
 pub mod jobs;
 pub mod limits;
+pub mod manifest;
 pub mod mysqlxml;
 pub mod placement;
 pub mod plan;

@@ -382,18 +382,20 @@ impl Verifier {
         run.clock.begin(Phase::Checksum);
         let path = artifact.path.clone();
         let is_dir = artifact.is_dir;
+        let mut tree_manifest = None;
         let hashed = match hashed_on_fetch {
             Some(done) => Ok(Ok(done)),
-            None => {
-                tokio::task::spawn_blocking(move || {
-                    if is_dir {
-                        checksum::hash_tree(&path).map(|(h, n, _)| (h, n))
-                    } else {
-                        checksum::hash_file(&path)
+            None if is_dir => {
+                match tokio::task::spawn_blocking(move || checksum::hash_tree(&path)).await {
+                    Ok(Ok((h, n, manifest))) => {
+                        tree_manifest = Some(manifest);
+                        Ok(Ok((h, n)))
                     }
-                })
-                .await
+                    Ok(Err(e)) => Ok(Err(e)),
+                    Err(e) => Err(e),
+                }
             }
+            None => tokio::task::spawn_blocking(move || checksum::hash_file(&path)).await,
         };
         let (digest, bytes) = match hashed {
             Ok(Ok(pair)) => pair,
@@ -406,7 +408,20 @@ impl Verifier {
         // The expected digest: the plan's, or else a sidecar's next to the artifact.
         let expected = match plan.artifact.blake3 {
             Some(d) => Some((d, "plan")),
-            None if artifact.is_dir => None,
+            None if artifact.is_dir => {
+                // A pg_dump directory: its `<dir>.blake3` manifest, file by file.
+                match dir_manifest(&artifact.path, tree_manifest.as_deref().unwrap_or_default()) {
+                    Ok(Some(n)) => {
+                        run.report.artifact.blake3_from = Some("manifest".into());
+                        run.report
+                            .notes
+                            .push(format!("{n} files checked against the manifest"));
+                    }
+                    Ok(None) => {}
+                    Err(reason) => fail!(run, Phase::Checksum, reason),
+                }
+                None
+            }
             None => match self.sidecar(&picked.url, &artifact, s3).await {
                 Ok(found) => found.map(|d| (d, "sidecar")),
                 Err(reason) => fail!(run, Phase::Checksum, reason),
@@ -1027,4 +1042,34 @@ fn peel(artifact: &LocalArtifact) -> Result<(Sniffed, Compression, String), Stri
         compression,
         format!(" ({})", compression.as_str()),
     ))
+}
+
+/// Checks a directory artifact against `<dir>.blake3` when there is one: `Ok(Some(files))`, or
+/// `Ok(None)` without a manifest. `computed` is `checksum::hash_tree`'s manifest.
+fn dir_manifest(dir: &std::path::Path, computed: &str) -> Result<Option<usize>, String> {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".blake3");
+    let path = PathBuf::from(name);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() <= 16 << 20 => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(_) => return Err(format!("manifest {} is too large", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read manifest {}: {e}", path.display())),
+    };
+    // hash_tree lines: "<hex>  <len>  <relative path>".
+    let files: Vec<(String, String)> = computed
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, "  ");
+            let hex = parts.next()?;
+            let _len = parts.next()?;
+            Some((parts.next()?.to_owned(), hex.to_owned()))
+        })
+        .collect();
+    let dir_name = dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    rehearse_core::manifest::compare(&files, &text, &dir_name)
+        .map(Some)
+        .map_err(|reason| format!("manifest {}: {reason}", path.display()))
 }

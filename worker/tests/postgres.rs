@@ -484,3 +484,57 @@ async fn copies_must_exist_with_the_same_digest_and_the_restore_still_runs() {
     assert!(restore.ok);
     assert!(!report.tables.is_empty());
 }
+
+fn manifest_of(dir: &std::path::Path) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}.blake3", dir.display()))
+}
+
+/// A copy of the directory-format dump beside the env's work root, with a b3sum-style manifest.
+fn dir_copy_with_manifest(env: &TestEnv, fx: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let dir = env
+        .file(&format!("{name}/placeholder"), b"")
+        .parent()
+        .expect("dir")
+        .to_owned();
+    fs::remove_file(dir.join("placeholder")).expect("rm");
+    let mut lines = String::new();
+    for entry in fs::read_dir(fx.join("dir.dump")).expect("read").flatten() {
+        let bytes = fs::read(entry.path()).expect("read");
+        fs::write(dir.join(entry.file_name()), &bytes).expect("copy");
+        lines.push_str(&format!(
+            "{}  {name}/{}\n",
+            blake3::hash(&bytes).to_hex(),
+            entry.file_name().to_string_lossy()
+        ));
+    }
+    fs::write(manifest_of(&dir), lines).expect("manifest");
+    dir
+}
+
+#[tokio::test]
+async fn a_directory_dump_is_checked_against_its_manifest() {
+    let fx = fixtures().await;
+    let env = env();
+    let dir = dir_copy_with_manifest(&env, &fx, "good.dir");
+    let report = env.verify(&plan(&dir, &shop_checks())).await;
+    assert_passed(&report);
+    assert_eq!(report.artifact.blake3_from.as_deref(), Some("manifest"));
+
+    // A file changed after the manifest was made.
+    let dir = dir_copy_with_manifest(&env, &fx, "changed.dir");
+    fs::write(dir.join("toc.dat.extra"), b"added later").expect("add");
+    let report = env.verify(&plan(&dir, "")).await;
+    assert_failed_in(
+        &report,
+        "checksum",
+        "toc.dat.extra is in the artifact but not in the manifest",
+    );
+    let dir = dir_copy_with_manifest(&env, &fx, "flipped.dir");
+    let manifest = manifest_of(&dir);
+    let text = fs::read_to_string(&manifest).expect("read");
+    let first = text.lines().next().expect("a line").to_owned();
+    let flipped = format!("{}{}", "0".repeat(64), &first[64..]);
+    fs::write(&manifest, text.replacen(&first, &flipped, 1)).expect("write");
+    let report = env.verify(&plan(&dir, "")).await;
+    assert_failed_in(&report, "checksum", "differs from the manifest's");
+}
