@@ -362,7 +362,13 @@ impl Moto {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("python3 is required for the S3 tests");
-        let endpoint = format!("http://127.0.0.1:{port}");
+        // Owned from here on: a failed start below still kills the server (Drop).
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            key_id: String::new(),
+            secret: String::new(),
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -374,7 +380,7 @@ impl Moto {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/s3_bootstrap.py");
         let out = std::process::Command::new("python3")
             .arg(script)
-            .arg(&endpoint)
+            .arg(&moto.endpoint)
             .args(buckets)
             .output()
             .expect("python3");
@@ -385,14 +391,9 @@ impl Moto {
         );
         let text = String::from_utf8_lossy(&out.stdout);
         let mut words = text.split_whitespace();
-        let key_id = words.next().expect("key id").to_owned();
-        let secret = words.next().expect("secret").to_owned();
-        Moto {
-            child,
-            endpoint,
-            key_id,
-            secret,
-        }
+        moto.key_id = words.next().expect("key id").to_owned();
+        moto.secret = words.next().expect("secret").to_owned();
+        moto
     }
 
     /// The settings a verifier reaches this server with.
