@@ -85,15 +85,8 @@ struct WorkerArgs {
     /// How many verifications run at once.
     #[arg(long, default_value_t = 1)]
     slots: u32,
-    /// Where restores run.
-    #[arg(long, value_enum, default_value = "auto", env = "REHEARSE_RUNTIME")]
-    runtime: Runtime,
     #[command(flatten)]
-    images: ImageArgs,
-    /// Named S3 source profiles (TOML: [s3.NAME] aws_endpoint = ..., aws_access_key_id = ...);
-    /// a plan picks one with `[artifact] profile = "NAME"`.
-    #[arg(long, env = "REHEARSE_SOURCES")]
-    sources: Option<PathBuf>,
+    run: RuntimeArgs,
     /// The worker's own directory: sandboxes (reaped at start) and caches.
     #[arg(
         long,
@@ -329,9 +322,13 @@ impl Runtime {
     }
 }
 
-/// Container images for the docker runtime.
+/// Where restores run, in which images, and the S3 source profiles: shared by `verify`, `demo`
+/// and `worker`.
 #[derive(Debug, Args)]
-struct ImageArgs {
+struct RuntimeArgs {
+    /// Where restores run.
+    #[arg(long, value_enum, default_value = "auto", env = "REHEARSE_RUNTIME")]
+    runtime: Runtime,
     /// Image for PostgreSQL plans (any image with the server and client tools, e.g. postgres:16).
     #[arg(
         long,
@@ -346,28 +343,39 @@ struct ImageArgs {
         env = "REHEARSE_IMAGE_MYSQL"
     )]
     image_mysql: String,
+    /// Named S3 source profiles (TOML: [s3.NAME] aws_endpoint = ..., aws_access_key_id = ...);
+    /// a plan picks one with `[artifact] profile = "NAME"`.
+    #[arg(long, env = "REHEARSE_SOURCES")]
+    sources: Option<PathBuf>,
 }
 
-impl ImageArgs {
-    fn map(&self) -> std::collections::HashMap<String, String> {
+impl RuntimeArgs {
+    fn images(&self) -> std::collections::HashMap<String, String> {
         std::collections::HashMap::from([
             ("postgres".to_owned(), self.image_postgres.clone()),
             ("mysql".to_owned(), self.image_mysql.clone()),
         ])
     }
+
+    /// The `--sources` file's profiles (none without the flag).
+    fn profiles(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, rehearse_worker::remote::S3Settings>>
+    {
+        let Some(path) = &self.sources else {
+            return Ok(Default::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read source profiles {}", path.display()))?;
+        rehearse_worker::remote::parse_profiles(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
 }
 
 #[derive(Debug, Args)]
 struct SandboxArgs {
-    /// Where the sandbox runs restores.
-    #[arg(long, value_enum, default_value = "auto", env = "REHEARSE_RUNTIME")]
-    runtime: Runtime,
     #[command(flatten)]
-    images: ImageArgs,
-    /// Named S3 source profiles (TOML: [s3.NAME] aws_endpoint = ..., aws_access_key_id = ...);
-    /// a plan picks one with `[artifact] profile = "NAME"`.
-    #[arg(long, env = "REHEARSE_SOURCES")]
-    sources: Option<PathBuf>,
+    run: RuntimeArgs,
     /// The `rehearse.worker` label of this run's containers: a later run with the same label
     /// removes what a killed run left behind.
     #[arg(long, default_value = "local", env = "REHEARSE_CONTAINER_OWNER")]
@@ -400,10 +408,10 @@ impl SandboxArgs {
         if let Some(jobs) = self.jobs {
             opts.jobs = jobs.max(1);
         }
-        opts.runtime = self.runtime.choice();
+        opts.runtime = self.run.runtime.choice();
         opts.worker_name = self.owner.clone();
-        opts.profiles = read_sources(self.sources.as_deref())?;
-        opts.images = self.images.map();
+        opts.profiles = self.run.profiles()?;
+        opts.images = self.run.images();
         Ok(opts)
     }
 }
@@ -730,25 +738,12 @@ async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<ExitCod
         slots: args.slots,
         work_dir: args.work_dir,
         sandbox_user: args.sandbox_user,
-        runtime: args.runtime.choice(),
-        images: args.images.map(),
-        profiles: read_sources(args.sources.as_deref())?,
+        runtime: args.run.runtime.choice(),
+        images: args.run.images(),
+        profiles: args.run.profiles()?,
     };
     rehearse_worker::agent::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The `--sources` file's profiles (none without the flag).
-fn read_sources(
-    path: Option<&std::path::Path>,
-) -> anyhow::Result<std::collections::BTreeMap<String, rehearse_worker::remote::S3Settings>> {
-    let Some(path) = path else {
-        return Ok(Default::default());
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read source profiles {}", path.display()))?;
-    rehearse_worker::remote::parse_profiles(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 async fn make_sample(
