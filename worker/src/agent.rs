@@ -212,6 +212,11 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
     }
 }
 
+/// Refusals of the assignment stream in a row before the agent gives its name up, and the wait
+/// between them (together about a second: far longer than a fleet view lags its log).
+const MAX_REFUSALS: u32 = 5;
+const REFUSAL_RETRY: Duration = Duration::from_millis(200);
+
 async fn assignment_loop(
     shared: Arc<Shared>,
     mut client: Client,
@@ -222,7 +227,14 @@ async fn assignment_loop(
     let mut finished = Finished::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, u64)>();
     let name = shared.config.name.clone();
+    // "Registered again with another incarnation" right after our own registration can be the
+    // leader's fleet view not yet showing it (the reply is sent at apply, the view is published
+    // after): only a refusal that persists means another process took this name.
+    let mut refusals = 0u32;
     'connect: while !shutdown.is_cancelled() {
+        if refusals > 0 {
+            tokio::time::sleep(REFUSAL_RETRY).await;
+        }
         let mut stream = tokio::select! {
             s = client.assignments(&name, shared.incarnation) => match s {
                 Ok(s) => s,
@@ -231,7 +243,13 @@ async fn assignment_loop(
                     shared.register(&mut client).await?;
                     continue 'connect;
                 }
-                Err(ClientError::Refused(reason)) => return Err(AgentError::Refused(reason)),
+                Err(ClientError::Refused(reason)) => {
+                    refusals += 1;
+                    if refusals >= MAX_REFUSALS {
+                        return Err(AgentError::Refused(reason));
+                    }
+                    continue 'connect;
+                }
                 Err(e) => {
                     warn!(error = %e, "no assignment stream; retrying");
                     continue 'connect;
@@ -245,14 +263,20 @@ async fn assignment_loop(
                 // The leader sends at least every heartbeat interval: a lease of silence is a
                 // dead stream (a hung or partitioned leader), so reconnect.
                 msg = tokio::time::timeout(lease, stream.message()) => match msg {
-                    Ok(Ok(Some(set))) => reconcile(&shared, &mut running, &finished, &done_tx, set),
+                    Ok(Ok(Some(set))) => {
+                        refusals = 0;
+                        reconcile(&shared, &mut running, &finished, &done_tx, set)
+                    }
                     Ok(Ok(None)) => { debug!("assignment stream ended"); break; }
                     Ok(Err(status)) => {
                         debug!(%status, "assignment stream broke");
                         if status.code() == tonic::Code::NotFound {
                             shared.register(&mut client).await?;
                         } else if status.code() == tonic::Code::Aborted {
-                            return Err(AgentError::Refused(status.message().to_owned()));
+                            refusals += 1;
+                            if refusals >= MAX_REFUSALS {
+                                return Err(AgentError::Refused(status.message().to_owned()));
+                            }
                         }
                         break;
                     }
