@@ -180,28 +180,48 @@ async fn get(url: &str, settings: &S3Settings) -> Result<Option<object_store::Ge
     }
 }
 
-/// Streams `url` into `dest` and hashes it on the way, in one pass with bounded memory: the
-/// download gathers 8 MiB blocks, and a blocking thread writes each block and hashes it on all
-/// cores while the next one arrives (at most three blocks in flight).
+/// Streams `url` into `dest` and hashes it on the way, in one pass with bounded memory.
 pub async fn download(url: &str, dest: &Path, settings: &S3Settings) -> Result<Fetched, String> {
     let got = get(url, settings)
         .await?
         .ok_or_else(|| format!("not found: {url}"))?;
-    let expected = got.meta.size;
     let file = std::fs::File::create(dest)
         .map_err(|e| format!("spill {url} to {}: {e}", dest.display()))?;
+    consume(url, got, Some((file, dest.display().to_string()))).await
+}
+
+/// Hashes `url` without keeping it (a copy checked against the artifact). `Ok(None)`: not found.
+pub async fn hash(url: &str, settings: &S3Settings) -> Result<Option<Fetched>, String> {
+    match get(url, settings).await? {
+        Some(got) => consume(url, got, None).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads an object to its end: the download gathers 8 MiB blocks, and a blocking thread writes
+/// each block to `spill` (when given) and hashes it on all cores while the next one arrives (at
+/// most three blocks in flight).
+async fn consume(
+    url: &str,
+    got: object_store::GetResult,
+    spill: Option<(std::fs::File, String)>,
+) -> Result<Fetched, String> {
+    let expected = got.meta.size;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-    let spill = dest.display().to_string();
     let sink = tokio::task::spawn_blocking(move || -> Result<blake3::Hash, String> {
         use std::io::Write;
-        let mut file = file;
+        let mut spill = spill;
         let mut hasher = blake3::Hasher::new();
         for block in rx {
-            file.write_all(&block)
-                .map_err(|e| format!("spill to {spill}: {e}"))?;
+            if let Some((file, name)) = spill.as_mut() {
+                file.write_all(&block)
+                    .map_err(|e| format!("spill to {name}: {e}"))?;
+            }
             hasher.update_rayon(&block);
         }
-        file.flush().map_err(|e| format!("spill to {spill}: {e}"))?;
+        if let Some((file, name)) = spill.as_mut() {
+            file.flush().map_err(|e| format!("spill to {name}: {e}"))?;
+        }
         Ok(hasher.finalize())
     });
     let mut bytes = 0u64;
@@ -249,25 +269,6 @@ pub async fn download(url: &str, dest: &Path, settings: &S3Settings) -> Result<F
     Ok(Fetched { digest, bytes })
 }
 
-/// Hashes `url` without keeping it (a copy checked against the artifact). `Ok(None)`: not found.
-pub async fn hash(url: &str, settings: &S3Settings) -> Result<Option<Fetched>, String> {
-    let Some(got) = get(url, settings).await? else {
-        return Ok(None);
-    };
-    let mut hasher = Hasher::new();
-    let mut bytes = 0u64;
-    let mut stream = got.into_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| describe(url, &e))?;
-        hasher.update(&chunk).await;
-        bytes += chunk.len() as u64;
-    }
-    Ok(Some(Fetched {
-        digest: hasher.finalize().await,
-        bytes,
-    }))
-}
-
 /// A small object (a sidecar), or `None` when there is none. `Err` when it is too large or
 /// cannot be read.
 pub async fn read_small(url: &str, settings: &S3Settings) -> Result<Option<Vec<u8>>, String> {
@@ -310,48 +311,6 @@ pub async fn list(url: &str, settings: &S3Settings) -> Result<Vec<Candidate>, St
 /// The URL of `name` inside the prefix `url` names.
 pub fn join(url: &str, name: &str) -> String {
     format!("{}/{name}", url.trim_end_matches('/'))
-}
-
-/// blake3 over a stream of chunks: small chunks are gathered into 8 MiB blocks, each hashed on
-/// all cores off the async threads.
-struct Hasher {
-    hasher: Option<blake3::Hasher>,
-    block: Vec<u8>,
-}
-
-impl Hasher {
-    fn new() -> Hasher {
-        Hasher {
-            hasher: Some(blake3::Hasher::new()),
-            block: Vec::with_capacity(HASH_BLOCK),
-        }
-    }
-
-    async fn update(&mut self, chunk: &[u8]) {
-        self.block.extend_from_slice(chunk);
-        if self.block.len() >= HASH_BLOCK {
-            self.flush().await;
-        }
-    }
-
-    async fn flush(&mut self) {
-        let block = std::mem::replace(&mut self.block, Vec::with_capacity(HASH_BLOCK));
-        let Some(mut hasher) = self.hasher.take() else {
-            return;
-        };
-        let hasher = tokio::task::spawn_blocking(move || {
-            hasher.update_rayon(&block);
-            hasher
-        })
-        .await
-        .unwrap_or_default();
-        self.hasher = Some(hasher);
-    }
-
-    async fn finalize(mut self) -> blake3::Hash {
-        self.flush().await;
-        self.hasher.take().unwrap_or_default().finalize()
-    }
 }
 
 #[cfg(test)]

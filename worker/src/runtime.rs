@@ -49,9 +49,9 @@ pub const CONTAINER_SOCKET_DIR: &str = "/run/rehearse";
 pub const CONTAINER_ARTIFACT: &str = "/artifact";
 /// The tmpfs a container's database lives on.
 pub const CONTAINER_DATA_DIR: &str = "/var/lib/rehearse";
-/// Puts every PostgreSQL bin dir of the image in PATH (Debian keeps them out of it), then runs
-/// the command: `sh -c PRELUDE sh TOOL ARGS...`.
-const PRELUDE: &str = "for d in /usr/lib/postgresql/*/bin; do [ -d \"$d\" ] && PATH=\"$d:$PATH\"; done; export PATH; exec \"$@\"";
+/// Shell that puts every PostgreSQL bin dir of an image in PATH (Debian keeps them out of it).
+pub const PG_PATH: &str =
+    "for d in /usr/lib/postgresql/*/bin; do [ -d \"$d\" ] && PATH=\"$d:$PATH\"; done; export PATH";
 /// Output kept from a tool's stdout when it is captured (query results).
 const STDOUT_LIMIT: usize = 16 << 20;
 
@@ -701,7 +701,13 @@ async fn run_exec(
     tool: Tool,
     feed: Option<FeedRx>,
 ) -> Result<ToolOutput, String> {
-    let mut cmd: Vec<String> = vec!["sh".into(), "-c".into(), PRELUDE.into(), "sh".into()];
+    // `sh -c 'PG_PATH; exec "$@"' sh TOOL ARGS...`
+    let mut cmd: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("{PG_PATH}; exec \"$@\""),
+        "sh".into(),
+    ];
     cmd.push(tool.name.clone());
     cmd.extend(tool.args.iter().map(|a| a.to_string_lossy().into_owned()));
     let exec = docker

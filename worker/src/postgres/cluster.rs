@@ -17,7 +17,8 @@ use tracing::debug;
 use super::SUPERUSER;
 use super::binaries::Installed;
 use crate::runtime::{
-    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, Sandbox, Tags, Tool,
+    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, PG_PATH, Sandbox, Tags,
+    Tool,
 };
 use crate::sandbox::{ProcessRuntime, copy_tree, make_shared_dir, publish_template};
 
@@ -211,7 +212,7 @@ impl PgCluster {
     ) -> Result<(), ClusterError> {
         let data = format!("{CONTAINER_DATA_DIR}/data");
         let script = format!(
-            "for d in /usr/lib/postgresql/*/bin; do [ -d \"$d\" ] && PATH=\"$d:$PATH\"; done; export PATH; \
+            "{PG_PATH}; \
              initdb -D {data} {} >/tmp/initdb.log 2>&1 || {{ cat /tmp/initdb.log >&2; exit 1; }}; \
              exec postgres -D {data} \"$@\"",
             INITDB_ARGS.join(" ")
