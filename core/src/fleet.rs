@@ -7,13 +7,18 @@
 //!
 //! Re-delivery: when a worker is lost, each attempt it ran ends with outcome "lost" and its job
 //! goes back to `pending` (placement then prefers another worker), until the plan's
-//! `max_attempts`; then the job fails with its attempt history.
+//! `max_attempts`; then the job ends `error` (could not verify) with its attempt history. An
+//! attempt whose report says `error` (the worker could not verify) is re-queued the same way:
+//! only a `passed` or `failed` verdict speaks of the backup.
+//!
+//! Health: a worker whose last [`UNHEALTHY_AFTER`] attempts all ended `error` is `unhealthy`
+//! (shown by `rehearse workers`); placement takes it only when no healthy worker fits.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::{Attempt, JobState, JobStore};
+use crate::jobs::{Attempt, AttemptOutcome, JobState, JobStore};
 use crate::placement::{Constraint, PendingJob, WorkerState, WorkerView};
 use crate::plan::DEFAULT_MAX_ATTEMPTS;
 use crate::report::{Report, Verdict};
@@ -37,7 +42,17 @@ pub struct Worker {
     pub last_heartbeat_ms: u64,
     /// Jobs with an attempt running on this worker.
     pub running: BTreeSet<String>,
+    /// How many of its attempts in a row ended `error` (reset by a passed or failed verdict, and
+    /// by a restart: a new incarnation may have had its problem fixed).
+    #[serde(default)]
+    pub recent_errors: u32,
+    /// The reason of its last errored attempt, while `recent_errors > 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
+
+/// Errored attempts in a row after which a worker shows as `unhealthy`.
+pub const UNHEALTHY_AFTER: u32 = 3;
 
 impl Worker {
     pub fn view(&self) -> WorkerView {
@@ -48,7 +63,13 @@ impl Worker {
             slots: self.spec.slots,
             used: self.running.len() as u32,
             state: self.state,
+            healthy: self.healthy(),
         }
+    }
+
+    /// False once its last [`UNHEALTHY_AFTER`] attempts all ended `error`.
+    pub fn healthy(&self) -> bool {
+        self.recent_errors < UNHEALTHY_AFTER
     }
 }
 
@@ -122,6 +143,8 @@ impl JobStore {
                 state: WorkerState::Ready,
                 last_heartbeat_ms: spec.at_ms,
                 running: BTreeSet::new(),
+                recent_errors: 0,
+                last_error: None,
             },
         );
         Ok(())
@@ -186,6 +209,7 @@ impl JobStore {
             started_at_ms: at_ms,
             ended_at_ms: None,
             outcome: None,
+            reason: None,
         });
         if let Some(w) = self.workers.get_mut(worker) {
             w.running.insert(job_id.to_owned());
@@ -236,24 +260,44 @@ impl JobStore {
         at_ms: u64,
     ) -> Result<(), String> {
         let job = self.current_attempt(job_id, token)?;
-        job.state = match report.verdict {
-            Verdict::Passed => JobState::Passed,
-            Verdict::Failed => JobState::Failed,
-        };
         job.phase = None;
         job.updated_at_ms = at_ms;
         job.report = Some(report.clone());
+        let worker = job.attempts.last().map(|a| a.worker.clone());
         let outcome = match report.verdict {
-            Verdict::Passed => "passed",
-            Verdict::Failed => "failed",
+            Verdict::Passed => AttemptOutcome::Passed,
+            Verdict::Failed => AttemptOutcome::Failed,
+            Verdict::Error => AttemptOutcome::Error,
         };
+        if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
+            if outcome == AttemptOutcome::Error {
+                w.recent_errors = w.recent_errors.saturating_add(1);
+                w.last_error = report.failure.as_ref().map(|f| f.reason.clone());
+            } else {
+                w.recent_errors = 0;
+                w.last_error = None;
+            }
+        }
+        if outcome == AttemptOutcome::Error {
+            // Says nothing of the backup: another worker (or this one, if none other fits) tries.
+            let reason = report.failure.as_ref().map(|f| f.reason.clone());
+            self.retry(job_id, AttemptOutcome::Error, reason, at_ms);
+            return Ok(());
+        }
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.state = if outcome == AttemptOutcome::Passed {
+                JobState::Passed
+            } else {
+                JobState::Failed
+            };
+        }
         self.end_attempt(job_id, outcome, at_ms);
         self.sync_pending(job_id);
         Ok(())
     }
 
     /// Ends the job's open attempt, if any, with `outcome`, and frees its worker's slot.
-    pub(crate) fn end_attempt(&mut self, job_id: &str, outcome: &str, at_ms: u64) {
+    pub(crate) fn end_attempt(&mut self, job_id: &str, outcome: AttemptOutcome, at_ms: u64) {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
@@ -261,38 +305,74 @@ impl JobStore {
             return;
         };
         a.ended_at_ms = Some(at_ms);
-        a.outcome = Some(outcome.to_owned());
+        a.outcome = Some(outcome);
         let worker = a.worker.clone();
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.remove(job_id);
         }
     }
 
-    /// Ends the running attempts of these jobs as "lost"; each job goes back to pending, or fails
-    /// once it has had `max_attempts` attempts.
+    /// Ends the running attempts of these jobs as "lost"; each job goes back to pending, or ends
+    /// `error` once it has had `max_attempts` attempts.
     fn requeue(&mut self, jobs: impl IntoIterator<Item = String>, now_ms: u64) {
         for job_id in jobs {
-            self.end_attempt(&job_id, "lost", now_ms);
-            let Some(job) = self.jobs.get_mut(&job_id) else {
-                continue;
-            };
-            if job.state.is_final() {
-                continue;
-            }
-            let max = job.plan.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS) as usize;
-            if job.attempts.len() >= max {
-                job.state = JobState::Failed;
-                job.reason = Some(format!(
-                    "gave up after {} attempts: the worker running it was lost each time",
-                    job.attempts.len()
-                ));
-            } else {
-                job.state = JobState::Pending;
-            }
-            job.phase = None;
-            job.updated_at_ms = now_ms;
-            self.sync_pending(&job_id);
+            self.retry(&job_id, AttemptOutcome::Lost, None, now_ms);
         }
+    }
+
+    /// Ends the job's open attempt with `outcome` (lost, error) and puts the job back in the
+    /// queue, or — after `max_attempts` — ends it `error`: it could not be verified, which says
+    /// nothing about the backup.
+    fn retry(
+        &mut self,
+        job_id: &str,
+        outcome: AttemptOutcome,
+        reason: Option<String>,
+        now_ms: u64,
+    ) {
+        self.end_attempt(job_id, outcome, now_ms);
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if let Some(a) = job.attempts.last_mut()
+            && a.outcome == Some(outcome)
+            && a.ended_at_ms == Some(now_ms)
+        {
+            a.reason.clone_from(&reason);
+        }
+        if job.state.is_final() {
+            return;
+        }
+        let max = job.plan.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS) as usize;
+        if job.attempts.len() >= max {
+            job.state = JobState::Error;
+            let errored = job
+                .attempts
+                .iter()
+                .filter(|a| a.outcome == Some(AttemptOutcome::Error))
+                .count();
+            let lost = job
+                .attempts
+                .iter()
+                .filter(|a| a.outcome == Some(AttemptOutcome::Lost))
+                .count();
+            let last = job
+                .attempts
+                .iter()
+                .rev()
+                .find_map(|a| a.reason.clone())
+                .map(|r| format!("; last: {r}"))
+                .unwrap_or_default();
+            job.reason = Some(format!(
+                "could not verify after {} attempts ({errored} could not verify, {lost} lost their worker){last}",
+                job.attempts.len()
+            ));
+        } else {
+            job.state = JobState::Pending;
+        }
+        job.phase = None;
+        job.updated_at_ms = now_ms;
+        self.sync_pending(job_id);
     }
 
     /// Jobs whose running attempt started longer than the plan's timeout plus `grace` ago: the
@@ -309,7 +389,7 @@ impl JobStore {
             })
             .collect();
         for (id, timeout) in &overdue {
-            self.end_attempt(id, "timed out", now_ms);
+            self.end_attempt(id, AttemptOutcome::TimedOut, now_ms);
             if let Some(job) = self.jobs.get_mut(id) {
                 job.state = JobState::Failed;
                 job.phase = None;
@@ -506,9 +586,12 @@ mod tests {
         );
         let job = s.get("j").expect("job");
         assert_eq!(job.state, JobState::Passed);
-        let outcomes: Vec<Option<&str>> =
-            job.attempts.iter().map(|a| a.outcome.as_deref()).collect();
-        assert_eq!(outcomes, [Some("lost"), Some("passed")]);
+        let outcomes: Vec<Option<AttemptOutcome>> =
+            job.attempts.iter().map(|a| a.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Some(AttemptOutcome::Lost), Some(AttemptOutcome::Passed)]
+        );
         // and the job is final: another report, even with the right token, is refused
         assert!(matches!(
             s.apply(
@@ -544,7 +627,7 @@ mod tests {
         );
         let job = s.get("j").expect("job");
         assert_eq!(job.state, JobState::Cancelled);
-        assert_eq!(job.attempts[0].outcome.as_deref(), Some("cancelled"));
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Cancelled));
         assert_eq!(job.attempts[0].ended_at_ms, Some(2));
         assert!(
             matches!(s.apply(6, &assign("k", 3)), Outcome::Assigned(r) if r[0].is_ok()),
@@ -601,7 +684,7 @@ mod tests {
                 .as_deref()
                 .is_some_and(|r| r.starts_with("timed out"))
         );
-        assert_eq!(job.attempts[0].outcome.as_deref(), Some("timed out"));
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::TimedOut));
         assert_eq!(s.workers().next().map(|w| w.running.len()), Some(0));
     }
 
@@ -632,13 +715,144 @@ mod tests {
             );
         }
         let job = s.get("j").expect("job");
-        assert_eq!(job.state, JobState::Failed);
+        // Losing the worker every time says nothing of the backup: could not verify.
+        assert_eq!(job.state, JobState::Error);
+        assert!(
+            job.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("could not verify after 3 attempts")),
+            "{:?}",
+            job.reason
+        );
         assert_eq!(job.attempts.len(), DEFAULT_MAX_ATTEMPTS as usize);
         assert!(
             job.attempts
                 .iter()
-                .all(|a| a.outcome.as_deref() == Some("lost"))
+                .all(|a| a.outcome == Some(AttemptOutcome::Lost))
         );
+    }
+
+    fn errored(reason: &str) -> Box<Report> {
+        let mut r = Report::new("/b/x.dump", "postgres", "process", String::new());
+        r.could_not_verify("provision", reason);
+        r.finish(&Default::default(), 0, None);
+        Box::new(r)
+    }
+
+    #[test]
+    fn an_errored_attempt_requeues_on_another_worker_and_never_fails_the_job() {
+        let mut s = JobStore::default();
+        s.apply(1, &submit("j"));
+        s.apply(2, &Command::RegisterWorker(spec("a", 1, 0)));
+        s.apply(3, &Command::RegisterWorker(spec("b", 1, 0)));
+        let (workers, pending) = s.placement_input();
+        let placed = crate::placement::place(&workers, &pending);
+        assert_eq!(placed.assigned, [("j".into(), "a".into())]);
+        s.apply(
+            4,
+            &Command::Assign {
+                assignments: placed.assigned,
+                at_ms: 1,
+            },
+        );
+        let out = s.apply(
+            5,
+            &Command::Report {
+                job: "j".into(),
+                token: 4,
+                report: errored("initdb template: cp: cannot create regular file"),
+                at_ms: 2,
+            },
+        );
+        assert_eq!(out, Outcome::Done(Ok(())));
+        let job = s.get("j").expect("job");
+        assert_eq!(job.state, JobState::Pending, "re-queued, not failed");
+        assert_eq!(job.attempts[0].outcome, Some(AttemptOutcome::Error));
+        assert!(
+            job.attempts[0]
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("initdb template"))
+        );
+        assert_eq!(s.worker("a").map(|w| w.running.len()), Some(0));
+        // the retry prefers the other worker
+        let (workers, pending) = s.placement_input();
+        let placed = crate::placement::place(&workers, &pending);
+        assert_eq!(placed.assigned, [("j".into(), "b".into())]);
+    }
+
+    #[test]
+    fn errors_up_to_max_attempts_end_the_job_error_and_mark_the_worker_unhealthy() {
+        let mut s = JobStore::default();
+        s.apply(1, &Command::RegisterWorker(spec("a", 1, 0)));
+        let mut index = 1;
+        for job in ["j", "k"] {
+            index += 1;
+            s.apply(index, &submit(job));
+            for _ in 0..DEFAULT_MAX_ATTEMPTS {
+                index += 1;
+                s.apply(
+                    index,
+                    &Command::Assign {
+                        assignments: vec![(job.into(), "a".into())],
+                        at_ms: index,
+                    },
+                );
+                let token = index;
+                index += 1;
+                s.apply(
+                    index,
+                    &Command::Report {
+                        job: job.into(),
+                        token,
+                        report: errored("no extension postgis"),
+                        at_ms: index,
+                    },
+                );
+            }
+        }
+        let job = s.get("j").expect("job");
+        assert_eq!(job.state, JobState::Error);
+        assert!(
+            job.report
+                .as_ref()
+                .is_some_and(|r| r.verdict == Verdict::Error)
+        );
+        assert!(
+            job.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("3 could not verify") && r.contains("postgis")),
+            "{:?}",
+            job.reason
+        );
+        let worker = s.worker("a").expect("worker");
+        assert!(!worker.healthy());
+        assert_eq!(worker.recent_errors, 2 * DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(worker.last_error.as_deref(), Some("no extension postgis"));
+        // a verdict on a backup (passed or failed) makes it healthy again
+        index += 1;
+        s.apply(index, &submit("m"));
+        index += 1;
+        s.apply(
+            index,
+            &Command::Assign {
+                assignments: vec![("m".into(), "a".into())],
+                at_ms: 0,
+            },
+        );
+        let token = index;
+        index += 1;
+        s.apply(
+            index,
+            &Command::Report {
+                job: "m".into(),
+                token,
+                report: verdict(Verdict::Failed),
+                at_ms: 0,
+            },
+        );
+        assert_eq!(s.get("m").map(|j| j.state), Some(JobState::Failed));
+        assert!(s.worker("a").is_some_and(Worker::healthy));
     }
 
     #[test]

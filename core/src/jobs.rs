@@ -5,8 +5,10 @@
 //! drives it (persists, replicates, snapshots). Commands carry everything they need — ids and
 //! timestamps are chosen by the proposer, never read from a clock here.
 //!
-//! States: `pending` → `assigned` → `running` → `passed` | `failed`, and `cancelled` from any
-//! non-final state. Workers, attempts, leases and fencing are in [`crate::fleet`].
+//! States: `pending` → `assigned` → `running` → `passed` | `failed` | `error`, and `cancelled`
+//! from any non-final state. `failed` is a verdict on the backup; `error` means it could not be
+//! verified on any worker within `max_attempts` (an attempt that ends `error` re-queues the job,
+//! preferring another worker). Workers, attempts, leases and fencing are in [`crate::fleet`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,28 +24,102 @@ pub enum JobState {
     Assigned,
     Running,
     Passed,
+    /// The backup is bad: a verdict.
     Failed,
     Cancelled,
+    /// Could not verify: every attempt the plan allows ended `error` or `lost`.
+    Error,
 }
 
 impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Pending,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Passed,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Error,
+    ];
+
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Passed | JobState::Failed | JobState::Cancelled
+            JobState::Passed | JobState::Failed | JobState::Cancelled | JobState::Error
         )
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Passed => "passed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Error => "error",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<JobState> {
-        Some(match s {
-            "pending" => JobState::Pending,
-            "assigned" => JobState::Assigned,
-            "running" => JobState::Running,
-            "passed" => JobState::Passed,
-            "failed" => JobState::Failed,
-            "cancelled" => JobState::Cancelled,
-            _ => return None,
-        })
+        JobState::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// The exit code of `rehearse job wait` for a job that ended so (`None` while it runs):
+    /// 0 passed, 1 failed (the backup is bad), 2 could not verify, 3 cancelled.
+    pub fn exit_code(self) -> Option<u8> {
+        match self {
+            JobState::Passed => Some(0),
+            JobState::Failed => Some(1),
+            JobState::Error => Some(2),
+            JobState::Cancelled => Some(3),
+            JobState::Pending | JobState::Assigned | JobState::Running => None,
+        }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    #[serde(rename = "passed")]
+    Passed,
+    /// The backup is bad.
+    #[serde(rename = "failed")]
+    Failed,
+    /// This worker could not verify it; the job is re-queued.
+    #[serde(rename = "error")]
+    Error,
+    /// The worker went silent past its lease (or restarted); the job is re-queued.
+    #[serde(rename = "lost")]
+    Lost,
+    #[serde(rename = "timed out")]
+    TimedOut,
+    #[serde(rename = "cancelled")]
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Passed => "passed",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Error => "error",
+            AttemptOutcome::Lost => "lost",
+            AttemptOutcome::TimedOut => "timed out",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -56,7 +132,10 @@ pub struct Attempt {
     pub token: u64,
     pub started_at_ms: u64,
     pub ended_at_ms: Option<u64>,
-    pub outcome: Option<String>,
+    pub outcome: Option<AttemptOutcome>,
+    /// Why an attempt ended `error` (what to fix on that worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +215,47 @@ pub enum Command {
     /// Fleet messages gathered during one turn of the leader's loop (heartbeats, progress,
     /// verdicts, registrations), applied in order: one entry, one fsync. Never an `Assign`.
     Batch(Vec<Command>),
+    /// The cluster's command version (see [`crate::codec`]): raised by the leader once every
+    /// member reads it; never lowered.
+    SetVersion {
+        version: u32,
+    },
+    /// A command kind newer than any release (version [`crate::codec::TEST_PROBE`]), written
+    /// only by upgrade tests; changes nothing.
+    Probe {
+        note: String,
+    },
+}
+
+impl Command {
+    /// The command version that introduced this command (or a value inside it): a node that
+    /// reads less must never be given it, and the leader proposes it only once the cluster's
+    /// version covers it.
+    pub fn min_version(&self) -> u32 {
+        use crate::codec::{LEGACY, TEST_PROBE};
+        match self {
+            Command::Batch(commands) => commands
+                .iter()
+                .map(Command::min_version)
+                .max()
+                .unwrap_or(LEGACY),
+            Command::SetVersion { .. } => 2,
+            Command::Probe { .. } => TEST_PROBE,
+            Command::Report { report, .. } => {
+                if report.verdict == crate::report::Verdict::Error {
+                    2
+                } else {
+                    LEGACY
+                }
+            }
+            Command::Submit(jobs) => jobs
+                .iter()
+                .map(|j| j.plan.min_version())
+                .max()
+                .unwrap_or(LEGACY),
+            _ => LEGACY,
+        }
+    }
 }
 
 /// What applying a command did, per item, for the waiting clients.
@@ -164,6 +284,9 @@ pub struct JobStore {
     pub(crate) workers: BTreeMap<String, crate::fleet::Worker>,
     /// The last log index applied: replicas agree on the state at the same index.
     applied: u64,
+    /// The cluster's command version ([`crate::codec`]): what every member reads.
+    #[serde(default = "legacy_version")]
+    cluster_version: u32,
     /// The pending jobs in submission order, (created index, id): the scheduler's queue. Derived
     /// from `jobs` (kept in step by [`JobStore::sync_pending`]; rebuilt when read back).
     #[serde(skip)]
@@ -177,6 +300,12 @@ struct StoreData {
     #[serde(default)]
     workers: BTreeMap<String, crate::fleet::Worker>,
     applied: u64,
+    #[serde(default = "legacy_version")]
+    cluster_version: u32,
+}
+
+fn legacy_version() -> u32 {
+    crate::codec::LEGACY
 }
 
 impl From<StoreData> for JobStore {
@@ -191,6 +320,7 @@ impl From<StoreData> for JobStore {
             jobs: d.jobs,
             workers: d.workers,
             applied: d.applied,
+            cluster_version: d.cluster_version,
             pending,
         }
     }
@@ -199,6 +329,11 @@ impl From<StoreData> for JobStore {
 impl JobStore {
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The command version every member reads (see [`crate::codec`]).
+    pub fn cluster_version(&self) -> u32 {
+        self.cluster_version.max(crate::codec::LEGACY)
     }
 
     pub fn get(&self, id: &str) -> Option<&Job> {
@@ -307,6 +442,11 @@ impl JobStore {
             Command::ExpireWorkers { now_ms, lease_ms } => {
                 Outcome::Expired(self.expire(*now_ms, *lease_ms))
             }
+            Command::SetVersion { version } => {
+                self.cluster_version = self.cluster_version.max(*version);
+                Outcome::Nothing
+            }
+            Command::Probe { .. } => Outcome::Done(Ok(())),
         }
     }
 
@@ -344,19 +484,13 @@ impl JobStore {
             .get_mut(id)
             .ok_or_else(|| format!("no job {id}"))?;
         if job.state.is_final() {
-            return Err(format!(
-                "job {id} is already {}",
-                serde_json::to_value(job.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            ));
+            return Err(format!("job {id} is already {}", job.state));
         }
         job.state = JobState::Cancelled;
         job.phase = None;
         job.updated_at_ms = at_ms;
         // The worker sees the attempt gone from its assignments and stops the sandbox.
-        self.end_attempt(id, "cancelled", at_ms);
+        self.end_attempt(id, AttemptOutcome::Cancelled, at_ms);
         self.sync_pending(id);
         Ok(())
     }
@@ -424,6 +558,19 @@ mod tests {
         );
         assert_eq!(s.len(), 1);
         assert_eq!(s.get("a").map(|j| j.created_index), Some(1));
+    }
+
+    #[test]
+    fn states_and_outcomes_round_trip_their_names() {
+        for state in JobState::ALL {
+            assert_eq!(JobState::parse(state.as_str()), Some(state));
+            let json = serde_json::to_string(&state).expect("json");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        assert_eq!(JobState::Error.exit_code(), Some(2));
+        assert_eq!(JobState::Failed.exit_code(), Some(1));
+        let json = serde_json::to_string(&AttemptOutcome::TimedOut).expect("json");
+        assert_eq!(json, "\"timed out\"");
     }
 
     #[test]

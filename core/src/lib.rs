@@ -14,23 +14,32 @@
 //! - [`install`]: choosing a PostgreSQL installation for a dump's major version.
 //! - [`limits`]: the plan's `[sandbox]` section (image, memory, cpus, pids, data store), sizes.
 //! - [`manifest`]: a pg_dump directory checked against its `<dir>.blake3` b3sum manifest.
+//! - [`mysqldump`]: the line filter that maps MySQL 8 dump constructs (0900 collations, GTID
+//!   state, 8.0-only versioned comments) to what a MariaDB sandbox takes, and lists each mapping.
 //! - [`mysqlxml`]: reading the `mariadb --xml` client's result sets (NULL told from 'NULL').
 //! - [`jobs`]: the coordinator's replicated state machine (jobs and their lifecycle), pure.
-//! - [`report`]: the verification report, its phases, and the verdict rules.
+//! - [`codec`]: the versioned encoding of commands in the log; a node never reads past its version.
+//! - [`report`]: the verification report, its phases, and the verdict rules (passed, failed,
+//!   error = could not verify).
+//! - [`fault`]: whether a tool's error names the sandbox (missing extension or locale, full disk,
+//!   memory, refused credentials) rather than the backup: `error`, never `failed`.
 //! - [`render`]: the human and JUnit renderings of a report (JSON is serde).
-//! - [`untar`]: which entries of a hostile tar archive may be written, and where (for the `files`
-//!   engine; not called yet).
+//! - [`untar`]: which entries of a hostile tar archive may be written, and where (the `files`
+//!   engine).
 //!
 //! Must not depend on: tokio, tonic, storage engines, or any other crate of this workspace.
 
 pub mod backupset;
+pub mod codec;
 pub mod expect;
+pub mod fault;
 pub mod fleet;
 pub mod format;
 pub mod install;
 pub mod jobs;
 pub mod limits;
 pub mod manifest;
+pub mod mysqldump;
 pub mod mysqlxml;
 pub mod placement;
 pub mod plan;

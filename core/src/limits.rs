@@ -6,10 +6,15 @@
 //! memory = "4GiB"          # memory limit; a tmpfs data dir counts against it
 //! cpus = 2.0               # CPU limit (default: none beyond the worker's own)
 //! pids = 1024              # process limit
+//! data = "disk"            # where the restored database lives: "disk" (default) or "tmpfs"
+//! disk = "64GiB"           # the most the restored data may take on disk
 //! ```
 //!
-//! The data directory lives on a tmpfs inside the container, so it counts against `memory`: give
-//! a plan whose restored database is larger than the default the memory it needs.
+//! By default the restored database lives on a throwaway directory of the worker's disk (inside
+//! its sandbox dir, removed at teardown), so a database larger than the memory limit can be
+//! verified; `disk` caps it, and a restore that outgrows it ends `error` (could not verify)
+//! naming the limit. `data = "tmpfs"` keeps it in memory instead (fast, for small databases): it
+//! then counts against `memory`.
 //!
 //! The process runtime has no way to enforce these (it says so in the report); the docker runtime
 //! enforces all of them.
@@ -18,6 +23,27 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_MEMORY: u64 = 4 << 30;
 pub const DEFAULT_PIDS: i64 = 1024;
+pub const DEFAULT_DISK: u64 = 64 << 30;
+
+/// Where a container's database lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataStore {
+    /// A throwaway directory on the worker's disk, capped by `disk`.
+    #[default]
+    Disk,
+    /// A tmpfs sized to the memory limit.
+    Tmpfs,
+}
+
+impl DataStore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataStore::Disk => "disk",
+            DataStore::Tmpfs => "tmpfs",
+        }
+    }
+}
 
 /// The validated `[sandbox]` section.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +53,9 @@ pub struct SandboxSpec {
     pub memory_bytes: u64,
     pub cpus: Option<f64>,
     pub pids: i64,
+    pub data: DataStore,
+    /// The most the restored data may take when `data` is `disk`.
+    pub disk_bytes: u64,
 }
 
 impl Default for SandboxSpec {
@@ -36,6 +65,8 @@ impl Default for SandboxSpec {
             memory_bytes: DEFAULT_MEMORY,
             cpus: None,
             pids: DEFAULT_PIDS,
+            data: DataStore::Disk,
+            disk_bytes: DEFAULT_DISK,
         }
     }
 }
@@ -52,6 +83,10 @@ pub struct RawSandbox {
     pub cpus: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataStore>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
 }
 
 impl SandboxSpec {
@@ -83,11 +118,23 @@ impl SandboxSpec {
                 format!("{pids} is too few for a database server (at least 16)"),
             ));
         }
+        let disk_bytes = match raw.disk {
+            Some(d) => parse_size(&d).map_err(|r| ("disk", r))?,
+            None => DEFAULT_DISK,
+        };
+        if disk_bytes < 64 << 20 {
+            return Err((
+                "disk",
+                "must be at least 64MiB (an empty database cluster needs about 40MiB)".into(),
+            ));
+        }
         Ok(SandboxSpec {
             image,
             memory_bytes,
             cpus: raw.cpus,
             pids,
+            data: raw.data.unwrap_or_default(),
+            disk_bytes,
         })
     }
 
@@ -97,6 +144,8 @@ impl SandboxSpec {
             memory: Some(format_size(self.memory_bytes)),
             cpus: self.cpus,
             pids: Some(self.pids),
+            data: Some(self.data),
+            disk: Some(format_size(self.disk_bytes)),
         })
     }
 }
@@ -198,8 +247,18 @@ mod tests {
             memory: Some("1GiB".into()),
             cpus: Some(1.5),
             pids: Some(256),
+            data: Some(DataStore::Tmpfs),
+            disk: Some("2GiB".into()),
         })
         .expect("valid");
+        assert_eq!((spec.data, spec.disk_bytes), (DataStore::Tmpfs, 2 << 30));
+        assert_eq!(
+            bad(RawSandbox {
+                disk: Some("1MiB".into()),
+                ..RawSandbox::default()
+            }),
+            "disk"
+        );
         assert_eq!(SandboxSpec::from_raw(spec.to_raw().expect("raw")), Ok(spec));
     }
 }

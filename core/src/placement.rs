@@ -6,6 +6,7 @@
 //! - a job's constraint must hold: `region`, `not_region`, and every label it names;
 //! - among the candidates, a worker that already had an attempt of this job is taken only when no
 //!   other fits (a retry prefers another worker);
+//! - then a healthy worker before one whose recent attempts all ended `error`;
 //! - then the least loaded (used / slots), then the name — so load spreads and the result is
 //!   deterministic;
 //! - jobs are placed in the order given (oldest first), so no job starves behind later ones;
@@ -34,6 +35,8 @@ pub struct WorkerView {
     /// Attempts running on it now.
     pub used: u32,
     pub state: WorkerState,
+    /// False when its recent attempts all ended `error`: taken only when no healthy worker fits.
+    pub healthy: bool,
 }
 
 /// Where a job may run (the plan's `[placement]`).
@@ -137,6 +140,7 @@ fn place_from(
             let ((ua, sa), (ub, sb)) = (load(a), load(b));
             tried(wa)
                 .cmp(&tried(wb))
+                .then(wb.healthy.cmp(&wa.healthy))
                 .then((ua * sb).cmp(&(ub * sa)))
                 .then(wa.name.cmp(&wb.name))
         });
@@ -224,7 +228,20 @@ mod tests {
             slots,
             used,
             state: WorkerState::Ready,
+            healthy: true,
         }
+    }
+
+    #[test]
+    fn an_unhealthy_worker_is_taken_only_when_no_healthy_one_fits() {
+        let mut sick = worker("a", "eu", 4, 0);
+        sick.healthy = false;
+        let well = worker("b", "eu", 1, 0);
+        let placed = place(&[sick.clone(), well], &[job("j1", None), job("j2", None)]);
+        assert_eq!(
+            placed.assigned,
+            [("j1".into(), "b".into()), ("j2".into(), "a".into())]
+        );
     }
 
     fn job(id: &str, region: Option<&str>) -> PendingJob {
@@ -357,6 +374,7 @@ mod tests {
                         slots,
                         used: used.min(slots),
                         state,
+                        healthy: !ssd || slots % 2 == 0,
                     }
                 })
                 .collect()

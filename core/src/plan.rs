@@ -198,6 +198,8 @@ pub struct Check {
     pub name: String,
     pub sql: String,
     pub expect: Expectation,
+    /// The database it runs in (a cluster dump holds several); `None`: the dump's own.
+    pub database: Option<String>,
 }
 
 /// Switches for the checks every verification runs unless told not to.
@@ -241,6 +243,24 @@ pub struct RawPlan {
     pub sandbox: Option<RawSandbox>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<RawFiles>,
+}
+
+impl RawPlan {
+    /// The command version a plan needs in the log (see `crate::codec`): fields added in
+    /// version 2 (`[[checks]] database`, `[sandbox] data`/`disk`) would be refused by older
+    /// nodes, whose plans deny unknown keys.
+    pub fn min_version(&self) -> u32 {
+        let checks = self.checks.iter().any(|c| c.database.is_some());
+        let sandbox = self
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.data.is_some() || s.disk.is_some());
+        if checks || sandbox {
+            2
+        } else {
+            crate::codec::LEGACY
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -307,6 +327,8 @@ pub struct RawCheck {
     pub name: String,
     pub sql: String,
     pub expect: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -398,6 +420,7 @@ impl Plan {
                 name: c.name,
                 sql: c.sql,
                 expect,
+                database: c.database.filter(|d| !d.trim().is_empty()),
             });
         }
         let builtin = raw.builtin.map_or_else(Builtin::default, |b| Builtin {
@@ -477,6 +500,7 @@ impl Plan {
                     name: c.name.clone(),
                     sql: c.sql.clone(),
                     expect: c.expect.to_string(),
+                    database: c.database.clone(),
                 })
                 .collect(),
             builtin: (self.builtin != Builtin::default()).then_some(RawBuiltin {

@@ -11,6 +11,7 @@ pub fn human(r: &Report) -> String {
     let verdict = match r.verdict {
         Verdict::Passed => "PASSED",
         Verdict::Failed => "FAILED",
+        Verdict::Error => "ERROR",
     };
     let title = r
         .name
@@ -23,7 +24,15 @@ pub fn human(r: &Report) -> String {
         r.artifact.url, r.engine, r.runtime
     );
     if let Some(f) = &r.failure {
-        let _ = writeln!(s, "  failed in {}: {}", f.phase, f.reason);
+        if f.could_not_verify {
+            let _ = writeln!(
+                s,
+                "  could not verify (in {}): {} — this says nothing about the backup",
+                f.phase, f.reason
+            );
+        } else {
+            let _ = writeln!(s, "  failed in {}: {}", f.phase, f.reason);
+        }
     }
     let mut artifact = human_bytes(r.artifact.bytes).to_string();
     if let Some(format) = &r.artifact.format {
@@ -145,7 +154,11 @@ pub fn junit(r: &Report) -> String {
     let suite = r.name.clone().unwrap_or_else(|| r.artifact.url.clone());
     let mut cases = String::new();
     let mut failures = 0;
+    let mut errors = 0;
     let mut count = 0;
+    // JUnit's own split: <failure> for the thing under test (the backup), <error> for a test that
+    // could not run (the environment).
+    let environment = r.verdict == Verdict::Error;
     let mut case = |class: &str, name: &str, ms: u64, failure: Option<&str>| {
         count += 1;
         let _ = write!(
@@ -157,10 +170,16 @@ pub fn junit(r: &Report) -> String {
         );
         match failure {
             Some(msg) => {
-                failures += 1;
+                let tag = if environment && class == "rehearse.phase" {
+                    errors += 1;
+                    "error"
+                } else {
+                    failures += 1;
+                    "failure"
+                };
                 let _ = writeln!(
                     cases,
-                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                    ">\n      <{tag} message=\"{}\">{}</{tag}>\n    </testcase>",
                     xml(msg),
                     xml(msg)
                 );
@@ -207,7 +226,7 @@ pub fn junit(r: &Report) -> String {
     }
     let total_ms: u64 = r.phases.iter().map(|p| p.ms).sum();
     format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n  <testsuite name=\"{}\" tests=\"{count}\" failures=\"{failures}\" time=\"{:.3}\" timestamp=\"{}\">\n{cases}  </testsuite>\n</testsuites>\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n  <testsuite name=\"{}\" tests=\"{count}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{:.3}\" timestamp=\"{}\">\n{cases}  </testsuite>\n</testsuites>\n",
         xml(&format!("rehearse: {suite}")),
         total_ms as f64 / 1000.0,
         xml(&r.started_at)

@@ -45,11 +45,36 @@ impl Phase {
     }
 }
 
+/// What a verification concluded about **the backup**.
+///
+/// `Failed` means the backup is bad (corrupt, incomplete, a check or target missed). `Error` means
+/// it could not be verified (worker, sandbox, image, permissions, a missing extension, a resource
+/// limit): it says nothing about the backup, is retried elsewhere, and is never shown as `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Passed,
     Failed,
+    Error,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::Error => "error",
+        }
+    }
+
+    /// The process exit code that stands for it (`rehearse verify`, `rehearse job wait`).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Passed => 0,
+            Verdict::Failed => 1,
+            Verdict::Error => 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -140,6 +165,9 @@ pub struct Failure {
     /// A phase name, or "targets" when every phase passed but an RTO/RPO target was missed.
     pub phase: String,
     pub reason: String,
+    /// The environment, not the backup, stopped the verification: the verdict is `error`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub could_not_verify: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,10 +236,21 @@ impl Report {
 
     /// Records the first failure; later ones are consequences and are not allowed to mask it.
     pub fn fail(&mut self, phase: &str, reason: impl Into<String>) {
+        self.record(phase, reason.into(), false);
+    }
+
+    /// Records that the verification could not go on for a reason outside the backup (the
+    /// verdict becomes `error`), unless the backup already failed: a bad backup stays `failed`.
+    pub fn could_not_verify(&mut self, phase: &str, reason: impl Into<String>) {
+        self.record(phase, reason.into(), true);
+    }
+
+    fn record(&mut self, phase: &str, reason: String, could_not_verify: bool) {
         if self.failure.is_none() {
             self.failure = Some(Failure {
                 phase: phase.to_owned(),
-                reason: reason.into(),
+                reason,
+                could_not_verify,
             });
         }
     }
@@ -265,10 +304,10 @@ impl Report {
         if !misses.is_empty() {
             self.fail("targets", misses.join("; "));
         }
-        self.verdict = if self.failure.is_some() {
-            Verdict::Failed
-        } else {
-            Verdict::Passed
+        self.verdict = match &self.failure {
+            None => Verdict::Passed,
+            Some(f) if f.could_not_verify => Verdict::Error,
+            Some(_) => Verdict::Failed,
         };
     }
 }
@@ -365,6 +404,33 @@ mod tests {
         );
         assert_eq!(r.targets.len(), 1);
         assert!(!r.targets[0].ok);
+    }
+
+    #[test]
+    fn could_not_verify_is_error_never_failed() {
+        let mut r = report();
+        r.rto_ms = None;
+        r.could_not_verify("provision", "image rehearse/none:0 is not on this engine");
+        r.fail("restore", "a consequence");
+        r.finish(&targets(Some(1), None), 0, None);
+        assert_eq!(r.verdict, Verdict::Error);
+        let f = r.failure.as_ref().expect("failure");
+        assert_eq!(f.phase, "provision");
+        assert!(f.could_not_verify);
+        let json = serde_json::to_string(&r).expect("json");
+        assert!(json.contains(r#""verdict":"error""#), "{json}");
+        assert_eq!(Verdict::Error.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_bad_backup_stays_failed_when_the_environment_fails_after() {
+        let mut r = report();
+        r.fail("checksum", "copy s3://dr/x: missing");
+        r.could_not_verify("provision", "container could not start");
+        r.finish(&targets(None, None), 0, None);
+        assert_eq!(r.verdict, Verdict::Failed);
+        let json = serde_json::to_string(&r).expect("json");
+        assert!(!json.contains("could_not_verify"), "{json}");
     }
 
     #[test]

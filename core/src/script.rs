@@ -12,6 +12,15 @@
 //!   TO`, `REVOKE … FROM` and `SET SESSION AUTHORIZATION`: roles live outside a database dump
 //!   (`pg_dumpall --globals-only`), and a missing role is not a fault of the backup.
 //!
+//! - makes a cluster dump (`pg_dumpall`) restorable into a fresh server: `CREATE ROLE r;` of a
+//!   role that exists already (the bootstrap superuser, or one created above) becomes a no-op
+//!   instead of the error "role already exists", and every database `\connect`ed to is recorded
+//!   (the checks then look at each one);
+//! - maps tablespaces away: a sandbox has none of the source's disks, and a missing tablespace
+//!   is not a fault of the backup. `SET default_tablespace = x` becomes `''`, `CREATE/ALTER
+//!   TABLESPACE` lines are dropped, and `TABLESPACE = x` leaves `CREATE DATABASE`; each
+//!   tablespace mapped is recorded for the report.
+//!
 //! COPY data (between `COPY … FROM stdin;` and `\.`) passes through untouched and unparsed.
 //! Known limit: a line inside a multi-line statement (a function body) that *starts* with
 //! `GRANT`/`REVOKE`/`ALTER … OWNER TO` gets a role-creating statement inserted before it.
@@ -30,6 +39,12 @@ pub struct ScriptFilter {
     roles: BTreeSet<String>,
     /// The database of the last `\connect`, where the restored data ends up.
     database: Option<String>,
+    /// Every database `\connect`ed to, in order of first appearance.
+    databases: Vec<String>,
+    /// The header said "PostgreSQL database cluster dump" (pg_dumpall).
+    cluster: bool,
+    /// Tablespaces the dump named, mapped to the default one.
+    tablespaces: BTreeSet<String>,
     line: u64,
 }
 
@@ -51,8 +66,26 @@ impl ScriptFilter {
             in_copy: false,
             roles: existing_roles.iter().map(|r| (*r).to_owned()).collect(),
             database: None,
+            databases: Vec::new(),
+            cluster: false,
+            tablespaces: BTreeSet::new(),
             line: 0,
         }
+    }
+
+    /// Whether the script is a cluster dump (pg_dumpall): roles, then every database.
+    pub fn is_cluster_dump(&self) -> bool {
+        self.cluster
+    }
+
+    /// Every database the script `\connect`ed to, in order.
+    pub fn databases(&self) -> &[String] {
+        &self.databases
+    }
+
+    /// Tablespaces the dump named, restored into the default one instead.
+    pub fn tablespaces(&self) -> &BTreeSet<String> {
+        &self.tablespaces
     }
 
     /// What goes to psql before the dump.
@@ -89,9 +122,17 @@ impl ScriptFilter {
         if trimmed.starts_with('\\') {
             return self.meta(trimmed, out);
         }
+        if self.line < 10 && trimmed.starts_with("-- PostgreSQL database cluster dump") {
+            self.cluster = true;
+        }
         let tokens = tokenize(&text);
         if is_copy_from_stdin(&tokens) {
             self.in_copy = true;
+        }
+        if let Some(rewritten) = self.rewrite(&tokens) {
+            out.extend_from_slice(rewritten.as_bytes());
+            out.push(b'\n');
+            return Ok(());
         }
         for role in roles_named(&tokens) {
             if !self.roles.contains(&role) && !is_predefined(&role) {
@@ -104,6 +145,53 @@ impl ScriptFilter {
         }
         push_line(out, line);
         Ok(())
+    }
+
+    /// A replacement for a one-line statement the sandbox cannot take as written, if it is one.
+    fn rewrite(&mut self, tokens: &[Token]) -> Option<String> {
+        let kw = |i: usize, k: &str| tokens.get(i).is_some_and(|t| t.is_kw(k));
+        let ends = tokens.last() == Some(&Token::Punct(';'));
+        // CREATE ROLE r;  (pg_dumpall: the attributes follow in ALTER ROLE)
+        if kw(0, "CREATE") && kw(1, "ROLE") && tokens.len() == 4 && ends {
+            let role = tokens[2].role()?;
+            self.roles.insert(role.clone());
+            return Some(format!(
+                "DO {tag} BEGIN CREATE ROLE {q}; EXCEPTION WHEN duplicate_object THEN NULL; END {tag};",
+                tag = self.tag,
+                q = quote_ident(&role)
+            ));
+        }
+        // SET default_tablespace = x;
+        if kw(0, "SET") && kw(1, "default_tablespace") && ends {
+            let name = match tokens.get(3)? {
+                Token::Word(w) => w.clone(),
+                Token::Quoted(q) | Token::Str(q) => q.clone(),
+                Token::Punct(_) => return None,
+            };
+            if name.is_empty() {
+                return None;
+            }
+            self.tablespaces.insert(name);
+            return Some("SET default_tablespace = '';".to_owned());
+        }
+        // CREATE TABLESPACE x OWNER o LOCATION '/disk';  ALTER TABLESPACE x …;
+        if (kw(0, "CREATE") || kw(0, "ALTER")) && kw(1, "TABLESPACE") {
+            if let Some(name) = tokens.get(2).and_then(Token::role) {
+                self.tablespaces.insert(name);
+            }
+            return Some("-- (tablespace mapped to the default by rehearse)".to_owned());
+        }
+        // CREATE DATABASE d WITH … TABLESPACE = x …;
+        if kw(0, "CREATE") && kw(1, "DATABASE") && ends {
+            let at = tokens.iter().position(|t| t.is_kw("TABLESPACE"))?;
+            let eq = usize::from(tokens.get(at + 1) == Some(&Token::Punct('=')));
+            let name = tokens.get(at + 1 + eq).and_then(Token::role)?;
+            self.tablespaces.insert(name);
+            let mut kept: Vec<Token> = tokens[..at].to_vec();
+            kept.extend_from_slice(&tokens[at + 2 + eq..]);
+            return Some(render(&kept));
+        }
+        None
     }
 
     fn meta(&mut self, trimmed: &str, out: &mut Vec<u8>) -> Result<(), ScriptRefused> {
@@ -125,6 +213,9 @@ impl ScriptFilter {
                             .as_bytes(),
                     ),
                     None => out.extend_from_slice(format!("\\connect {args}\n").as_bytes()),
+                }
+                if !self.databases.contains(&database) {
+                    self.databases.push(database.clone());
                 }
                 self.database = Some(database);
                 Ok(())
@@ -157,6 +248,24 @@ fn push_line(out: &mut Vec<u8>, line: &[u8]) {
 
 fn is_predefined(role: &str) -> bool {
     role.starts_with("pg_")
+}
+
+/// Tokens back to SQL text (quoting kept; spacing normalised).
+fn render(tokens: &[Token]) -> String {
+    let mut out = String::new();
+    for t in tokens {
+        let piece = match t {
+            Token::Word(w) => w.clone(),
+            Token::Quoted(q) => quote_ident(q),
+            Token::Str(s) => format!("'{}'", s.replace('\'', "''")),
+            Token::Punct(c) => c.to_string(),
+        };
+        if !out.is_empty() && !matches!(t, Token::Punct(';' | ',' | ')')) && !out.ends_with('(') {
+            out.push(' ');
+        }
+        out.push_str(&piece);
+    }
+    out
 }
 
 pub fn quote_ident(name: &str) -> String {
@@ -365,6 +474,51 @@ mod tests {
             f.feed(line.as_bytes(), &mut out)?;
         }
         Ok(String::from_utf8(out).expect("utf8"))
+    }
+
+    #[test]
+    fn a_cluster_dump_recreates_existing_roles_harmlessly_and_records_its_databases() {
+        let mut f = filter();
+        let out = run(
+            &mut f,
+            "--\n-- PostgreSQL database cluster dump\n--\nCREATE ROLE app;\nALTER ROLE app WITH NOSUPERUSER LOGIN;\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER;\n\\connect template1\n\\connect -reuse-previous=on \"dbname='appdb'\"\nCREATE TABLE t (id int);\n\\connect postgres\n",
+        )
+        .expect("accepted");
+        assert!(f.is_cluster_dump());
+        assert_eq!(f.databases(), ["template1", "appdb", "postgres"]);
+        assert!(!out.contains("\nCREATE ROLE postgres;"), "{out}");
+        assert!(
+            out.contains(
+                "BEGIN CREATE ROLE \"postgres\"; EXCEPTION WHEN duplicate_object THEN NULL;"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("ALTER ROLE postgres WITH SUPERUSER;"), "{out}");
+        let mut plain = filter();
+        run(&mut plain, "--\n-- PostgreSQL database dump\n--\n").expect("ok");
+        assert!(!plain.is_cluster_dump());
+    }
+
+    #[test]
+    fn tablespaces_are_mapped_to_the_default() {
+        let mut f = filter();
+        let out = run(
+            &mut f,
+            "CREATE TABLESPACE fastssd OWNER postgres LOCATION '/mnt/ssd';\nCREATE DATABASE appdb WITH TEMPLATE = template0 ENCODING = 'UTF8' TABLESPACE = fastssd;\nSET default_tablespace = fastssd;\nCREATE TABLE t (id int);\nSET default_tablespace = '';\n",
+        )
+        .expect("accepted");
+        assert!(!out.contains("LOCATION"), "{out}");
+        assert!(!out.contains("fastssd"), "{out}");
+        assert!(
+            out.contains("CREATE DATABASE appdb WITH TEMPLATE = template0 ENCODING = 'UTF8';"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("SET default_tablespace = '';").count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(f.tablespaces().iter().collect::<Vec<_>>(), ["fastssd"]);
     }
 
     #[test]
