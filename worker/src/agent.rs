@@ -438,8 +438,8 @@ async fn run_plan(
             info!(job = %a.job_id, "attempt stopped; sandbox removed");
             None
         }
-        // The worker could not run it at all (no server, sandbox refused): still a verdict,
-        // naming this worker, so the job does not wait forever.
+        // The worker could not run it at all: still a report, `error` (could not verify),
+        // naming this worker, so the job is retried elsewhere and never waits forever.
         Err(e) => Some(worker_failure(
             &plan.artifact.url,
             plan.artifact.engine.as_str(),
@@ -457,7 +457,7 @@ fn worker_failure(url: &str, engine: &str, phase: Phase, reason: String) -> Repo
         "process",
         humantime::format_rfc3339_seconds(now).to_string(),
     );
-    report.fail(phase.as_str(), reason);
+    report.could_not_verify(phase.as_str(), reason);
     let started_ms = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);

@@ -3,8 +3,10 @@
 //! Each phase is timed on one clock. RTO is the start of fetch to the end of checks; teardown is
 //! reported apart. A failure in any phase ends the run with a `failed` verdict naming the phase
 //! and the reason; the sandbox is torn down on every path — pass, fail, timeout, interrupt.
-//! Only what stops a verification from happening at all (no PostgreSQL, a sandbox that cannot
-//! start, an interrupt) is an error of this module.
+//! What stops a verification for a reason outside the backup (no server binaries, no image, a
+//! sandbox that cannot start, a missing extension, a resource limit; see `rehearse_core::fault`)
+//! ends it with the verdict `error`: could not verify, never `failed`. Only an interrupt is an
+//! error of this module once a verification started.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -33,11 +35,28 @@ use crate::runtime::{DockerRuntime, RuntimeChoice, Tags};
 use crate::sandbox::{self, ProcessRuntime, SandboxDir, SandboxError};
 use crate::source::{self, LocalArtifact};
 
-/// Records a failed phase and ends the run: a verdict, not an error. (A macro rather than a
-/// method so the borrow of the sandbox held in `run.cluster` can stay alive beside it.)
+/// Records a failed phase and ends the run: a verdict, not an error — `failed`, unless what was
+/// said names the sandbox rather than the backup (`rehearse_core::fault`), then `error`. (A
+/// macro rather than a method so the borrow of the sandbox held in `run.cluster` can stay alive
+/// beside it.)
 macro_rules! fail {
     ($run:ident, $phase:expr, $reason:expr) => {{
-        $run.report.fail($phase.as_str(), $reason);
+        let reason: String = $reason.into();
+        match rehearse_core::fault::environment(&reason) {
+            Some(what) => $run
+                .report
+                .could_not_verify($phase.as_str(), format!("{what}: {reason}")),
+            None => $run.report.fail($phase.as_str(), reason),
+        }
+        $run.clock.end(false);
+        return Ok(());
+    }};
+}
+
+/// Ends the run with the verdict `error`: the worker or its sandbox, not the backup, stopped it.
+macro_rules! cannot {
+    ($run:ident, $phase:expr, $reason:expr) => {{
+        $run.report.could_not_verify($phase.as_str(), $reason);
         $run.clock.end(false);
         return Ok(());
     }};
@@ -147,7 +166,13 @@ impl Verifier {
             match DockerRuntime::connect(&verifier.opts.worker_name, verifier.opts.images.clone())
                 .await
             {
-                Ok(docker) => verifier.docker = Some(docker),
+                Ok(docker) => {
+                    // A dead worker's container may have been writing into its sandbox dir (the
+                    // disk-backed data dir) while `new` tried to reap it: now that the container
+                    // is gone, reap again.
+                    sandbox::reap_stale(verifier.rt.work_root());
+                    verifier.docker = Some(docker);
+                }
                 Err(e) if choice == RuntimeChoice::Docker => return Err(VerifyError::Docker(e)),
                 Err(e) => info!(reason = %e, "no Docker engine; restores run as processes"),
             }
@@ -202,7 +227,8 @@ impl Verifier {
         &self.opts
     }
 
-    /// Verifies one plan. `Ok` carries the verdict (passed or failed); `Err` means no verdict.
+    /// Verifies one plan. `Ok` carries the verdict (passed, failed, or error: could not verify);
+    /// `Err` only for an interrupt.
     pub async fn verify(
         &self,
         plan: &Plan,
@@ -281,6 +307,20 @@ impl Verifier {
                 outcome = Err(VerifyError::Interrupted);
             }
         }
+        // Whatever stopped the verification from outside the backup is a verdict too: `error`,
+        // in the phase it happened, so the coordinator retries elsewhere and nobody is told the
+        // backup is bad.
+        if let Err(e) = &outcome
+            && !matches!(e, VerifyError::Interrupted)
+        {
+            let phase = if run.clock.current.is_some() {
+                run.clock.interrupt()
+            } else {
+                Phase::Provision
+            };
+            run.report.could_not_verify(phase.as_str(), e.to_string());
+            outcome = Ok(());
+        }
         if let Some(server) = run.server.take() {
             run.clock.begin(Phase::Teardown);
             let stopped = server.stop().await;
@@ -321,7 +361,7 @@ impl Verifier {
             None => &self.opts.s3,
             Some(name) => match self.opts.profiles.get(name) {
                 Some(settings) => settings,
-                None => fail!(
+                None => cannot!(
                     run,
                     Phase::Fetch,
                     format!("this worker has no source profile {name:?} (see --sources)")
@@ -354,7 +394,7 @@ impl Verifier {
         let local_url = if remote::is_remote(&picked.url) {
             let spill = match self.rt.create_dir() {
                 Ok(dir) => run.spill.insert(dir),
-                Err(e) => fail!(run, Phase::Fetch, format!("spill dir: {e}")),
+                Err(e) => cannot!(run, Phase::Fetch, format!("spill dir: {e}")),
             };
             let name = picked
                 .url
@@ -399,8 +439,15 @@ impl Verifier {
         };
         let (digest, bytes) = match hashed {
             Ok(Ok(pair)) => pair,
+            // A worker that may not read the file cannot verify it; an unreadable backup (I/O
+            // error, vanished) is a bad one.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => cannot!(
+                run,
+                Phase::Checksum,
+                format!("this worker may not read the artifact: {e}")
+            ),
             Ok(Err(e)) => fail!(run, Phase::Checksum, format!("read artifact: {e}")),
-            Err(e) => fail!(run, Phase::Checksum, format!("checksum task failed: {e}")),
+            Err(e) => cannot!(run, Phase::Checksum, format!("checksum task failed: {e}")),
         };
         artifact.bytes = bytes;
         run.report.artifact.bytes = bytes;
@@ -499,7 +546,7 @@ impl Verifier {
         let stop = Arc::new(AtomicBool::new(false));
         run.server = Some(Server::Files(dir, stop.clone()));
         if let Err(e) = made {
-            fail!(run, Phase::Provision, format!("extraction dir: {e}"));
+            cannot!(run, Phase::Provision, format!("extraction dir: {e}"));
         }
         run.report.notes.push(
             "files extracted by the worker itself into its sandbox dir, every entry admitted first (paths, links, kinds, limits)".into(),
@@ -520,7 +567,8 @@ impl Verifier {
         };
         run.report.files = Some(report);
         if let Err(reason) = artifact.unchanged() {
-            fail!(run, Phase::Restore, reason);
+            // Not the bytes that were hashed any more: nothing can be said of either version.
+            cannot!(run, Phase::Restore, reason);
         }
         run.clock.end(true);
 
@@ -563,12 +611,25 @@ impl Verifier {
                 let Server::Pg(cluster) = run.server.insert(Server::Pg(cluster)) else {
                     unreachable!("just inserted")
                 };
-                let mounted = (!matches!(input, Input::Plain(..))).then(|| artifact.path.clone());
+                // Tools that read the artifact by path read a verified copy in the sandbox (plain
+                // scripts are streamed in by the worker instead).
+                let mut mounted = None;
+                if !matches!(input, Input::Plain(..)) {
+                    let digest = run.report.artifact.blake3.clone().unwrap_or_default();
+                    match cluster
+                        .sandbox()
+                        .stage_artifact(&artifact.path, artifact.is_dir, &digest)
+                        .await
+                    {
+                        Ok(staged) => mounted = Some((artifact.path.clone(), staged)),
+                        Err(reason) => cannot!(run, Phase::Provision, reason),
+                    }
+                }
                 if let Err(e) = cluster
                     .start_container(image.clone(), &plan.sandbox, mounted, run.tags.clone())
                     .await
                 {
-                    fail!(
+                    cannot!(
                         run,
                         Phase::Provision,
                         format!("container from {image}: {e}")
@@ -583,11 +644,11 @@ impl Verifier {
                         .and_then(|m| m.parse::<u32>().ok())
                         < Some(major)
                 {
-                    fail!(
+                    cannot!(
                         run,
                         Phase::Provision,
                         format!(
-                            "the dump is from PostgreSQL {major}, newer than the image's {} ({image})",
+                            "the dump is from PostgreSQL {major}, newer than the image's {} ({image}; use a newer image: [sandbox] image)",
                             cluster.version
                         )
                     );
@@ -622,20 +683,34 @@ impl Verifier {
         run.clock.begin(Phase::Restore);
         let restored = match restore::restore(cluster, input, self.opts.jobs).await {
             Ok(r) => r,
-            Err(reason) => fail!(run, Phase::Restore, reason),
+            Err(reason) => match cluster.sandbox().fault().await {
+                Some(fault) => cannot!(run, Phase::Restore, format!("{fault} ({reason})")),
+                None => fail!(run, Phase::Restore, reason),
+            },
         };
         if let Err(reason) = artifact.unchanged() {
-            fail!(run, Phase::Restore, reason);
+            // Not the bytes that were hashed any more: nothing can be said of either version.
+            cannot!(run, Phase::Restore, reason);
         }
         run.report.database = Some(restored.database.clone());
         run.report.notes.extend(restored.notes);
         run.clock.end(true);
 
         run.clock.begin(Phase::Checks);
-        let found = match inspect::inspect(cluster, &restored.database, plan, self.opts.jobs).await
+        let found = match inspect::inspect(
+            cluster,
+            &restored.database,
+            &restored.databases,
+            plan,
+            self.opts.jobs,
+        )
+        .await
         {
             Ok(found) => found,
-            Err(reason) => fail!(run, Phase::Checks, reason),
+            Err(reason) => match cluster.sandbox().fault().await {
+                Some(fault) => cannot!(run, Phase::Checks, format!("{fault} ({reason})")),
+                None => fail!(run, Phase::Checks, reason),
+            },
         };
         finish_checks(run, found);
         Ok(())
@@ -669,7 +744,7 @@ impl Verifier {
                     .start_container(image.clone(), &plan.sandbox, None, run.tags.clone())
                     .await
                 {
-                    fail!(
+                    cannot!(
                         run,
                         Phase::Provision,
                         format!("container from {image}: {e}")
@@ -703,10 +778,14 @@ impl Verifier {
         run.clock.begin(Phase::Restore);
         let restored = match crate::mysql::restore(server, path, compression).await {
             Ok(r) => r,
-            Err(reason) => fail!(run, Phase::Restore, reason),
+            Err(reason) => match server.sandbox().fault().await {
+                Some(fault) => cannot!(run, Phase::Restore, format!("{fault} ({reason})")),
+                None => fail!(run, Phase::Restore, reason),
+            },
         };
         if let Err(reason) = artifact.unchanged() {
-            fail!(run, Phase::Restore, reason);
+            // Not the bytes that were hashed any more: nothing can be said of either version.
+            cannot!(run, Phase::Restore, reason);
         }
         run.report.database = Some(restored.database.clone());
         run.report.notes.extend(restored.notes);
@@ -830,7 +909,14 @@ fn finish_checks(run: &mut Run, found: Inspection) {
 /// A sentence for the report: the container and its limits.
 fn container_note(image: &str, spec: &SandboxSpec) -> String {
     format!(
-        "docker sandbox: {image}, no network, read-only root, data on tmpfs, memory {}, cpus {}, pids {}, capabilities dropped",
+        "docker sandbox: {image}, no network, read-only root, data on {}, memory {}, cpus {}, pids {}, capabilities dropped",
+        match spec.data {
+            rehearse_core::limits::DataStore::Disk => format!(
+                "disk (at most {})",
+                rehearse_core::limits::format_size(spec.disk_bytes)
+            ),
+            rehearse_core::limits::DataStore::Tmpfs => "tmpfs".to_owned(),
+        },
         rehearse_core::limits::format_size(spec.memory_bytes),
         spec.cpus
             .map_or_else(|| "unlimited".to_owned(), |c| c.to_string()),

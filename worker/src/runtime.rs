@@ -7,12 +7,17 @@
 //!   (`rehearse/postgres:local` by default, built by `deploy/images/build`; a plan's
 //!   `[sandbox] image` or the worker's `--image-*` flags can name any image with the engine's
 //!   server and client tools). Every container has `network_mode = "none"`, a read-only root file
-//!   system, data on a tmpfs sized to the memory limit, memory / CPU / pids limits from the plan's
-//!   `[sandbox]`, every capability dropped but `DAC_READ_SEARCH` (for root-run tools reading the
-//!   artifact), `no-new-privileges`, and the labels `rehearse.worker`, `rehearse.job`,
+//!   system, its data on a throwaway dir of the worker's disk capped by `[sandbox] disk` (or, with
+//!   `data = "tmpfs"`, a tmpfs sized to the memory limit), memory / CPU / pids limits from the
+//!   plan's `[sandbox]`, every capability dropped but `DAC_READ_SEARCH` (for root-run tools
+//!   reading the artifact), `no-new-privileges`, and the labels `rehearse.worker`, `rehearse.job`,
 //!   `rehearse.attempt`, `rehearse.owner` the reaper uses. The tools run *inside* the container
 //!   (`docker exec`), so a dump that escapes its client escapes into the container, not the host.
 //!   The worker reaches the database through the server's unix socket in a bind-mounted dir.
+//!   An artifact the tools read by path is first copied into the sandbox dir and checked against
+//!   its digest ([`Sandbox::stage_artifact`]): the container reads exactly the bytes that were
+//!   hashed, whatever the original's mode and owner (`pg_dump -Fd` writes 0700 dirs; backups are
+//!   often 0600 and owned by a backup user), and nothing can change them after the checksum.
 //!
 //! Either way a [`Sandbox`] is torn down on every path: [`Sandbox::stop`] kills the server (or
 //! removes the container with its tmpfs) and removes the dir; what a kill -9 leaves behind is
@@ -34,7 +39,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rehearse_core::limits::SandboxSpec;
+use rehearse_core::limits::{DataStore, SandboxSpec};
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio::sync::mpsc;
@@ -47,8 +53,10 @@ use crate::tail;
 pub const CONTAINER_SOCKET_DIR: &str = "/run/rehearse";
 /// Where the artifact is mounted (read-only) inside a container.
 pub const CONTAINER_ARTIFACT: &str = "/artifact";
-/// The tmpfs a container's database lives on.
+/// Where a container's database lives (a bind-mounted disk dir, or a tmpfs).
 pub const CONTAINER_DATA_DIR: &str = "/var/lib/rehearse";
+/// How often the disk-backed data dir is measured against `[sandbox] disk`.
+const DISK_WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Shell that puts every PostgreSQL bin dir of an image in PATH (Debian keeps them out of it).
 pub const PG_PATH: &str =
     "for d in /usr/lib/postgresql/*/bin; do [ -d \"$d\" ] && PATH=\"$d:$PATH\"; done; export PATH";
@@ -207,8 +215,10 @@ pub struct ContainerSpec {
     /// The container's command (it starts the server in the foreground).
     pub cmd: Vec<String>,
     pub limits: SandboxSpec,
-    /// Mounted read-only at [`CONTAINER_ARTIFACT`].
+    /// Mounted read-only at [`CONTAINER_ARTIFACT`]: the copy [`Sandbox::stage_artifact`] made.
     pub artifact: Option<PathBuf>,
+    /// The path the pipeline knows the artifact by ([`Sandbox::tool_path`] maps it).
+    pub original_artifact: Option<PathBuf>,
     pub tags: Tags,
 }
 
@@ -277,7 +287,12 @@ enum Inner {
         worker: String,
         container: Option<String>,
         user: String,
-        artifact: Option<PathBuf>,
+        /// (the artifact as the pipeline knows it, its staged copy mounted into the container)
+        artifact: Option<(PathBuf, PathBuf)>,
+        /// Why the environment stopped the run (disk limit), set by the watchdog.
+        fault: Arc<Mutex<Option<String>>>,
+        /// Measures the disk-backed data dir; aborted at teardown.
+        watchdog: Option<tokio::task::JoinHandle<()>>,
     },
 }
 
@@ -312,6 +327,8 @@ impl Sandbox {
                 container: None,
                 user: String::new(),
                 artifact: None,
+                fault: Arc::default(),
+                watchdog: None,
             },
         })
     }
@@ -345,16 +362,68 @@ impl Sandbox {
     pub fn tool_path(&self, host: &Path) -> PathBuf {
         match &self.inner {
             Inner::Docker {
-                artifact: Some(a), ..
+                artifact: Some((a, _)),
+                ..
             } if a == host => PathBuf::from(CONTAINER_ARTIFACT),
             _ => host.to_owned(),
         }
     }
 
-    pub fn process_runtime(&self) -> Option<&ProcessRuntime> {
+    /// Copies a verified artifact (file or pg_dump directory) into this sandbox's dir, readable by
+    /// the container's users, and checks the copy against `blake3_hex` (the digest the checksum
+    /// phase computed: of the file, or of a directory's manifest). Returns the copy's path, to
+    /// mount with [`ContainerSpec::artifact`]. `Err` is why the environment could not stage it.
+    pub async fn stage_artifact(
+        &self,
+        source: &Path,
+        is_dir: bool,
+        blake3_hex: &str,
+    ) -> Result<PathBuf, String> {
+        let dest = self.dir.path().join("artifact");
+        let (from, to, expected) = (source.to_owned(), dest.clone(), blake3_hex.to_owned());
+        tokio::task::spawn_blocking(move || stage(&from, &to, is_dir, &expected))
+            .await
+            .map_err(|e| format!("stage task failed: {e}"))??;
+        Ok(dest)
+    }
+
+    /// Why the sandbox, not the backup, stopped the run, if it did: the data outgrew
+    /// `[sandbox] disk`, the container was OOM-killed at its memory limit, or the server's own
+    /// log names an environment fault (a full disk or tmpfs: `rehearse_core::fault`).
+    pub async fn fault(&self) -> Option<String> {
         match &self.inner {
-            Inner::Process { rt, .. } => Some(rt),
-            Inner::Docker { .. } => None,
+            Inner::Process { .. } => {
+                let log = std::fs::read(self.dir.path().join("server.log")).ok()?;
+                let end = &log[log.len().saturating_sub(64 * 1024)..];
+                rehearse_core::fault::environment(&String::from_utf8_lossy(end))
+            }
+            Inner::Docker {
+                docker,
+                container,
+                fault,
+                ..
+            } => {
+                if let Some(reason) = fault.lock().ok().and_then(|f| f.clone()) {
+                    return Some(reason);
+                }
+                let id = container.as_ref()?;
+                let state = container_state(docker, id).await?;
+                // The kernel kills inside the container's memory cgroup without Docker noticing
+                // unless the victim is its first process: ask the cgroup's own counter (which
+                // nothing in the sandbox can write).
+                let oom_kills = if state.running == Some(true) {
+                    oom_kills_in(docker, id).await
+                } else {
+                    None
+                };
+                if state.oom_killed == Some(true) || oom_kills.is_some_and(|n| n > 0) {
+                    return Some(
+                        "the sandbox hit its memory limit and the kernel killed a process in it (OOM-killed; raise [sandbox] memory)"
+                            .to_owned(),
+                    );
+                }
+                rehearse_core::fault::environment(&container_logs(docker, id, 40).await)
+            }
         }
     }
 
@@ -384,18 +453,11 @@ impl Sandbox {
                 docker, container, ..
             } => {
                 let id = container.as_ref()?;
-                let state = docker
-                    .inspect_container(
-                        id,
-                        None::<bollard::query_parameters::InspectContainerOptions>,
-                    )
-                    .await
-                    .ok()?
-                    .state?;
+                let state = container_state(docker, id).await?;
                 if state.running == Some(true) {
                     return None;
                 }
-                let logs = container_log_tail(docker, id).await;
+                let logs = container_log_tail(docker, id, 3).await;
                 Some(format!(
                     "container exited ({}){}{logs}",
                     state.exit_code.unwrap_or(-1),
@@ -418,12 +480,15 @@ impl Sandbox {
                 .and_then(|n| n.strip_prefix(sandbox::DIR_PREFIX))
                 .unwrap_or("sandbox")
         );
+        let data_dir = self.dir.path().join("data");
         let Inner::Docker {
             docker,
             worker,
             container,
             user,
             artifact,
+            fault,
+            watchdog,
         } = &mut self.inner
         else {
             return Err("not a container sandbox".into());
@@ -449,6 +514,25 @@ impl Sandbox {
         if let Some(a) = &spec.artifact {
             binds.push(format!("{}:{CONTAINER_ARTIFACT}:ro", a.display()));
         }
+        let mut tmpfs = HashMap::from([
+            ("/tmp".to_owned(), "rw,mode=1777,size=256m".to_owned()),
+            ("/run/mysqld".to_owned(), "rw,mode=1777,size=1m".to_owned()),
+        ]);
+        match spec.limits.data {
+            DataStore::Tmpfs => {
+                tmpfs.insert(
+                    CONTAINER_DATA_DIR.to_owned(),
+                    format!("rw,mode=1777,size={}", spec.limits.memory_bytes),
+                );
+            }
+            DataStore::Disk => {
+                // Open to the image's server user, whatever its uid; the sandbox dir around it
+                // stays private, and teardown removes it with the dir.
+                sandbox::make_open_dir(&data_dir)
+                    .map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
+                binds.push(format!("{}:{CONTAINER_DATA_DIR}:rw", data_dir.display()));
+            }
+        }
         let memory = i64::try_from(spec.limits.memory_bytes).unwrap_or(i64::MAX);
         let host_config = HostConfig {
             network_mode: Some("none".into()),
@@ -460,14 +544,7 @@ impl Sandbox {
             cap_add: Some(vec!["DAC_READ_SEARCH".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([
-                (
-                    CONTAINER_DATA_DIR.to_owned(),
-                    format!("rw,mode=1777,size={}", spec.limits.memory_bytes),
-                ),
-                ("/tmp".to_owned(), "rw,mode=1777,size=256m".to_owned()),
-                ("/run/mysqld".to_owned(), "rw,mode=1777,size=1m".to_owned()),
-            ])),
+            tmpfs: Some(tmpfs),
             binds: Some(binds),
             ..HostConfig::default()
         };
@@ -491,7 +568,18 @@ impl Sandbox {
             .map_err(|e| format!("create container from {}: {e}", spec.image))?;
         *container = Some(created.id.clone());
         *user = spec.user;
-        *artifact = spec.artifact;
+        if let Some(staged) = spec.artifact {
+            *artifact = Some((spec.original_artifact.unwrap_or_default(), staged));
+        }
+        if spec.limits.data == DataStore::Disk {
+            *watchdog = Some(tokio::spawn(watch_disk(
+                docker.clone(),
+                created.id.clone(),
+                data_dir,
+                spec.limits.disk_bytes,
+                fault.clone(),
+            )));
+        }
         debug!(container = %created.id, image = %spec.image, "container created");
         docker
             .start_container(
@@ -543,12 +631,24 @@ impl Sandbox {
                 }
             }
             Inner::Docker {
-                docker, container, ..
+                docker,
+                container,
+                watchdog,
+                user,
+                ..
             } => {
-                if let Some(id) = container.take()
-                    && let Err(e) = remove_container(docker, &id).await
-                {
-                    problems.push(e);
+                if let Some(w) = watchdog.take() {
+                    w.abort();
+                }
+                if let Some(id) = container.take() {
+                    // A worker that is not root cannot remove files the container's user made
+                    // in the disk-backed data dir: that user removes them first.
+                    if !nix::unistd::Uid::effective().is_root() {
+                        empty_data_dir(docker, &id, user).await;
+                    }
+                    if let Err(e) = remove_container(docker, &id).await {
+                        problems.push(e);
+                    }
                 }
             }
         }
@@ -585,24 +685,205 @@ impl Drop for Sandbox {
     }
 }
 
+/// Measures the disk-backed data dir every [`DISK_WATCH_EVERY`]; past `limit` it records the
+/// fault and kills the container, so the restore ends at once and the pipeline reports `error`
+/// naming the limit (the backup is not at fault for being larger than the sandbox).
+async fn watch_disk(
+    docker: Docker,
+    id: String,
+    dir: PathBuf,
+    limit: u64,
+    fault: Arc<Mutex<Option<String>>>,
+) {
+    let mut tick = tokio::time::interval(DISK_WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let at = dir.clone();
+        let used = match tokio::task::spawn_blocking(move || disk_usage(&at)).await {
+            Ok(Ok(bytes)) => bytes,
+            // Not readable from here (a non-root worker): ask inside the container.
+            _ => match usage_in_container(&docker, &id).await {
+                Some(bytes) => bytes,
+                None => continue,
+            },
+        };
+        if used > limit {
+            let reason = format!(
+                "the restored data outgrew the sandbox's disk limit ([sandbox] disk = {}; {} used)",
+                rehearse_core::limits::format_size(limit),
+                rehearse_core::limits::format_size(used)
+            );
+            warn!(container = %id, %reason, "stopping the sandbox");
+            if let Ok(mut f) = fault.lock() {
+                *f = Some(reason);
+            }
+            let _ = docker
+                .kill_container(&id, None::<bollard::query_parameters::KillContainerOptions>)
+                .await;
+            return;
+        }
+    }
+}
+
+/// How many processes the kernel OOM-killed in the container's memory cgroup (cgroup v2
+/// `memory.events`, v1 `memory.oom_control`), read inside it; `None` when it cannot tell.
+async fn oom_kills_in(docker: &Docker, id: &str) -> Option<u64> {
+    let tool = Tool {
+        name: "cat".into(),
+        host_program: PathBuf::from("cat"),
+        args: [
+            "/sys/fs/cgroup/memory.events",
+            "/sys/fs/cgroup/memory/memory.oom_control",
+        ]
+        .map(Into::into)
+        .to_vec(),
+        untrusted: false,
+        capture_stdout: true,
+    };
+    let out = run_exec(docker, id, "0", tool, None).await.ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+}
+
+/// Bytes a directory tree takes on disk (allocated blocks, links not followed).
+fn disk_usage(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Removed while we walked (WAL recycling, temp files).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(total)
+}
+
+async fn usage_in_container(docker: &Docker, id: &str) -> Option<u64> {
+    let tool = Tool {
+        name: "du".into(),
+        host_program: PathBuf::from("du"),
+        args: vec!["-sk".into(), CONTAINER_DATA_DIR.into()],
+        untrusted: false,
+        capture_stdout: true,
+    };
+    let out = run_exec(docker, id, "0", tool, None).await.ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Removes the data dir's content as the container's own user (a non-root worker's teardown).
+async fn empty_data_dir(docker: &Docker, id: &str, user: &str) {
+    let tool = Tool {
+        name: "find".into(),
+        host_program: PathBuf::from("find"),
+        args: [CONTAINER_DATA_DIR, "-mindepth", "1", "-delete"]
+            .map(Into::into)
+            .to_vec(),
+        untrusted: true,
+        capture_stdout: false,
+    };
+    let _ = run_exec(docker, id, user, tool, None).await;
+}
+
+/// The blocking half of [`Sandbox::stage_artifact`].
+fn stage(source: &Path, dest: &Path, is_dir: bool, expected: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let copied = if is_dir {
+        copy_dir(source, dest)
+    } else {
+        std::fs::copy(source, dest).map(drop)
+    };
+    copied.map_err(|e| format!("copy the artifact into the sandbox: {e}"))?;
+    let readable = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("open the staged artifact to the sandbox: {e}"))
+    };
+    let digest = if is_dir {
+        readable(dest, 0o755)?;
+        for entry in std::fs::read_dir(dest).map_err(|e| e.to_string())? {
+            let entry = entry.map_err(|e| e.to_string())?;
+            readable(&entry.path(), 0o644)?;
+        }
+        crate::checksum::hash_tree(dest).map(|(h, ..)| h)
+    } else {
+        readable(dest, 0o644)?;
+        crate::checksum::hash_file(dest).map(|(h, _)| h)
+    }
+    .map_err(|e| format!("hash the staged artifact: {e}"))?;
+    if digest.to_hex().as_str() != expected {
+        return Err(format!(
+            "the artifact changed between its checksum and its copy into the sandbox (blake3 {} now, {expected} before)",
+            digest.to_hex()
+        ));
+    }
+    Ok(())
+}
+
+/// A pg_dump directory: a flat dir of regular files (anything else is refused, not followed).
+fn copy_dir(source: &Path, dest: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(dest)?;
+    for entry in std::fs::read_dir(source)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if !kind.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file",
+                entry.path().display()
+            )));
+        }
+        std::fs::copy(entry.path(), dest.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
 fn container_env() -> Vec<String> {
     ["LC_ALL=C.UTF-8", "TZ=UTC", "PGTZ=UTC", "HOME=/tmp"]
         .map(String::from)
         .to_vec()
 }
 
-async fn container_log_tail(docker: &Docker, id: &str) -> String {
+async fn container_state(docker: &Docker, id: &str) -> Option<bollard::models::ContainerState> {
+    docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()?
+        .state
+}
+
+/// The last `lines` lines the container's server printed, whole.
+async fn container_logs(docker: &Docker, id: &str, lines: usize) -> String {
     let options = bollard::query_parameters::LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
-        .tail("20")
+        .tail(&lines.to_string())
         .build();
     let mut logs = docker.logs(id, Some(options));
     let mut text = String::new();
     while let Some(Ok(chunk)) = logs.next().await {
         text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
     }
-    tail::last_lines(&text, 3)
+    text
+}
+
+/// The end of the container's log, short enough for a reason.
+async fn container_log_tail(docker: &Docker, id: &str, lines: usize) -> String {
+    tail::last_lines(&container_logs(docker, id, 20).await, lines)
 }
 
 async fn run_process(

@@ -127,6 +127,48 @@ impl<'a> SampleDatabase<'a> {
         }
     }
 
+    /// Runs SQL in one of the sample server's databases (tests shape other fixtures with it).
+    pub async fn execute(&self, database: &str, sql: &str) -> Result<(), String> {
+        let cluster = self.cluster.as_ref().ok_or("sample database is stopped")?;
+        let client = connect(&cluster.socket_dir(), database).await?;
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| format!("{database}: {}", db_message(&e)))
+    }
+
+    /// Creates a tablespace on a directory of the sample server's own (removed with it).
+    pub async fn add_tablespace(&self, verifier: &Verifier, name: &str) -> Result<(), String> {
+        let cluster = self.cluster.as_ref().ok_or("sample database is stopped")?;
+        let dir = cluster.dir().join(format!("ts-{name}"));
+        std::fs::create_dir(&dir).map_err(|e| format!("tablespace dir: {e}"))?;
+        verifier.runtime().give(&dir).map_err(|e| e.to_string())?;
+        self.execute(
+            "postgres",
+            &format!(
+                "CREATE TABLESPACE {} LOCATION '{}'",
+                rehearse_core::script::quote_ident(name),
+                dir.display()
+            ),
+        )
+        .await
+    }
+
+    /// Dumps the whole server with the real pg_dumpall to `out`: roles, tablespaces and every
+    /// database (the most common cluster backup).
+    pub async fn dump_all(&self, out: &Path) -> Result<(), String> {
+        let cluster = self.cluster.as_ref().ok_or("sample database is stopped")?;
+        let mut tool = cluster.tool("pg_dumpall", false);
+        tool.args.push("-f".into());
+        tool.args.push(out.into());
+        let output = cluster.sandbox().run(tool, None).await?;
+        if output.success() {
+            Ok(())
+        } else {
+            Err(output.failure("pg_dumpall"))
+        }
+    }
+
     /// Stops the server and removes its directory.
     pub async fn stop(mut self) -> Result<(), String> {
         match self.cluster.take() {
@@ -142,6 +184,7 @@ pub fn demo_plan(dump: &Path, orders: u32, blake3: Option<String>) -> Plan {
         name: name.into(),
         sql: sql.into(),
         expect,
+        database: None,
     };
     let raw = RawPlan {
         name: Some("demo: shop database".into()),

@@ -356,15 +356,39 @@ pub fn make_open_dir(path: &Path) -> std::io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o777))
 }
 
-/// Copies a freshly made data dir into the cache as `template`, under a staging name and then a
-/// rename, so concurrent verifications never see a half-made template (the loser of a race drops
-/// its copy). `ready` is a path inside the template that exists once it is complete.
+/// Serialises template builds within this process, one lock per template path: the concurrent
+/// first attempts of a fresh worker (`--slots 2`) wait for one initdb instead of each running
+/// their own. Hold the guard from the "is it there?" check to the publish.
+pub async fn template_lock(template: &Path) -> tokio::sync::OwnedMutexGuard<()> {
+    static BUILDS: std::sync::LazyLock<
+        std::sync::Mutex<
+            std::collections::HashMap<PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>,
+        >,
+    > = std::sync::LazyLock::new(Default::default);
+    let lock = {
+        let mut builds = BUILDS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        builds.entry(template.to_owned()).or_default().clone()
+    };
+    lock.lock_owned().await
+}
+
+/// Copies a freshly made data dir into the cache as `template`, under a staging name of its own
+/// and then a rename, so concurrent verifications (other processes sharing the cache included)
+/// never see a half-made template and never touch each other's staging copy; the loser of a
+/// race drops its copy. `ready` is a path inside the template that exists once it is complete.
 pub async fn publish_template(made: &Path, template: &Path, ready: &str) -> Result<(), String> {
     let name = template
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let staging = template.with_file_name(format!(".staging-{}-{name}", std::process::id()));
-    let _ = tokio::fs::remove_dir_all(&staging).await;
+    // Unique per call, not per process: two attempts of one worker once shared a name and each
+    // deleted the other's half-made copy ("cp: cannot create regular file").
+    let staging = template.with_file_name(format!(
+        ".staging-{}-{}-{name}",
+        std::process::id(),
+        crate::random_token()
+    ));
     copy_tree(made, &staging).await?;
     if tokio::fs::rename(&staging, template).await.is_err() {
         // Another verification made it first; ours is redundant.

@@ -268,14 +268,15 @@ fn slow_dump(env: &TestEnv) -> std::path::PathBuf {
 #[tokio::test]
 async fn timeout_fails_in_the_running_phase_and_tears_down() {
     let env = env();
+    // Long enough for provision on a loaded machine; the restore sleeps 30 s.
     let text = format!(
-        "timeout = \"2s\"\n[artifact]\nurl = \"{}\"\nengine = \"postgres\"\n",
+        "timeout = \"6s\"\n[artifact]\nurl = \"{}\"\nengine = \"postgres\"\n",
         slow_dump(&env).display()
     );
     let report = env
         .verify(&rehearse_core::plan::Plan::from_toml(&text).expect("plan"))
         .await;
-    assert_failed_in(&report, "restore", "timed out after 2s (plan timeout)");
+    assert_failed_in(&report, "restore", "timed out after 6s (plan timeout)");
     assert!(
         report
             .phases

@@ -256,7 +256,7 @@ impl MariaServer {
         &mut self,
         image: String,
         limits: &SandboxSpec,
-        artifact: Option<PathBuf>,
+        artifact: Option<(PathBuf, PathBuf)>,
         tags: Tags,
     ) -> Result<(), String> {
         let data = format!("{CONTAINER_DATA_DIR}/data");
@@ -276,7 +276,8 @@ impl MariaServer {
                 user: "mysql".to_owned(),
                 cmd,
                 limits: limits.clone(),
-                artifact,
+                original_artifact: artifact.as_ref().map(|(original, _)| original.clone()),
+                artifact: artifact.map(|(_, staged)| staged),
                 tags,
             })
             .await?;
@@ -368,13 +369,20 @@ pub async fn restore(
         .map_err(|e| format!("create database {TARGET_DB}: {e}"))?;
     let mut tool = server.tool(Which::Client);
     tool.args.push(TARGET_DB.into());
+    // MySQL 8 dumps carry collations, GTID state and 8.0-only clauses MariaDB does not take:
+    // mapped on the way in, every mapping listed in the notes (never a false `failed`).
     let (rx, feeder) = start_feed(Feed {
         path,
         compression,
-        filter: None,
+        filter: Some(rehearse_core::mysqldump::Mysql8Filter::new()),
     });
     let out = server.sandbox().run(tool, Some(rx)).await;
-    let _ = feeder.await;
+    let mapped = feeder
+        .await
+        .ok()
+        .flatten()
+        .map(|f| f.notes())
+        .unwrap_or_default();
     let out = out?;
     if !out.success() {
         return Err(out.failure("mariadb"));
@@ -405,6 +413,7 @@ pub async fn restore(
         .find(|(n, _)| n == TARGET_DB)
         .map_or(0, |s| s.1);
     let mut notes = vec!["restored with the mariadb client in --sandbox mode".to_owned()];
+    notes.extend(mapped);
     let database = match schemas.iter().find(|(n, t)| n != TARGET_DB && *t > 0) {
         Some((name, _)) if ours == 0 => {
             notes.push(format!(
@@ -451,6 +460,10 @@ async fn ensure_template(
         .as_bytes(),
     );
     let template = cache_dir.join(format!("mariadb-template-{}", &key.to_hex()[..16]));
+    if template.join("mysql").is_dir() {
+        return Ok(template);
+    }
+    let _building = crate::sandbox::template_lock(&template).await;
     if template.join("mysql").is_dir() {
         return Ok(template);
     }

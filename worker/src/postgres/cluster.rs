@@ -200,14 +200,14 @@ impl PgCluster {
         self.wait_ready().await
     }
 
-    /// Starts the server in a container made from `image`: initdb on the container's tmpfs,
-    /// then postgres with the same settings as the process runtime, its socket in the
+    /// Starts the server in a container made from `image`: initdb in the container's data dir
+    /// (disk-backed or tmpfs, per `[sandbox] data`), then postgres with the same settings as the process runtime, its socket in the
     /// bind-mounted dir. Ready when a connection through that socket answers.
     pub async fn start_container(
         &mut self,
         image: String,
         limits: &SandboxSpec,
-        artifact: Option<PathBuf>,
+        artifact: Option<(PathBuf, PathBuf)>,
         tags: Tags,
     ) -> Result<(), ClusterError> {
         let data = format!("{CONTAINER_DATA_DIR}/data");
@@ -223,13 +223,21 @@ impl PgCluster {
                 .into_iter()
                 .map(|a| a.to_string_lossy().into_owned()),
         );
+        // Memory the server takes for itself stays within a quarter of the container's limit
+        // (the later -c wins), so a small limit is not spent before the first row arrives.
+        let quarter_mb = (limits.memory_bytes >> 20) / 4;
+        for (key, most) in [("shared_buffers", 256), ("maintenance_work_mem", 512)] {
+            cmd.push("-c".into());
+            cmd.push(format!("{key}={}MB", quarter_mb.clamp(16, most)));
+        }
         self.sandbox
             .start_container(ContainerSpec {
                 image,
                 user: SUPERUSER.to_owned(),
                 cmd,
                 limits: limits.clone(),
-                artifact,
+                original_artifact: artifact.as_ref().map(|(original, _)| original.clone()),
+                artifact: artifact.map(|(_, staged)| staged),
                 tags,
             })
             .await
@@ -373,6 +381,11 @@ async fn ensure_template(
         installed.install.major,
         &key.to_hex()[..16]
     ));
+    if template.join("PG_VERSION").is_file() {
+        return Ok(template);
+    }
+    // Concurrent first attempts wait for one build (and then find it made).
+    let _building = crate::sandbox::template_lock(&template).await;
     if template.join("PG_VERSION").is_file() {
         return Ok(template);
     }

@@ -100,19 +100,47 @@ impl Inspection {
     }
 }
 
+/// Runs the plan's checks (each in its database), the freshness query (in `main`), the row
+/// counts of every restored database, and pg_amcheck over all of them. `databases` holds one
+/// database, or every database of a cluster dump (then table names carry their database:
+/// `appdb.public.orders`).
 pub async fn inspect(
     cluster: &PgCluster,
-    database: &str,
+    main: &str,
+    databases: &[String],
     plan: &Plan,
     jobs: usize,
 ) -> Result<Inspection, String> {
-    let client = connect(&cluster.socket_dir(), database).await?;
+    let client = connect(&cluster.socket_dir(), main).await?;
     // The plan's checks, the row counts (own connection) and pg_amcheck (own process) are
     // independent: they run side by side, and their results are read in that order after.
     let plan_checks = async {
         let mut reports = Vec::with_capacity(plan.checks.len());
+        let mut others: std::collections::HashMap<String, Result<Client, String>> =
+            std::collections::HashMap::new();
         for check in &plan.checks {
-            reports.push(check_report(check, first_value(&client, &check.sql).await));
+            let result = match check.database.as_deref() {
+                None => first_value(&client, &check.sql).await,
+                Some(db) if db == main => first_value(&client, &check.sql).await,
+                Some(db) => {
+                    if !others.contains_key(db) {
+                        let opened = if databases.iter().any(|d| d == db) {
+                            connect(&cluster.socket_dir(), db).await
+                        } else {
+                            Err(format!(
+                                "the restored dump has no database {db:?} (it has: {})",
+                                databases.join(", ")
+                            ))
+                        };
+                        others.insert(db.to_owned(), opened);
+                    }
+                    match &others[db] {
+                        Ok(c) => first_value(c, &check.sql).await,
+                        Err(e) => Err(e.clone()),
+                    }
+                }
+            };
+            reports.push(check_report(check, result));
         }
         let newest = match &plan.targets.freshness {
             Some(sql) => freshness(&client, sql).await,
@@ -124,14 +152,28 @@ pub async fn inspect(
         if !plan.builtin.row_counts {
             return None;
         }
-        Some(match connect(&cluster.socket_dir(), database).await {
-            Ok(counter) => row_counts(&counter).await,
-            Err(e) => Err(e),
-        })
+        let mut all = Vec::new();
+        for db in databases {
+            let counted = match connect(&cluster.socket_dir(), db).await {
+                Ok(counter) => row_counts(&counter).await,
+                Err(e) => Err(e),
+            };
+            match counted {
+                Ok(tables) if databases.len() > 1 => {
+                    all.extend(tables.into_iter().map(|t| TableRows {
+                        name: format!("{db}.{}", t.name),
+                        rows: t.rows,
+                    }));
+                }
+                Ok(tables) => all.extend(tables),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(all))
     };
     let integrity = async {
         if plan.builtin.integrity {
-            Some(amcheck(cluster, database, jobs).await)
+            Some(amcheck(cluster, databases, jobs).await)
         } else {
             None
         }
@@ -236,7 +278,7 @@ enum Amcheck {
     Unavailable(String),
 }
 
-async fn amcheck(cluster: &PgCluster, database: &str, jobs: usize) -> Amcheck {
+async fn amcheck(cluster: &PgCluster, databases: &[String], jobs: usize) -> Amcheck {
     if let Err(why) = cluster.has_tool("pg_amcheck") {
         return Amcheck::Unavailable(why);
     }
@@ -248,10 +290,13 @@ async fn amcheck(cluster: &PgCluster, database: &str, jobs: usize) -> Amcheck {
             "--no-strict-names".to_owned(),
             "-j".to_owned(),
             jobs.max(1).to_string(),
-            database.to_owned(),
         ]
         .map(Into::into),
     );
+    for db in databases {
+        tool.args.push("-d".into());
+        tool.args.push(db.into());
+    }
     let out = match cluster.sandbox().run(tool, None).await {
         Ok(out) => out,
         Err(e) => return Amcheck::Unavailable(format!("run pg_amcheck: {e}")),

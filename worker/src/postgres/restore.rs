@@ -6,8 +6,10 @@
 //! - Compressed archives and every plain SQL script: streamed in one pass — read, decompressed,
 //!   (plain only) filtered through [`ScriptFilter`] — into the tool's stdin, with bounded memory.
 //!
-//! Archives restore with `--no-owner --no-privileges`: roles live outside a database dump. Plain
-//! scripts keep their owners and grants; the filter creates the roles they name.
+//! Archives restore with `--no-owner --no-privileges --no-tablespaces`: roles live outside a
+//! database dump, and the sandbox has none of the source's tablespaces. Plain scripts keep their
+//! owners and grants; the filter creates the roles they name and maps tablespaces away. A
+//! cluster dump (`pg_dumpall`) restores every database it holds; each is inspected.
 //! Any restore error fails the verification, with the tool's stderr tail as the reason.
 
 use std::fs::File;
@@ -54,8 +56,11 @@ pub enum Input {
 /// The outcome of a successful restore.
 #[derive(Debug, Clone)]
 pub struct Restored {
-    /// The database holding the restored data.
+    /// The database holding the restored data (for a cluster dump: the one checks run in when
+    /// they name none).
     pub database: String,
+    /// Every database restored (one, unless the artifact is a cluster dump).
+    pub databases: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -129,11 +134,48 @@ async fn restore_plain(
         }),
     )
     .await?;
-    let database = filter
-        .as_ref()
-        .and_then(|f| f.database())
-        .unwrap_or(TARGET_DB)
-        .to_owned();
+    let cluster_dump = filter.as_ref().is_some_and(ScriptFilter::is_cluster_dump);
+    let (database, databases) = if cluster_dump {
+        // pg_dumpall: every database it connected to but the templates. Checks that name no
+        // database run in the first user database, or in postgres when there is none.
+        let databases: Vec<String> = filter
+            .as_ref()
+            .map(|f| {
+                f.databases()
+                    .iter()
+                    .filter(|d| !matches!(d.as_str(), "template0" | "template1"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let main = databases
+            .iter()
+            .find(|d| *d != "postgres")
+            .or(databases.first())
+            .cloned()
+            .unwrap_or_else(|| "postgres".to_owned());
+        notes.push(format!(
+            "cluster dump (pg_dumpall): roles and {} databases restored ({})",
+            databases.len(),
+            databases.join(", ")
+        ));
+        (main, databases)
+    } else {
+        let database = filter
+            .as_ref()
+            .and_then(|f| f.database())
+            .unwrap_or(TARGET_DB)
+            .to_owned();
+        (database.clone(), vec![database])
+    };
+    if let Some(f) = &filter
+        && !f.tablespaces().is_empty()
+    {
+        notes.push(format!(
+            "tablespaces the dump names were mapped to the default one (the sandbox has none of the source's disks): {}",
+            f.tablespaces().iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
     let created: Vec<String> = filter
         .as_ref()
         .map(|f| {
@@ -144,13 +186,18 @@ async fn restore_plain(
                 .collect()
         })
         .unwrap_or_default();
-    if !created.is_empty() {
+    // (A cluster dump brings its roles with it.)
+    if !created.is_empty() && !cluster_dump {
         notes.push(format!(
             "roles the dump refers to were created empty: {}",
             created.join(", ")
         ));
     }
-    Ok(Restored { database, notes })
+    Ok(Restored {
+        database,
+        databases,
+        notes,
+    })
 }
 
 /// pg_restore (it executes nothing from the dump client-side, so it runs as the caller and can
@@ -165,6 +212,7 @@ async fn restore_archive(
     tool.args = [
         "--no-owner",
         "--no-privileges",
+        "--no-tablespaces",
         "--exit-on-error",
         "-d",
         TARGET_DB,
@@ -174,19 +222,47 @@ async fn restore_archive(
     tool.args.extend(connection);
     tool.args.extend(args);
     run_tool(cluster, tool, feed).await?;
-    let note =
-        "archive restored with --no-owner --no-privileges (roles are not part of a database dump)";
+    let note = "archive restored with --no-owner --no-privileges --no-tablespaces (roles are not part of a database dump; tablespaces map to the default)";
     Ok(Restored {
         database: TARGET_DB.to_owned(),
+        databases: vec![TARGET_DB.to_owned()],
         notes: vec![note.to_owned()],
     })
 }
 
 /// What a restore tool reads on stdin: the artifact, decompressed, optionally through a filter.
-pub struct Feed {
+pub struct Feed<F = ScriptFilter> {
     pub path: PathBuf,
     pub compression: Compression,
-    pub filter: Option<ScriptFilter>,
+    pub filter: Option<F>,
+}
+
+/// A line filter between a plain script and the client that runs it (psql's [`ScriptFilter`],
+/// MariaDB's [`rehearse_core::mysqldump::Mysql8Filter`]). `Err` refuses the script.
+pub trait LineFilter: Send + 'static {
+    /// What goes to the client before the script.
+    fn prologue(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn filter(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
+}
+
+impl LineFilter for ScriptFilter {
+    fn prologue(&self) -> Vec<u8> {
+        ScriptFilter::prologue(self)
+    }
+
+    fn filter(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.feed(line, out)
+            .map_err(|refused| format!("script refused at {refused}"))
+    }
+}
+
+impl LineFilter for rehearse_core::mysqldump::Mysql8Filter {
+    fn filter(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.feed(line, out);
+        Ok(())
+    }
 }
 
 /// Runs a restore tool in the sandbox, feeding its stdin when asked; returns the filter (it
@@ -218,7 +294,7 @@ async fn run_tool(
 
 /// Starts reading (and decompressing, and filtering) an artifact on a blocking thread; the
 /// chunks arrive on the receiver, a few in flight at most. The task returns the filter.
-pub fn start_feed(feed: Feed) -> (FeedRx, tokio::task::JoinHandle<Option<ScriptFilter>>) {
+pub fn start_feed<F: LineFilter>(feed: Feed<F>) -> (FeedRx, tokio::task::JoinHandle<Option<F>>) {
     let (tx, rx) = mpsc::channel::<Result<Vec<u8>, String>>(IN_FLIGHT);
     let feeder = tokio::task::spawn_blocking(move || {
         feed_blocking(&feed.path, feed.compression, feed.filter, &tx)
@@ -237,12 +313,12 @@ pub fn open_stream(path: &Path, compression: Compression) -> io::Result<Box<dyn 
 
 /// Reads the decompressed stream (blocking thread), filters plain scripts line by line, and sends
 /// chunks. Stops early when the receiver is gone (the tool exited, or the verification ended).
-fn feed_blocking(
+fn feed_blocking<F: LineFilter>(
     path: &Path,
     compression: Compression,
-    mut filter: Option<ScriptFilter>,
+    mut filter: Option<F>,
     tx: &mpsc::Sender<Result<Vec<u8>, String>>,
-) -> Option<ScriptFilter> {
+) -> Option<F> {
     let read_error = |e: io::Error| match compression {
         Compression::None => format!("read artifact: {e}"),
         c => format!("{} stream is corrupt or truncated: {e}", c.as_str()),
@@ -273,8 +349,8 @@ fn feed_blocking(
                         return filter;
                     }
                     Ok(_) => {
-                        if let Err(refused) = f.feed(&line, &mut out) {
-                            let _ = tx.blocking_send(Err(format!("script refused at {refused}")));
+                        if let Err(refused) = f.filter(&line, &mut out) {
+                            let _ = tx.blocking_send(Err(refused));
                             return filter;
                         }
                         true

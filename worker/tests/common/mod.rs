@@ -262,6 +262,28 @@ pub fn assert_failed_in(report: &Report, phase: &str, reason_part: &str) {
     );
 }
 
+/// Could not verify: the verdict `error`, in `phase`, with a reason naming what to fix.
+pub fn assert_error_in(report: &Report, phase: &str, reason_part: &str) {
+    let failure = report
+        .failure
+        .as_ref()
+        .expect("an error verdict carries its reason");
+    assert_eq!(
+        report.verdict,
+        Verdict::Error,
+        "expected could-not-verify, got {:?}: {}",
+        report.verdict,
+        failure.reason
+    );
+    assert!(failure.could_not_verify);
+    assert_eq!(failure.phase, phase, "reason: {}", failure.reason);
+    assert!(
+        failure.reason.contains(reason_part),
+        "reason {:?} should mention {reason_part:?}",
+        failure.reason
+    );
+}
+
 /// The MariaDB sample dump (mariadb-dump of the shop tables), made once per target dir, plus its
 /// gzip and zstd forms.
 pub async fn mysql_fixtures() -> PathBuf {
