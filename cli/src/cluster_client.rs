@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use rehearse_coordinator::client::Client;
+use rehearse_core::jobs::JobState;
 use rehearse_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -34,7 +35,7 @@ fn job_json(job: &pb::Job) -> Value {
     let attempts: Vec<Value> = job
         .attempts
         .iter()
-        .map(|a| json!({"worker": a.worker, "region": a.region, "token": a.token, "started_at_ms": a.started_at_ms, "ended_at_ms": a.ended_at_ms, "outcome": a.outcome}))
+        .map(|a| json!({"worker": a.worker, "region": a.region, "token": a.token, "started_at_ms": a.started_at_ms, "ended_at_ms": a.ended_at_ms, "outcome": a.outcome, "reason": (!a.reason.is_empty()).then_some(&a.reason)}))
         .collect();
     json!({
         "id": job.id,
@@ -66,12 +67,17 @@ fn print_job(job: &pb::Job) {
             &a.outcome
         };
         println!(
-            "  attempt {}: worker {} ({}), token {}, {}",
+            "  attempt {}: worker {} ({}), token {}, {}{}",
             i + 1,
             a.worker,
             a.region,
             a.token,
-            outcome
+            outcome,
+            if a.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", a.reason)
+            }
         );
     }
     if let Ok(report) = serde_json::from_str::<rehearse_core::report::Report>(&job.report_json) {
@@ -79,15 +85,18 @@ fn print_job(job: &pb::Job) {
     }
 }
 
-fn job_exit(job: &pb::Job) -> ExitCode {
-    match job.state.as_str() {
-        "passed" => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
-    }
+/// The wire's state name, typed; an unknown one (a newer coordinator) is treated as running.
+fn state_of(job: &pb::Job) -> Option<JobState> {
+    JobState::parse(&job.state)
 }
 
-fn is_final(state: &str) -> bool {
-    matches!(state, "passed" | "failed" | "cancelled")
+/// 0 passed, 1 failed (the backup is bad), 2 could not verify, 3 cancelled.
+fn job_exit(job: &pb::Job) -> ExitCode {
+    ExitCode::from(state_of(job).and_then(JobState::exit_code).unwrap_or(2))
+}
+
+fn is_final(job: &pb::Job) -> bool {
+    state_of(job).is_some_and(JobState::is_final)
 }
 
 fn print_json(v: &Value) {
@@ -126,7 +135,7 @@ pub async fn job(cmd: JobCommand) -> Result<ExitCode, CouldNotVerify> {
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
             let job = loop {
                 let job = c.get_job(&id).await?;
-                if is_final(&job.state) {
+                if is_final(&job) {
                     break job;
                 }
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -181,6 +190,10 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVerify> {
             (client, Some((Kind::Promote, *id, String::new())))
         }
         ClusterCommand::Remove { id, client } => (client, Some((Kind::Remove, *id, String::new()))),
+        ClusterCommand::Probe { note, client: args } => {
+            client(args)?.probe(note).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let mut c = client(args)?;
     if let Some((kind, id, addr)) = change {
@@ -194,17 +207,22 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVerify> {
             "term": s.term,
             "commit": s.commit,
             "applied": s.applied,
-            "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role, "region": m.region})).collect::<Vec<_>>(),
+            "cluster_version": s.cluster_version,
+            "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role, "region": m.region, "command_version": m.command_version})).collect::<Vec<_>>(),
         })),
         ClientOutput::Human => {
-            println!("leader {}  term {}  commit {}", s.leader, s.term, s.commit);
+            println!(
+                "leader {}  term {}  commit {}  command version {}",
+                s.leader, s.term, s.commit, s.cluster_version
+            );
             for m in &s.members {
                 println!(
-                    "  {} {} {} {}{}",
+                    "  {} {} {} {}  reads v{}{}",
                     m.id,
                     m.addr,
                     m.role,
                     m.region,
+                    m.command_version,
                     if m.id == s.leader { "  (leader)" } else { "" }
                 );
             }
@@ -239,14 +257,27 @@ pub async fn workers(args: WorkersArgs) -> Result<ExitCode, CouldNotVerify> {
                         "state": w.state,
                         "last_heartbeat_ms": w.last_heartbeat_ms,
                         "running": w.running,
+                        "healthy": w.healthy,
+                        "recent_errors": w.recent_errors,
+                        "last_error": (!w.last_error.is_empty()).then_some(&w.last_error),
                     })
                 })
                 .collect(),
         )),
         ClientOutput::Human => {
             for w in &workers {
+                // A worker whose recent attempts all ended `error` says so, with the last reason:
+                // it is where something needs fixing, not the backups it was given.
+                let health = if w.healthy {
+                    String::new()
+                } else {
+                    format!(
+                        "  unhealthy: last {} attempts could not verify ({})",
+                        w.recent_errors, w.last_error
+                    )
+                };
                 println!(
-                    "{}  {}  {}  {}/{} slots  last heartbeat {} ms ago",
+                    "{}  {}  {}  {}/{} slots  last heartbeat {} ms ago{health}",
                     w.name,
                     w.region,
                     w.state,

@@ -17,9 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 const EXIT_CODES: &str = "Exit codes:
   0    passed: the backup restored and every check and target held
-  1    verification failed: missing, truncated, corrupt or wrong-format artifact, checksum
-       mismatch, restore error, failed check, missed RTO/RPO target, or timeout
-  2    could not verify: bad plan or flags, no PostgreSQL server binaries, sandbox could not start
+  1    failed: the backup is bad — missing, truncated, corrupt or wrong-format artifact,
+       checksum mismatch, restore error, failed check, missed RTO/RPO target, or timeout
+  2    could not verify (verdict \"error\"): this says nothing about the backup — bad plan or
+       flags, no server binaries, no Docker engine or image, sandbox could not start, a missing
+       extension or locale, a sandbox resource limit (disk, memory) reached
   130  interrupted (Ctrl-C / SIGTERM); the sandbox was torn down";
 
 /// Rehearse proves that backups restore: it restores a backup into a throwaway sandbox, checks the
@@ -166,6 +168,10 @@ struct CoordinatorArgs {
     /// A worker silent this long is declared lost and its jobs are re-queued (at least 500ms).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     lease: std::time::Duration,
+    /// The command version this node reads and writes. For upgrade tests only: a lower one acts
+    /// as an older release, 3 adds a test-only command kind.
+    #[arg(long, hide = true, default_value_t = rehearse_core::codec::CURRENT)]
+    command_version: u32,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -247,7 +253,9 @@ enum JobCommand {
         client: ClientArgs,
     },
     /// Block until the job has a verdict (or ends), then print it like `job get`. Exit code 0
-    /// passed, 1 failed or cancelled, 2 still not done after --timeout.
+    /// passed, 1 failed (the backup is bad), 2 could not verify (state "error": every attempt
+    /// the plan allows ended in error or lost its worker) or still not done after --timeout,
+    /// 3 cancelled.
     Wait {
         id: String,
         /// Give up after this long (e.g. 30s, 10m); without it, wait for as long as it takes.
@@ -260,7 +268,7 @@ enum JobCommand {
 
 #[derive(Debug, Args)]
 struct JobsArgs {
-    /// Only jobs in this state (pending, assigned, running, passed, failed, cancelled).
+    /// Only jobs in this state (pending, assigned, running, passed, failed, error, cancelled).
     #[arg(long)]
     state: Option<String>,
     #[command(flatten)]
@@ -290,6 +298,15 @@ enum ClusterCommand {
     /// Remove a member (voter or learner).
     Remove {
         id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Upgrade tests: commit a no-op of the test-only newest command kind (version 3); refused
+    /// unless every member reads it.
+    #[command(hide = true)]
+    Probe {
+        #[arg(long, default_value = "probe")]
+        note: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -590,6 +607,7 @@ fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
             name: format!("check {}", i + 1),
             sql: sql.clone(),
             expect: expect.clone(),
+            database: None,
         })
         .collect();
     let has_targets = args.rto.is_some() || args.rpo.is_some() || args.freshness.is_some();
@@ -624,10 +642,17 @@ fn print_report(report: &Report, output: Output) -> Result<ExitCode, CouldNotVer
         Output::Junit => render::junit(report),
     };
     print!("{text}");
-    Ok(match report.verdict {
-        Verdict::Passed => ExitCode::SUCCESS,
-        Verdict::Failed => ExitCode::from(1),
-    })
+    if report.verdict == Verdict::Error
+        && let Some(f) = &report.failure
+    {
+        // Said once more on stderr, in one line, for scripts that only keep that.
+        eprintln!(
+            "rehearse: could not verify (in {}): {}",
+            f.phase,
+            f.reason.replace('\n', " ")
+        );
+    }
+    Ok(ExitCode::from(report.verdict.exit_code()))
 }
 
 async fn demo(args: DemoArgs, cancel: &CancellationToken) -> Result<ExitCode, CouldNotVerify> {
@@ -709,6 +734,7 @@ async fn coordinator(
         force_new_cluster: args.force_new_cluster,
         tls: args.tls.files(),
         lease: args.lease,
+        command_version: args.command_version,
     };
     rehearse_coordinator::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -136,7 +136,7 @@ fn help_documents_exit_codes() {
     let help = String::from_utf8_lossy(&out.stdout);
     for line in [
         "0    passed",
-        "1    verification failed",
+        "1    failed: the backup is bad",
         "2    could not verify",
         "130  interrupted",
     ] {

@@ -104,6 +104,10 @@ impl Fleet {
     }
 
     fn spawn_worker_on(&mut self, name: &str, region: &str, slots: u32, runtime: &str) {
+        self.spawn_worker_with(name, region, slots, &["--runtime", runtime]);
+    }
+
+    fn spawn_worker_with(&mut self, name: &str, region: &str, slots: u32, extra: &[&str]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,7 +116,8 @@ impl Fleet {
         let child = Command::new(env!("CARGO_BIN_EXE_rehearse"))
             .args(["worker", "--coordinators", &self.coordinators()])
             .args(["--name", name, "--region", region])
-            .args(["--slots", &slots.to_string(), "--runtime", runtime])
+            .args(["--slots", &slots.to_string()])
+            .args(extra)
             .arg("--work-dir")
             .arg(self.work_dir(name))
             .env("REHEARSE_LOG", "info")
@@ -202,7 +207,10 @@ impl Fleet {
 
     async fn wait_final(&self, id: &str) -> pb::Job {
         self.wait_job(id, "ended", |j| {
-            matches!(j.state.as_str(), "passed" | "failed" | "cancelled")
+            matches!(
+                j.state.as_str(),
+                "passed" | "failed" | "cancelled" | "error"
+            )
         })
         .await
     }
@@ -564,4 +572,136 @@ async fn a_docker_worker_runs_jobs_in_labelled_containers_and_reaps_after_a_kill
     }
     assert!(containers_labelled(&format!("rehearse.worker={name}")).is_empty());
     eventually_no_orphans(&f.work_dir(&name)).await;
+}
+
+/// Bug: two attempts of a fresh worker built the initdb template at once under one staging name
+/// and deleted each other's copy; the job ended `failed` in provision ("cp: cannot create
+/// regular file"). Two fresh workers with two slots each take four jobs submitted together:
+/// every job passes on its first attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn fresh_workers_with_two_slots_pass_their_first_concurrent_jobs() {
+    let f = Fleet::start(&[("fresh-a", "eu", 2), ("fresh-b", "eu", 2)]).await;
+    for w in ["fresh-a", "fresh-b"] {
+        assert!(
+            !f.work_dir(w).join("cache").exists()
+                || fs::read_dir(f.work_dir(w).join("cache"))
+                    .map(|d| d.count() == 0)
+                    .unwrap_or(true),
+            "the worker's template cache must start empty"
+        );
+    }
+    let submits: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = f.client();
+            let plan = f.plan.clone();
+            tokio::spawn(async move { c.submit(&plan).await.expect("submit") })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for s in submits {
+        ids.push(s.await.expect("submit task"));
+    }
+    let mut workers = std::collections::BTreeSet::new();
+    for id in &ids {
+        let job = f.wait_final(id).await;
+        assert_eq!(job.state, "passed", "{}", job.report_json);
+        assert_eq!(
+            job.attempts.len(),
+            1,
+            "no attempt may be lost to the template race: {:?}",
+            job.attempts
+        );
+        workers.insert(job.attempts[0].worker.clone());
+    }
+    assert_eq!(workers.len(), 2, "both fresh workers ran jobs");
+    for w in ["fresh-a", "fresh-b"] {
+        eventually_no_orphans(&f.work_dir(w)).await;
+    }
+}
+
+/// A worker that cannot verify (its image does not exist) ends its attempts `error`, never
+/// `failed`: the job is re-queued on another worker and passes there; a job only that worker
+/// can take ends `error` after `max_attempts`, `job wait` exits 2, and `workers` shows the
+/// worker unhealthy with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn could_not_verify_is_retried_elsewhere_and_never_reported_as_failed() {
+    let mut f = Fleet::start(&[]).await;
+    // "a-broken" sorts first, so placement tries it first.
+    f.spawn_worker_with(
+        "a-broken",
+        "eu",
+        1,
+        &["--runtime", "docker", "--image-postgres", "rehearse/none:0"],
+    );
+    f.spawn_worker("b-good", "eu", 1);
+    f.wait_workers(2).await;
+    let mut c = f.client();
+
+    let id = c
+        .submit(&f.plan_with("[placement]\nregion = \"eu\""))
+        .await
+        .expect("submit");
+    let job = f.wait_final(&id).await;
+    assert_eq!(job.state, "passed", "{}", job.report_json);
+    let outcomes: Vec<(&str, &str)> = job
+        .attempts
+        .iter()
+        .map(|a| (a.worker.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes, [("a-broken", "error"), ("b-good", "passed")]);
+    assert!(
+        job.attempts[0].reason.contains("rehearse/none:0"),
+        "{:?}",
+        job.attempts[0]
+    );
+
+    // Only the broken worker may take this one (a label only it carries, once restarted with
+    // it): three errors, then the job ends `error`.
+    f.kill_worker("b-good");
+    f.kill_worker("a-broken");
+    f.spawn_worker_with(
+        "a-broken",
+        "eu",
+        1,
+        &[
+            "--runtime",
+            "docker",
+            "--image-postgres",
+            "rehearse/none:0",
+            "--labels",
+            "broken=yes",
+        ],
+    );
+    f.wait_workers(1).await;
+    let plan = format!(
+        "max_attempts = 3\n{}\n[placement]\nlabels = {{ broken = \"yes\" }}\n",
+        f.plan
+    );
+    let id = c.submit(&plan).await.expect("submit");
+    let out = f.rehearse(&["job", "wait", &id, "--timeout", "90s", "--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "could not verify exits 2: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let job: Value = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(job["state"], "error");
+    assert_eq!(job["report"]["verdict"], "error");
+    assert_eq!(job["attempts"].as_array().map(Vec::len), Some(3));
+    let reason = job["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("could not verify after 3 attempts"),
+        "{reason}"
+    );
+    assert!(reason.contains("rehearse/none:0"), "{reason}");
+
+    let out = f.rehearse(&["workers"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("a-broken"))
+        .unwrap_or_default();
+    assert!(line.contains("unhealthy"), "{text}");
+    assert!(line.contains("rehearse/none:0"), "{text}");
 }

@@ -52,7 +52,7 @@ fn state_name(s: impl serde::Serialize) -> String {
 pub fn job_to_pb(job: &Job) -> pb::Job {
     pb::Job {
         id: job.id.clone(),
-        state: state_name(job.state),
+        state: job.state.as_str().to_owned(),
         attempts: job
             .attempts
             .iter()
@@ -62,7 +62,8 @@ pub fn job_to_pb(job: &Job) -> pb::Job {
                 token: a.token,
                 started_at_ms: a.started_at_ms,
                 ended_at_ms: a.ended_at_ms,
-                outcome: a.outcome.clone().unwrap_or_default(),
+                outcome: a.outcome.map(|o| o.as_str().to_owned()).unwrap_or_default(),
+                reason: a.reason.clone().unwrap_or_default(),
             })
             .collect(),
         plan_toml: toml::to_string(&job.plan).unwrap_or_default(),
@@ -88,6 +89,9 @@ pub fn worker_to_pb(w: &Worker) -> pb::WorkerInfo {
         state: state_name(w.state),
         last_heartbeat_ms: w.last_heartbeat_ms,
         running: w.running.iter().cloned().collect(),
+        recent_errors: w.recent_errors,
+        healthy: w.healthy(),
+        last_error: w.last_error.clone().unwrap_or_default(),
     }
 }
 
@@ -206,7 +210,7 @@ impl Coordinator for Api {
         let state = if state.is_empty() {
             None
         } else {
-            Some(JobState::parse(&state).ok_or_else(|| Status::invalid_argument(format!("unknown state {state:?} (pending, assigned, running, passed, failed, cancelled)")))?)
+            Some(JobState::parse(&state).ok_or_else(|| Status::invalid_argument(format!("unknown state {state:?} (pending, assigned, running, passed, failed, error, cancelled)")))?)
         };
         match self.node.jobs(state).await.map_err(status_of)? {
             ReadAnswer::Jobs(jobs) => Ok(Response::new(pb::ListJobsResponse {
@@ -246,9 +250,22 @@ impl Coordinator for Api {
                     addr: m.addr,
                     role: m.role.to_owned(),
                     region: m.region,
+                    command_version: m.command_version,
                 })
                 .collect(),
+            cluster_version: s.cluster_version,
         }))
+    }
+
+    async fn write_probe(
+        &self,
+        request: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeResponse>, Status> {
+        self.node
+            .probe(request.into_inner().note)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ProbeResponse {}))
     }
 
     async fn change_membership(

@@ -81,16 +81,23 @@ impl NodeHandle {
         .await
     }
 
+    /// Commits a no-op of the test-only newest command kind (upgrade tests).
+    pub async fn probe(&self, note: String) -> Result<(), ApiError> {
+        self.call(|reply| Request::Probe { note, reply }).await
+    }
+
     pub fn raft(
         &self,
         from: u64,
         info: PeerInfo,
+        command_version: u32,
         messages: Vec<Message>,
     ) -> Result<(), tonic::Status> {
         self.tx
             .send(Request::Raft {
                 from,
                 info,
+                command_version,
                 messages,
             })
             .map_err(|_| tonic::Status::unavailable("coordinator is shutting down"))

@@ -67,6 +67,9 @@ pub struct CoordinatorConfig {
     /// A worker silent this long is lost and its attempts re-queued (workers heartbeat 5 times
     /// per lease).
     pub lease: std::time::Duration,
+    /// The command version this node reads and writes (`rehearse_core::codec::CURRENT`; the
+    /// test-only `TEST_PROBE` for upgrade tests, or lower to act as an older release).
+    pub command_version: u32,
 }
 
 /// The default worker lease: a lost worker's jobs are re-queued within about this long.
@@ -161,11 +164,30 @@ pub async fn run(
         id: config.id,
     };
     let voters: Vec<u64> = config.peers.keys().copied().collect();
+    if !(rehearse_core::codec::LEGACY..=rehearse_core::codec::TEST_PROBE)
+        .contains(&config.command_version)
+    {
+        return Err(CoordinatorError::Config(format!(
+            "--command-version must be {} to {}",
+            rehearse_core::codec::LEGACY,
+            rehearse_core::codec::TEST_PROBE
+        )));
+    }
     let mut store = RaftStore::open(
         &config.data_dir,
         &identity,
         (!config.join).then_some(voters.as_slice()),
     )?;
+    // A node older than the cluster it belongs to would meet entries it cannot read: it says so
+    // now, before it applies anything.
+    let cluster_version = store.jobs.cluster_version();
+    if cluster_version > config.command_version {
+        return Err(StoreError::TooOld {
+            cluster: cluster_version,
+            readable: config.command_version,
+        }
+        .into());
+    }
     if config.force_new_cluster {
         warn!(
             id = config.id,
@@ -202,6 +224,7 @@ pub async fn run(
     let transport = Transport::new(
         config.id,
         info.clone(),
+        config.command_version,
         tls.clone(),
         allowed.clone(),
         tokio::runtime::Handle::current(),
@@ -221,15 +244,26 @@ pub async fn run(
             info,
             compact_after: config.compact_after.max(2),
             lease: config.lease,
+            command_version: config.command_version,
         },
         fleet.clone(),
         &logger,
     )?;
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = NodeHandle::new(tx, fleet);
+    // A raft thread that stops on its own (a storage error, an entry it cannot read) stops the
+    // whole node: serving clients without a state machine would only mislead them.
+    let stop = shutdown.child_token();
+    let raft_stop = stop.clone();
     let raft_thread = std::thread::Builder::new()
         .name(format!("raft-{}", config.id))
-        .spawn(move || node.run(rx))
+        .spawn(move || {
+            let result = node.run(rx);
+            if result.is_err() {
+                raft_stop.cancel();
+            }
+            result
+        })
         .map_err(|e| CoordinatorError::Serve(format!("start raft thread: {e}")))?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -238,6 +272,7 @@ pub async fn run(
         advertise = %config.advertise,
         peers = ?config.peers,
         region = %config.region,
+        command_version = config.command_version,
         data_dir = %config.data_dir.display(),
         transport = %tls.as_ref().map_or_else(
             || "plaintext (no --tls-ca/--tls-cert/--tls-key given)".to_owned(),
@@ -265,14 +300,14 @@ pub async fn run(
             })
             .max_decoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled());
+        .serve_with_incoming_shutdown(incoming(listener), stop.cancelled());
     tokio::pin!(server);
     // Graceful shutdown waits for open connections to close, and peers keep theirs open for good:
     // in-flight requests get SHUTDOWN_GRACE, then the server is dropped.
     let served = tokio::select! {
         r = &mut server => r,
         () = async {
-            shutdown.cancelled().await;
+            stop.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => Ok(()),
     };

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message};
 use raft::{Config, RawNode, StateRole};
+use rehearse_core::codec;
 use rehearse_core::fleet::Worker;
 use rehearse_core::jobs::{Command, Job, JobState, NewJob, Outcome};
 use rehearse_core::placement;
@@ -73,6 +74,8 @@ pub struct Member {
     pub addr: String,
     pub role: &'static str,
     pub region: String,
+    /// The command version it said it reads; 0 while not heard from.
+    pub command_version: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +86,7 @@ pub struct Status {
     pub commit: u64,
     pub applied: u64,
     pub members: Vec<Member>,
+    pub cluster_version: u32,
 }
 
 pub enum Request {
@@ -114,9 +118,16 @@ pub enum Request {
         command: Command,
         reply: Reply<Outcome>,
     },
+    /// Upgrade tests: a no-op of the test-only newest command kind.
+    Probe {
+        note: String,
+        reply: Reply<()>,
+    },
     Raft {
         from: u64,
         info: PeerInfo,
+        /// The command version the sender reads (0: a node from before versioning).
+        command_version: u32,
         messages: Vec<Message>,
     },
     Shutdown,
@@ -131,6 +142,8 @@ pub struct NodeOptions {
     pub compact_after: u64,
     /// A worker silent this long is lost.
     pub lease: Duration,
+    /// The command version this node reads and writes (see `rehearse_core::codec`).
+    pub command_version: u32,
 }
 
 /// How long the leader lets requests gather before a turn (see `run`).
@@ -148,6 +161,8 @@ enum Waiter {
     FleetBatch(Vec<Reply<Outcome>>),
     /// The leader's own assignment or expiry proposal.
     Internal,
+    /// A command answered with `Outcome::Done` (the probe).
+    Done(Reply<()>),
 }
 
 struct PendingRead {
@@ -181,6 +196,10 @@ pub struct Node {
     /// When this node last became leader: it expires nobody during its first lease.
     leader_since: Option<Instant>,
     last_expiry_check: Instant,
+    /// The command version each peer said it reads (in its raft traffic).
+    peer_versions: HashMap<u64, u32>,
+    /// The leader's `SetVersion` proposal not applied yet.
+    version_in_flight: Option<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -228,6 +247,8 @@ impl Node {
             expire_in_flight: None,
             leader_since: None,
             last_expiry_check: Instant::now(),
+            peer_versions: HashMap::new(),
+            version_in_flight: None,
         };
         let peers: Vec<(u64, PeerInfo)> = node
             .raw
@@ -277,6 +298,7 @@ impl Node {
             }
             self.on_ready()?;
             if self.is_leader() {
+                self.raise_version();
                 self.schedule();
                 self.expire_if_due();
                 // Send what they proposed now, not after the next tick.
@@ -318,8 +340,11 @@ impl Node {
             Request::Raft {
                 from,
                 info,
+                command_version,
                 messages,
             } => {
+                self.peer_versions
+                    .insert(from, command_version.max(codec::LEGACY));
                 // Addresses come from --peers and membership changes, never from what a sender
                 // says about itself; only the region label is learned from traffic.
                 let known = self
@@ -350,6 +375,11 @@ impl Node {
             Request::Submit { id, plan, reply } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                // Refused at once: a plan with newer fields cannot run until the upgrade is done.
+                if let Err(why) = self.version_gate(plan.min_version()) {
+                    let _ = reply.send(Err(ApiError::Invalid(why)));
                     return;
                 }
                 self.submits.push((
@@ -403,6 +433,12 @@ impl Node {
                     let _ = reply.send(Err(self.not_leader()));
                     return;
                 }
+                // A worker's verdict `error` in a cluster not yet upgraded waits (the worker
+                // retries an unavailable answer) rather than reach a node that cannot read it.
+                if let Err(why) = self.version_gate(command.min_version()) {
+                    let _ = reply.send(Err(ApiError::Unavailable(why)));
+                    return;
+                }
                 stamp(&mut command, now_ms());
                 self.fleet_batch.push((command, reply));
             }
@@ -415,12 +451,81 @@ impl Node {
                 addr,
                 reply,
             } => self.membership(kind, id, addr, reply),
+            Request::Probe { note, reply } => {
+                if !self.is_leader() {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let command = Command::Probe { note };
+                if let Err(why) = self.version_gate(command.min_version()) {
+                    let _ = reply.send(Err(ApiError::Invalid(why)));
+                    return;
+                }
+                let ctx = self.ctx();
+                match self.propose(ctx, &command) {
+                    Ok(()) => {
+                        self.waiters.insert(ctx, Waiter::Done(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
             Request::Shutdown => {}
         }
     }
 
+    /// Whether a command of version `needed` may be proposed: every member must read it.
+    /// `Err` says why not.
+    fn version_gate(&self, needed: u32) -> Result<(), String> {
+        let cluster = self.raw.store().jobs.cluster_version();
+        if needed <= cluster {
+            return Ok(());
+        }
+        Err(format!(
+            "this needs command version {needed}, and the cluster runs {cluster}: every coordinator must be upgraded first (rehearse cluster status shows each one's version)"
+        ))
+    }
+
+    /// The leader raises the cluster's command version to what every member reads, once each
+    /// has said so. A member not heard from counts as reading only the legacy version.
+    fn raise_version(&mut self) {
+        if self.version_in_flight.is_some() {
+            return;
+        }
+        let conf = self.raw.store().conf_state();
+        let readable = conf
+            .voters
+            .iter()
+            .chain(conf.learners.iter())
+            .map(|id| {
+                if *id == self.opts.id {
+                    self.opts.command_version
+                } else {
+                    self.peer_versions.get(id).copied().unwrap_or(codec::LEGACY)
+                }
+            })
+            .min()
+            .unwrap_or(codec::LEGACY);
+        if readable <= self.raw.store().jobs.cluster_version() {
+            return;
+        }
+        let ctx = self.ctx();
+        match self.propose(ctx, &Command::SetVersion { version: readable }) {
+            Ok(()) => {
+                info!(
+                    version = readable,
+                    "every member reads command version {readable}: raising the cluster's"
+                );
+                self.version_in_flight = Some(ctx);
+                self.waiters.insert(ctx, Waiter::Internal);
+            }
+            Err(e) => debug!(error = %e, "version raise not proposed"),
+        }
+    }
+
     fn propose(&mut self, ctx: u64, command: &Command) -> Result<(), ApiError> {
-        let data = serde_json::to_vec(command)
+        let data = codec::encode(command)
             .map_err(|e| ApiError::Unavailable(format!("encode command: {e}")))?;
         self.raw
             .propose(ctx.to_le_bytes().to_vec(), data)
@@ -525,11 +630,17 @@ impl Node {
             } else {
                 store.peers.get(id).cloned().unwrap_or_default()
             };
+            let command_version = if *id == self.opts.id {
+                self.opts.command_version
+            } else {
+                self.peer_versions.get(id).copied().unwrap_or(0)
+            };
             Member {
                 id: *id,
                 addr: info.addr,
                 role,
                 region: info.region,
+                command_version,
             }
         };
         let mut members: Vec<Member> = conf
@@ -546,6 +657,7 @@ impl Node {
             commit: self.raw.raft.raft_log.committed,
             applied: store.jobs.applied(),
             members,
+            cluster_version: store.jobs.cluster_version(),
         }
     }
 
@@ -562,6 +674,16 @@ impl Node {
             self.raw.mut_store().apply_snapshot(&mut batch, &snapshot)?;
             let conf = self.raw.store().conf_state().clone();
             info!(index = snapshot.get_metadata().index, voters = ?conf.voters, learners = ?conf.learners, "installed snapshot from leader");
+            let cluster = self.raw.store().jobs.cluster_version();
+            if cluster > self.opts.command_version {
+                // Its state is whole, but the next entry may be one it cannot read: it will
+                // stop there rather than skip it.
+                warn!(
+                    cluster,
+                    readable = self.opts.command_version,
+                    "the cluster runs a newer command version than this node reads: upgrade this node"
+                );
+            }
         }
         self.raw.mut_store().append(&mut batch, ready.entries());
         if let Some(hard) = ready.hs() {
@@ -627,7 +749,9 @@ impl Node {
                 Waiter::Submits(replies) => replies
                     .into_iter()
                     .for_each(|r| drop(r.send(Err(err.clone())))),
-                Waiter::Cancel(r) | Waiter::Membership(r) => drop(r.send(Err(err.clone()))),
+                Waiter::Cancel(r) | Waiter::Membership(r) | Waiter::Done(r) => {
+                    drop(r.send(Err(err.clone())))
+                }
                 Waiter::FleetBatch(replies) => replies
                     .into_iter()
                     .for_each(|r| drop(r.send(Err(err.clone())))),
@@ -636,6 +760,7 @@ impl Node {
         }
         self.assign_in_flight = None;
         self.expire_in_flight = None;
+        self.version_in_flight = None;
         for (_, read) in self.reads.drain() {
             let _ = read.reply.send(Err(err.clone()));
         }
@@ -692,13 +817,15 @@ impl Node {
             }
             match entry.get_entry_type() {
                 EntryType::EntryNormal => {
-                    let command: Command = match serde_json::from_slice(&entry.data) {
+                    // Never skipped: a replica that skips what others apply drifts from them.
+                    let command = match codec::decode(&entry.data, self.opts.command_version) {
                         Ok(c) => c,
                         Err(e) => {
-                            // Every replica skips it alike: the state stays deterministic.
-                            error!(index = entry.index, error = %e, "undecodable command in the log; skipped");
-                            self.raw.mut_store().jobs.skip(entry.index);
-                            continue;
+                            error!(index = entry.index, error = %e, "cannot apply a committed entry; stopping");
+                            return Err(StoreError::Undecodable {
+                                index: entry.index,
+                                reason: e.to_string(),
+                            });
                         }
                     };
                     let outcome = self.raw.mut_store().jobs.apply(entry.index, &command);
@@ -769,6 +896,9 @@ impl Node {
         if ctx.is_some() && ctx == self.expire_in_flight {
             self.expire_in_flight = None;
         }
+        if ctx.is_some() && ctx == self.version_in_flight {
+            self.version_in_flight = None;
+        }
         self.note_changes(command);
     }
 
@@ -781,7 +911,11 @@ impl Node {
                 .map(|a| a.worker.clone())
         };
         let touched: Option<Vec<String>> = match command {
-            Command::Heartbeat { .. } | Command::Progress { .. } | Command::Noop => return,
+            Command::Heartbeat { .. }
+            | Command::Progress { .. }
+            | Command::Noop
+            | Command::SetVersion { .. }
+            | Command::Probe { .. } => return,
             Command::Submit(_) => {
                 self.placement_dirty = true;
                 return;
@@ -903,7 +1037,12 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::Cancel { at_ms, .. }
         | Command::Assign { at_ms, .. } => *at_ms = now,
         Command::ExpireWorkers { now_ms, .. } => *now_ms = now,
-        Command::Submit(_) | Command::Noop | Command::Drain { .. } | Command::Batch(_) => {}
+        Command::Submit(_)
+        | Command::Noop
+        | Command::Drain { .. }
+        | Command::Batch(_)
+        | Command::SetVersion { .. }
+        | Command::Probe { .. } => {}
     }
 }
 
@@ -932,13 +1071,16 @@ fn reply(waiter: Waiter, outcome: Outcome) {
             ))))
         }),
         (Waiter::Internal, _) => {}
+        (Waiter::Done(r), Outcome::Done(result)) => {
+            let _ = r.send(result.map_err(ApiError::Invalid));
+        }
         (Waiter::Submits(replies), _) => replies.into_iter().for_each(|r| {
             drop(r.send(Err(ApiError::Unavailable(
                 "entry applied without an outcome".into(),
             ))))
         }),
-        (Waiter::Cancel(r) | Waiter::Membership(r), _) => drop(r.send(Err(ApiError::Unavailable(
-            "entry applied without an outcome".into(),
-        )))),
+        (Waiter::Cancel(r) | Waiter::Membership(r) | Waiter::Done(r), _) => drop(r.send(Err(
+            ApiError::Unavailable("entry applied without an outcome".into()),
+        ))),
     }
 }

@@ -44,6 +44,16 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage write failed: {0}")]
     Write(String),
+    /// A committed entry this node cannot read (a newer release wrote it): it stops rather than
+    /// skip it, which would let its state drift from the other replicas'.
+    #[error(
+        "log entry {index} cannot be applied by this node: {reason}; stopped without applying it"
+    )]
+    Undecodable { index: u64, reason: String },
+    #[error(
+        "this data dir's cluster runs command version {cluster}; this node reads up to {readable}: start it with the cluster's release"
+    )]
+    TooOld { cluster: u32, readable: u32 },
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {

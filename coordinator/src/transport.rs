@@ -34,6 +34,8 @@ pub type AllowList = Arc<RwLock<HashSet<u64>>>;
 pub struct Transport {
     id: u64,
     info: PeerInfo,
+    /// The command version this node reads, told to every peer in every batch.
+    command_version: u32,
     tls: Option<Arc<Tls>>,
     peers: HashMap<u64, mpsc::Sender<Message>>,
     allowed: AllowList,
@@ -44,6 +46,7 @@ impl Transport {
     pub fn new(
         id: u64,
         info: PeerInfo,
+        command_version: u32,
         tls: Option<Arc<Tls>>,
         allowed: AllowList,
         rt: tokio::runtime::Handle,
@@ -51,6 +54,7 @@ impl Transport {
         Transport {
             id,
             info,
+            command_version,
             tls,
             peers: HashMap::new(),
             allowed,
@@ -68,8 +72,14 @@ impl Transport {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let tls = self.tls.clone();
-        self.rt
-            .spawn(sender(self.id, self.info.clone(), addr.to_owned(), tls, rx));
+        self.rt.spawn(sender(
+            self.id,
+            self.info.clone(),
+            self.command_version,
+            addr.to_owned(),
+            tls,
+            rx,
+        ));
         self.peers.insert(id, tx);
     }
 
@@ -97,6 +107,7 @@ impl Transport {
 async fn sender(
     from: u64,
     info: PeerInfo,
+    command_version: u32,
     addr: String,
     tls: Option<Arc<Tls>>,
     mut rx: mpsc::Receiver<Message>,
@@ -139,6 +150,7 @@ async fn sender(
             region: info.region.clone(),
             addr: info.addr.clone(),
             messages,
+            command_version,
         };
         if let Err(e) = client.send(request).await {
             debug!(%addr, error = %e.message(), "peer unreachable");
@@ -188,6 +200,7 @@ impl Peer for PeerService {
                 addr: batch.addr,
                 region: batch.region,
             },
+            batch.command_version,
             messages,
         )?;
         Ok(tonic::Response::new(RaftAck {}))

@@ -252,6 +252,17 @@ impl Client {
         .map(drop)
     }
 
+    /// Upgrade tests: commits a no-op of the test-only newest command kind.
+    pub async fn probe(&mut self, note: &str) -> Result<(), ClientError> {
+        let note = note.to_owned();
+        self.call(|mut c| {
+            let req = pb::ProbeRequest { note: note.clone() };
+            async move { c.write_probe(req).await }
+        })
+        .await
+        .map(drop)
+    }
+
     pub async fn register_worker(
         &mut self,
         req: pb::RegisterWorkerRequest,

@@ -35,6 +35,8 @@ pub struct TestCluster {
     pub peer_lists: BTreeMap<u64, String>,
     /// Extra flags for every node (TLS files).
     pub extra: Vec<String>,
+    /// Extra flags for one node (e.g. another command version, as another release would run).
+    pub node_extra: BTreeMap<u64, Vec<String>>,
     pub procs: BTreeMap<u64, Child>,
     pub compact_after: u64,
 }
@@ -47,6 +49,7 @@ impl TestCluster {
             addrs,
             peer_lists: BTreeMap::new(),
             extra: Vec::new(),
+            node_extra: BTreeMap::new(),
             procs: BTreeMap::new(),
             compact_after,
         }
@@ -108,6 +111,7 @@ impl TestCluster {
             cmd.arg("--join");
         }
         cmd.args(&self.extra);
+        cmd.args(self.node_extra.get(&id).into_iter().flatten());
         cmd
     }
 
