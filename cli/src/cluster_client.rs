@@ -13,7 +13,7 @@ use crate::{
     WorkersArgs,
 };
 
-fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+pub(crate) fn client(args: &ClientArgs) -> anyhow::Result<Client> {
     let client = Client::new(args.cluster.coordinators.clone())?;
     Ok(match args.cluster.tls.files() {
         Some(files) => client.with_tls(&files)?,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 mod cluster_client;
+mod drill;
 
 use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
 use rehearse_core::render;
@@ -66,6 +67,10 @@ enum Command {
     Worker(WorkerArgs),
     /// List workers: region, labels, slots in use, state (ready, draining, lost), last heartbeat.
     Workers(WorkersArgs),
+    /// Scheduled drills: apply a drill file, list, get, history, pause, resume, run, delete,
+    /// and preview a schedule without a cluster.
+    #[command(subcommand)]
+    Drill(drill::DrillCommand),
 }
 
 #[derive(Debug, Args)]
@@ -526,6 +531,7 @@ fn main() -> ExitCode {
             Command::Cluster(cmd) => cluster_client::cluster(cmd).await,
             Command::Worker(args) => worker(args, cancel.clone()).await,
             Command::Workers(args) => cluster_client::workers(args).await,
+            Command::Drill(cmd) => drill::run(cmd).await,
         }
     });
     match result {

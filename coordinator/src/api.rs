@@ -455,4 +455,54 @@ impl Coordinator for Api {
             _ => Err(Status::internal("wrong answer kind")),
         }
     }
+
+    async fn apply_drill(
+        &self,
+        request: Request<pb::DrillCall>,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        crate::drill_api::apply(&self.node, request.into_inner()).await
+    }
+
+    async fn list_drills(
+        &self,
+        _request: Request<pb::DrillCall>,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        crate::drill_api::views(&self.node, None, 1, false).await
+    }
+
+    async fn get_drill(
+        &self,
+        request: Request<pb::DrillCall>,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        let call = request.into_inner();
+        crate::drill_api::views(&self.node, Some(call.name), 5, call.history).await
+    }
+
+    async fn pause_drill(
+        &self,
+        request: Request<pb::DrillCall>,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        crate::drill_api::pause(&self.node, request.into_inner()).await
+    }
+
+    async fn resume_drill(
+        &self,
+        request: Request<pb::DrillCall>,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        crate::drill_api::resume(&self.node, request.into_inner()).await
+    }
+
+    async fn run_drill(
+        &self,
+        request: Request<pb::DrillCall>,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        crate::drill_api::run(&self.node, request.into_inner()).await
+    }
+
+    async fn delete_drill(
+        &self,
+        request: Request<pb::DrillCall>,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        crate::drill_api::delete(&self.node, request.into_inner()).await
+    }
 }

@@ -50,6 +50,24 @@ impl NodeHandle {
         self.call(|reply| Request::Cancel { id, reply }).await
     }
 
+    /// Drills with their runs: one by name, or all.
+    pub async fn drills(
+        &self,
+        name: Option<String>,
+    ) -> Result<
+        Vec<(
+            String,
+            Option<rehearse_core::drill::Drill>,
+            Vec<rehearse_core::drill::Run>,
+        )>,
+        ApiError,
+    > {
+        match self.read(Read::Drills(name)).await? {
+            ReadAnswer::Drills(d) => Ok(d),
+            _ => Err(ApiError::Unavailable("wrong answer kind".into())),
+        }
+    }
+
     pub async fn read(&self, read: Read) -> Result<ReadAnswer, ApiError> {
         self.call(|reply| Request::Read { read, reply }).await
     }

@@ -10,18 +10,22 @@
 //!   membership changes.
 //! - [`transport`]: raft messages to and from peers (bytes inside tonic messages), allow-listed.
 //! - [`fleet`]: each worker's assignment set, from the raft thread to its stream.
+//! - [`ticker`]: the leader's drill ticker — due ticks from committed state, cached schedules.
 //! - [`handle`]: the async side's handle on the raft thread.
-//! - [`api`]: the client gRPC API; the one place converting proto ⇄ core types.
+//! - [`api`]: the client gRPC API; the one place converting proto ⇄ core types (drills in
+//!   [`drill_api`]).
 //! - `client`, `tls`: re-exported from `rehearse_proto` (shared with workers).
 //!
 //! The state machine itself is pure and lives in `rehearse_core::jobs`.
 //! Must not depend on: rehearse-worker.
 
 pub mod api;
+pub mod drill_api;
 pub mod fleet;
 pub mod handle;
 pub mod node;
 pub mod storage;
+pub mod ticker;
 pub mod transport;
 
 pub use rehearse_proto::{client, tls};

@@ -58,6 +58,8 @@ pub enum Read {
     Job(String),
     Jobs(Option<JobState>),
     Workers,
+    /// One drill (by name), or all; each with its runs.
+    Drills(Option<String>),
 }
 
 #[derive(Debug)]
@@ -66,6 +68,14 @@ pub enum ReadAnswer {
     Jobs(Vec<Job>),
     /// With each worker's last heartbeat as the log has it.
     Workers(Vec<Worker>),
+    /// Drills with their runs (oldest first); a drill deleted but with history has `None`.
+    Drills(
+        Vec<(
+            String,
+            Option<rehearse_core::drill::Drill>,
+            Vec<rehearse_core::drill::Run>,
+        )>,
+    ),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +162,10 @@ const BATCH_WINDOW: Duration = Duration::from_micros(300);
 /// How often the leader looks for lost workers and overdue jobs.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 
+/// How often the leader looks for due drill ticks (a tick fires at most this late, plus its
+/// jitter).
+const DRILL_CHECK: Duration = Duration::from_millis(100);
+
 /// Proposals waiting for their entry to be applied, keyed by the proposal's context.
 enum Waiter {
     Submits(Vec<Reply<String>>),
@@ -200,6 +214,11 @@ pub struct Node {
     peer_versions: HashMap<u64, u32>,
     /// The leader's `SetVersion` proposal not applied yet.
     version_in_flight: Option<u64>,
+    /// The drill ticker's caches, and its proposal not applied yet (one at a time, so a tick
+    /// is never proposed twice by this leader).
+    ticker: crate::ticker::Ticker,
+    ticks_in_flight: Option<u64>,
+    last_drill_check: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -249,6 +268,9 @@ impl Node {
             last_expiry_check: Instant::now(),
             peer_versions: HashMap::new(),
             version_in_flight: None,
+            ticker: crate::ticker::Ticker::default(),
+            ticks_in_flight: None,
+            last_drill_check: Instant::now(),
         };
         let peers: Vec<(u64, PeerInfo)> = node
             .raw
@@ -299,6 +321,7 @@ impl Node {
             self.on_ready()?;
             if self.is_leader() {
                 self.raise_version();
+                self.drill_duties();
                 self.schedule();
                 self.expire_if_due();
                 // Send what they proposed now, not after the next tick.
@@ -472,6 +495,30 @@ impl Node {
                 }
             }
             Request::Shutdown => {}
+        }
+    }
+
+    /// The leader turns due drill ticks into log entries (see [`crate::ticker`]): every 100 ms,
+    /// one entry at a time.
+    fn drill_duties(&mut self) {
+        if self.ticks_in_flight.is_some()
+            || self.last_drill_check.elapsed() < DRILL_CHECK
+            || self.version_gate(2).is_err()
+        {
+            return;
+        }
+        self.last_drill_check = Instant::now();
+        let due = self.ticker.due(&self.raw.store().jobs, now_ms());
+        if due.is_empty() {
+            return;
+        }
+        let ctx = self.ctx();
+        match self.propose(ctx, &Command::Batch(due)) {
+            Ok(()) => {
+                self.ticks_in_flight = Some(ctx);
+                self.waiters.insert(ctx, Waiter::Internal);
+            }
+            Err(e) => debug!(error = %e, "drill ticks not proposed"),
         }
     }
 
@@ -761,6 +808,7 @@ impl Node {
         self.assign_in_flight = None;
         self.expire_in_flight = None;
         self.version_in_flight = None;
+        self.ticks_in_flight = None;
         for (_, read) in self.reads.drain() {
             let _ = read.reply.send(Err(err.clone()));
         }
@@ -802,6 +850,28 @@ impl Node {
                     jobs.list(state).into_iter().map(explained).collect(),
                 )),
                 Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
+                Read::Drills(name) => {
+                    let names: std::collections::BTreeSet<&str> = jobs
+                        .drills()
+                        .map(|d| d.spec.name.as_str())
+                        .chain(jobs.drills_with_history())
+                        .filter(|n| name.as_deref().is_none_or(|want| want == *n))
+                        .collect();
+                    if let Some(want) = &name
+                        && names.is_empty()
+                    {
+                        Err(ApiError::NotFound(format!("no drill {want:?}")))
+                    } else {
+                        Ok(ReadAnswer::Drills(
+                            names
+                                .into_iter()
+                                .map(|n| {
+                                    (n.to_owned(), jobs.drill(n).cloned(), jobs.runs(n).to_vec())
+                                })
+                                .collect(),
+                        ))
+                    }
+                }
             };
             let _ = pending.reply.send(answer);
         }
@@ -899,6 +969,9 @@ impl Node {
         if ctx.is_some() && ctx == self.version_in_flight {
             self.version_in_flight = None;
         }
+        if ctx.is_some() && ctx == self.ticks_in_flight {
+            self.ticks_in_flight = None;
+        }
         self.note_changes(command);
     }
 
@@ -915,7 +988,16 @@ impl Node {
             | Command::Progress { .. }
             | Command::Noop
             | Command::SetVersion { .. }
-            | Command::Probe { .. } => return,
+            | Command::Probe { .. }
+            | Command::ApplyDrill { .. }
+            | Command::PauseDrill { .. }
+            | Command::ResumeDrill { .. }
+            | Command::DeleteDrill { .. } => return,
+            // New jobs to place; closed windows cancel jobs that never had a worker.
+            Command::DrillTick(_) | Command::CloseWindow { .. } => {
+                self.placement_dirty = true;
+                return;
+            }
             Command::Submit(_) => {
                 self.placement_dirty = true;
                 return;
@@ -1037,6 +1119,12 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::Cancel { at_ms, .. }
         | Command::Assign { at_ms, .. } => *at_ms = now,
         Command::ExpireWorkers { now_ms, .. } => *now_ms = now,
+        Command::ApplyDrill { at_ms, .. }
+        | Command::PauseDrill { at_ms, .. }
+        | Command::ResumeDrill { at_ms, .. }
+        | Command::DeleteDrill { at_ms, .. }
+        | Command::CloseWindow { at_ms, .. } => *at_ms = now,
+        Command::DrillTick(tick) => tick.at_ms = now,
         Command::Submit(_)
         | Command::Noop
         | Command::Drain { .. }

@@ -225,6 +225,39 @@ pub enum Command {
     Probe {
         note: String,
     },
+    /// Creates a drill, or replaces the definition of the one of that name.
+    ApplyDrill {
+        spec: Box<crate::drill::DrillSpec>,
+        at_ms: u64,
+    },
+    PauseDrill {
+        name: String,
+        reason: String,
+        until_ms: Option<u64>,
+        at_ms: u64,
+    },
+    /// Ticks that came while it was paused are not due (no immediate fire).
+    ResumeDrill {
+        name: String,
+        at_ms: u64,
+    },
+    /// The drill stops; its history stays until its `keep` runs out.
+    DeleteDrill {
+        name: String,
+        at_ms: u64,
+    },
+    /// The leader's decision for one tick of a drill (see [`crate::drill::decide`]), with the
+    /// jobs of its run (ids derived from drill and tick), or a manual run.
+    DrillTick(Box<crate::drills::Tick>),
+    /// A run whose jobs did not start within its window: the waiting ones are cancelled and the
+    /// run is `skipped` with the reason.
+    CloseWindow {
+        drill: String,
+        tick_ms: i64,
+        manual: bool,
+        reason: String,
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -239,7 +272,13 @@ impl Command {
                 .map(Command::min_version)
                 .max()
                 .unwrap_or(LEGACY),
-            Command::SetVersion { .. } => 2,
+            Command::SetVersion { .. }
+            | Command::ApplyDrill { .. }
+            | Command::PauseDrill { .. }
+            | Command::ResumeDrill { .. }
+            | Command::DeleteDrill { .. }
+            | Command::DrillTick(_)
+            | Command::CloseWindow { .. } => 2,
             Command::Probe { .. } => TEST_PROBE,
             Command::Report { report, .. } => {
                 if report.verdict == crate::report::Verdict::Error {
@@ -287,6 +326,15 @@ pub struct JobStore {
     /// The cluster's command version ([`crate::codec`]): what every member reads.
     #[serde(default = "legacy_version")]
     cluster_version: u32,
+    /// Scheduled drills, by name.
+    #[serde(default)]
+    pub(crate) drills: BTreeMap<String, crate::drill::Drill>,
+    /// Each drill's runs, oldest first (deleted drills' too, until their `keep` runs out).
+    #[serde(default)]
+    pub(crate) runs: BTreeMap<String, Vec<crate::drill::Run>>,
+    /// Which run a drill job belongs to: job id → (drill, tick, manual). Derived from `runs`.
+    #[serde(skip)]
+    pub(crate) drill_jobs: BTreeMap<String, (String, i64, bool)>,
     /// The pending jobs in submission order, (created index, id): the scheduler's queue. Derived
     /// from `jobs` (kept in step by [`JobStore::sync_pending`]; rebuilt when read back).
     #[serde(skip)]
@@ -302,6 +350,10 @@ struct StoreData {
     applied: u64,
     #[serde(default = "legacy_version")]
     cluster_version: u32,
+    #[serde(default)]
+    drills: BTreeMap<String, crate::drill::Drill>,
+    #[serde(default)]
+    runs: BTreeMap<String, Vec<crate::drill::Run>>,
 }
 
 fn legacy_version() -> u32 {
@@ -316,11 +368,15 @@ impl From<StoreData> for JobStore {
             .filter(|j| j.state == JobState::Pending)
             .map(|j| (j.created_index, j.id.clone()))
             .collect();
+        let drill_jobs = crate::drills::index_jobs(&d.runs);
         JobStore {
             jobs: d.jobs,
             workers: d.workers,
             applied: d.applied,
             cluster_version: d.cluster_version,
+            drills: d.drills,
+            runs: d.runs,
+            drill_jobs,
             pending,
         }
     }
@@ -354,7 +410,9 @@ impl JobStore {
     }
 
     /// Puts the job in the pending queue or takes it out, after its state changed.
+    /// Also where a drill's run learns that one of its jobs ended.
     pub(crate) fn sync_pending(&mut self, id: &str) {
+        self.drill_job_changed(id);
         let Some(job) = self.jobs.get(id) else {
             return;
         };
@@ -447,10 +505,27 @@ impl JobStore {
                 Outcome::Nothing
             }
             Command::Probe { .. } => Outcome::Done(Ok(())),
+            Command::ApplyDrill { spec, at_ms } => Outcome::Done(self.apply_drill(spec, *at_ms)),
+            Command::PauseDrill {
+                name,
+                reason,
+                until_ms,
+                at_ms,
+            } => Outcome::Done(self.pause_drill(name, reason, *until_ms, *at_ms)),
+            Command::ResumeDrill { name, at_ms } => Outcome::Done(self.resume_drill(name, *at_ms)),
+            Command::DeleteDrill { name, at_ms } => Outcome::Done(self.delete_drill(name, *at_ms)),
+            Command::DrillTick(tick) => Outcome::Done(self.drill_tick(index, tick)),
+            Command::CloseWindow {
+                drill,
+                tick_ms,
+                manual,
+                reason,
+                at_ms,
+            } => Outcome::Done(self.close_window(drill, *tick_ms, *manual, reason, *at_ms)),
         }
     }
 
-    fn submit(&mut self, index: u64, new: &NewJob) -> Result<String, String> {
+    pub(crate) fn submit(&mut self, index: u64, new: &NewJob) -> Result<String, String> {
         // A client retrying after a leader change resubmits the same id: same plan, same job.
         if let Some(existing) = self.jobs.get(&new.id) {
             return if existing.plan == new.plan {
@@ -478,7 +553,7 @@ impl JobStore {
         Ok(new.id.clone())
     }
 
-    fn cancel(&mut self, id: &str, at_ms: u64) -> Result<(), String> {
+    pub(crate) fn cancel(&mut self, id: &str, at_ms: u64) -> Result<(), String> {
         let job = self
             .jobs
             .get_mut(id)

@@ -10,6 +10,11 @@
 //! - [`expect`]: check expectations (`>= 1000`, `= 'ok'`) and their evaluation.
 //! - [`fleet`]: workers, assignments with fencing tokens, reports, lease expiry (state machine).
 //! - [`format`]: recognising a PostgreSQL dump's format (and the server version) from its first bytes.
+//! - [`drill`]: the drill file, and the leader's pure decisions: fire, skip or miss a tick, a run's
+//!   outcome, drift against the last passed run, the drill's status.
+//! - [`drills`]: drills and their runs in the replicated state; a run follows its jobs.
+//! - [`schedule`]: drill schedules — cron patterns in an IANA zone (compiled-in tz database), DST
+//!   gaps and repeated hours, ticks in a span, deterministic jitter.
 //! - [`script`]: the line filter a plain SQL dump passes through on its way to `psql`.
 //! - [`install`]: choosing a PostgreSQL installation for a dump's major version.
 //! - [`limits`]: the plan's `[sandbox]` section (image, memory, cpus, pids, data store), sizes.
@@ -31,6 +36,8 @@
 
 pub mod backupset;
 pub mod codec;
+pub mod drill;
+pub mod drills;
 pub mod expect;
 pub mod fault;
 pub mod fleet;
@@ -45,5 +52,6 @@ pub mod placement;
 pub mod plan;
 pub mod render;
 pub mod report;
+pub mod schedule;
 pub mod script;
 pub mod untar;

@@ -252,6 +252,29 @@ impl Client {
         .map(drop)
     }
 
+    /// A drill call (`which`: apply, list, get, pause, resume, run, delete).
+    pub async fn drill(
+        &mut self,
+        which: DrillRpc,
+        call: pb::DrillCall,
+    ) -> Result<pb::DrillAnswer, ClientError> {
+        self.call(|mut c| {
+            let call = call.clone();
+            async move {
+                match which {
+                    DrillRpc::Apply => c.apply_drill(call).await,
+                    DrillRpc::List => c.list_drills(call).await,
+                    DrillRpc::Get => c.get_drill(call).await,
+                    DrillRpc::Pause => c.pause_drill(call).await,
+                    DrillRpc::Resume => c.resume_drill(call).await,
+                    DrillRpc::Run => c.run_drill(call).await,
+                    DrillRpc::Delete => c.delete_drill(call).await,
+                }
+            }
+        })
+        .await
+    }
+
     /// Upgrade tests: commits a no-op of the test-only newest command kind.
     pub async fn probe(&mut self, note: &str) -> Result<(), ClientError> {
         let note = note.to_owned();
@@ -358,4 +381,16 @@ impl Client {
             .await?;
         Ok(r.workers)
     }
+}
+
+/// The drill RPCs (one client method serves them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillRpc {
+    Apply,
+    List,
+    Get,
+    Pause,
+    Resume,
+    Run,
+    Delete,
 }

@@ -12,6 +12,8 @@ use rehearse_coordinator::client::Client;
 use rehearse_proto::v1 as pb;
 use rehearse_proto::v1::coordinator_client::CoordinatorClient;
 
+pub mod fleet;
+
 pub const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
 
 pub fn loopback_addrs(n: u64) -> BTreeMap<u64, String> {

@@ -1,0 +1,367 @@
+//! Scheduled drills end to end: real coordinators, a real worker, real pg_dump output. Schedules
+//! of seconds stand in for months. Every assertion is about the drill's history as the cluster
+//! records it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rehearse_core::drill::{DrillView, Run, RunOutcome, Status, job_id};
+use rehearse_proto::client::DrillRpc;
+use rehearse_proto::v1 as pb;
+
+mod common;
+use common::fleet::Fleet;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Writes a plan and a drill file naming it; returns the drill file.
+fn drill_file(f: &Fleet, name: &str, drill: &str, plan: &str) -> PathBuf {
+    let dir = f.root.path().join("drills");
+    fs::create_dir_all(&dir).expect("drills dir");
+    let plan_file = format!("{}.plan.toml", name.replace(' ', "-"));
+    fs::write(dir.join(&plan_file), plan).expect("plan");
+    let file = dir.join(format!("{}.drill.toml", name.replace(' ', "-")));
+    fs::write(
+        &file,
+        format!("[drill]\nname = \"{name}\"\nplan = \"{plan_file}\"\n{drill}"),
+    )
+    .expect("drill");
+    file
+}
+
+fn apply(f: &Fleet, file: &Path) {
+    let out = f.rehearse(&[
+        "drill",
+        "apply",
+        &file.to_string_lossy(),
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "drill apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn view(f: &Fleet, name: &str) -> DrillView {
+    let answer = f
+        .client()
+        .drill(
+            DrillRpc::Get,
+            pb::DrillCall {
+                name: name.into(),
+                history: true,
+                ..pb::DrillCall::default()
+            },
+        )
+        .await
+        .expect("drill get");
+    let mut views: Vec<DrillView> = serde_json::from_str(&answer.json).expect("views");
+    views.remove(0)
+}
+
+/// Waits until the drill's history satisfies `done`.
+async fn wait_runs(f: &Fleet, name: &str, what: &str, done: impl Fn(&[Run]) -> bool) -> Vec<Run> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(answer) = f
+            .client()
+            .drill(
+                DrillRpc::Get,
+                pb::DrillCall {
+                    name: name.into(),
+                    history: true,
+                    ..pb::DrillCall::default()
+                },
+            )
+            .await
+            && let Ok(mut views) = serde_json::from_str::<Vec<DrillView>>(&answer.json)
+            && !views.is_empty()
+        {
+            last = views.remove(0).runs;
+            if done(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("drill {name:?}: {what} never happened; history: {last:#?}");
+}
+
+fn count(runs: &[Run], outcome: RunOutcome) -> usize {
+    runs.iter().filter(|r| r.outcome == outcome).count()
+}
+
+/// Every fired run has its own tick and exactly the job derived from it; no job is doubled.
+async fn assert_one_job_per_tick(f: &Fleet, name: &str, runs: &[Run]) {
+    let fired: Vec<&Run> = runs.iter().filter(|r| !r.jobs.is_empty()).collect();
+    let mut ticks: Vec<i64> = fired.iter().map(|r| r.tick_ms).collect();
+    ticks.sort_unstable();
+    ticks.dedup();
+    assert_eq!(ticks.len(), fired.len(), "a tick fired twice: {runs:#?}");
+    for r in &fired {
+        assert_eq!(r.jobs, [job_id(name, r.tick_ms, 0, r.manual)]);
+    }
+    let jobs = f.client().list_jobs(None).await.expect("jobs");
+    let prefix = job_id(name, 0, 0, false);
+    let prefix = &prefix[..prefix.find("-t0-").expect("id shape")];
+    let drill_jobs = jobs.iter().filter(|j| j.id.starts_with(prefix)).count();
+    assert_eq!(drill_jobs, fired.len(), "one job per fired run, never two");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_fires_once_per_tick_across_a_leader_kill_and_catches_up_after_downtime() {
+    let mut f = Fleet::start(&[("eu-1", "eu", 2)]).await;
+    let name = "every10";
+    let file = drill_file(
+        &f,
+        name,
+        "schedule = \"*/10 * * * * *\"\nwindow = \"8s\"\nalert_after = \"1h\"\n",
+        &f.plan,
+    );
+    apply(&f, &file);
+    let v = view(&f, name).await;
+    assert_eq!(v.status, Some(Status::NeverRun));
+    assert_eq!(v.next.len(), 5, "drill get shows the next five fire times");
+
+    // One verified run per tick.
+    let runs = wait_runs(&f, name, "two passed runs", |r| {
+        count(r, RunOutcome::Passed) >= 2
+    })
+    .await;
+    let passed = runs
+        .iter()
+        .find(|r| r.outcome == RunOutcome::Passed)
+        .expect("passed");
+    assert_eq!(
+        passed.results[0].verdict,
+        Some(rehearse_core::report::Verdict::Passed)
+    );
+    assert!(
+        passed.results[0]
+            .tables
+            .iter()
+            .any(|t| t.name == "public.orders" && t.rows == 2000)
+    );
+    assert!(passed.results[0].rto_ms.is_some() && passed.results[0].blake3.is_some());
+    assert_eq!(passed.version, v.spec.as_ref().expect("spec").version);
+
+    // Kill the leader: the new one re-derives the due ticks from the log; nothing doubles.
+    let leader = f.cluster.leader().await;
+    f.cluster.kill(leader);
+    let before = count(&runs, RunOutcome::Passed);
+    let runs = wait_runs(&f, name, "two more passed runs after a leader kill", |r| {
+        count(r, RunOutcome::Passed) >= before + 2
+    })
+    .await;
+    assert_one_job_per_tick(&f, name, &runs).await;
+    f.cluster.spawn(leader, false);
+    f.cluster.leader().await;
+
+    // Every coordinator down across at least two ticks; they come back just after a tick: that
+    // latest tick runs once (its window is still open), the ticks before it are one `missed`
+    // record, never backfilled.
+    let ids: Vec<u64> = f.cluster.addrs.keys().copied().collect();
+    for id in &ids {
+        f.cluster.kill(*id);
+    }
+    let down_at = now_ms();
+    // Come back 0.3 s after the first tick boundary that is at least 21 s away.
+    let boundary = ((down_at + 21_000) / 10_000 + 1) * 10_000;
+    let wait = (boundary + 300 - now_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    for id in &ids {
+        f.cluster.spawn(*id, false);
+    }
+    f.cluster.leader().await;
+    let runs = wait_runs(&f, name, "the catch-up run", |r| {
+        r.iter()
+            .any(|x| x.tick_ms == boundary && x.outcome == RunOutcome::Passed)
+    })
+    .await;
+    let missed: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.outcome == RunOutcome::Missed && r.tick_ms > down_at && r.tick_ms < boundary)
+        .collect();
+    assert_eq!(
+        missed.len(),
+        1,
+        "one missed record for the outage: {runs:#?}"
+    );
+    let (n, first, last) = missed[0].missed.expect("counted");
+    assert!(n >= 2, "at least two ticks were missed: {n}");
+    assert!(first > down_at - 10_000 && last < boundary);
+    assert_eq!(
+        runs.iter().filter(|r| r.tick_ms == boundary).count(),
+        1,
+        "the catch-up tick ran once"
+    );
+    assert_one_job_per_tick(&f, name, &runs).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skipped_overdue_drift_overlap_and_pause() {
+    let f = Fleet::start(&[("eu-1", "eu", 2)]).await;
+    let artifacts = f.root.path().join("artifacts");
+
+    // No worker in the drill's region: each run is skipped when its window ends, with the
+    // placement's reason; no pass within alert_after: overdue.
+    let mars = drill_file(
+        &f,
+        "mars",
+        "schedule = \"*/3 * * * * *\"\nwindow = \"2s\"\nalert_after = \"2s\"\n",
+        &format!("{}\n[placement]\nregion = \"mars\"\n", f.plan),
+    );
+    apply(&f, &mars);
+
+    // A slow restore every 2 s with overlap = "skip": ticks during a run are skipped.
+    let slow = drill_file(
+        &f,
+        "slow",
+        "schedule = \"*/2 * * * * *\"\nwindow = \"1500ms\"\noverlap = \"skip\"\n",
+        &f.slow_plan(""),
+    );
+    apply(&f, &slow);
+
+    // Drift: the same path, rewritten with a dump that lost 40% of its orders.
+    let drifting = artifacts.join("drifting.dump");
+    fs::copy(artifacts.join("shop.dump"), &drifting).expect("copy dump");
+    let drift = drill_file(
+        &f,
+        "drift",
+        "schedule = \"*/4 * * * * *\"\nwindow = \"3s\"\ndrift = \"10%\"\n",
+        &format!(
+            "[artifact]\nurl = \"{}\"\nengine = \"postgres\"\n",
+            drifting.display()
+        ),
+    );
+    apply(&f, &drift);
+
+    let runs = wait_runs(&f, "mars", "a skipped run", |r| {
+        count(r, RunOutcome::Skipped) >= 1
+    })
+    .await;
+    let skipped = runs
+        .iter()
+        .find(|r| r.outcome == RunOutcome::Skipped)
+        .expect("skipped");
+    assert!(
+        skipped
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("region mars")),
+        "{skipped:?}"
+    );
+    let mars_job = f.client().get_job(&skipped.jobs[0]).await.expect("job");
+    assert_eq!(
+        mars_job.state, "cancelled",
+        "a skipped run's job never runs late"
+    );
+    assert_eq!(view(&f, "mars").await.status, Some(Status::Overdue));
+
+    let runs = wait_runs(
+        &f,
+        "slow",
+        "a tick skipped while the previous run ran",
+        |r| {
+            r.iter().any(|x| {
+                x.outcome == RunOutcome::Skipped
+                    && x.reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("previous run"))
+            })
+        },
+    )
+    .await;
+    assert!(
+        count(&runs, RunOutcome::Running) <= 1,
+        "never two runs at once: {runs:#?}"
+    );
+    let out = f.rehearse(&["drill", "delete", "slow"]);
+    assert!(out.status.success());
+
+    wait_runs(&f, "drift", "a passed run", |r| {
+        count(r, RunOutcome::Passed) >= 1
+    })
+    .await;
+    let smaller = f.root.path().join("smaller");
+    let out = Command::new(env!("CARGO_BIN_EXE_rehearse"))
+        .args(["demo", "--orders", "1200", "--output", "json", "--keep"])
+        .arg(&smaller)
+        .arg("--work-dir")
+        .arg(f.root.path())
+        .env("REHEARSE_CACHE_DIR", f.root.path().join("demo-cache"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("demo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::copy(smaller.join("shop.dump"), &drifting).expect("swap the dump");
+    let runs = wait_runs(&f, "drift", "a run failed on drift", |r| {
+        count(r, RunOutcome::Failed) >= 1
+    })
+    .await;
+    let failed = runs
+        .iter()
+        .find(|r| r.outcome == RunOutcome::Failed)
+        .expect("failed");
+    let reason = failed.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("public.orders fell from 2000 to 1200 rows (-40%) since the run of"),
+        "{reason}"
+    );
+    assert_eq!(view(&f, "drift").await.status, Some(Status::Failing));
+
+    // Pause: no run while paused (two ticks pass); resume: no immediate fire, then ticks again.
+    let out = f.rehearse(&["drill", "pause", "drift", "--reason", "storage migration"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let paused_at = now_ms();
+    let v = view(&f, "drift").await;
+    assert_eq!(v.status, Some(Status::Paused));
+    let during = v.runs.len();
+    // Absence can only be shown over time: two tick periods (4 s each) plus the window.
+    tokio::time::sleep(Duration::from_millis(11_000)).await;
+    let v = view(&f, "drift").await;
+    let late: Vec<&Run> = v.runs[during..]
+        .iter()
+        .filter(|r| r.tick_ms > paused_at)
+        .collect();
+    assert!(late.is_empty(), "runs while paused: {late:#?}");
+    let out = f.rehearse(&["drill", "resume", "drift"]);
+    assert!(out.status.success());
+    let resumed_at = now_ms();
+    let runs = wait_runs(&f, "drift", "a run after resume", |r| {
+        r.iter()
+            .any(|x| x.tick_ms > resumed_at && !x.jobs.is_empty())
+    })
+    .await;
+    assert!(
+        !runs
+            .iter()
+            .any(|r| r.tick_ms > paused_at && r.tick_ms < resumed_at - 500),
+        "no tick from the pause was run late: {runs:#?}"
+    );
+
+    // `drill list` shows every drill with its status.
+    let out = f.rehearse(&["drill", "list", "--output", "json"]);
+    let views: Vec<DrillView> = serde_json::from_slice(&out.stdout).expect("list json");
+    let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
+    assert!(names.contains(&"mars") && names.contains(&"drift") && names.contains(&"slow"));
+    let slow_view = views.iter().find(|v| v.name == "slow").expect("slow");
+    assert!(slow_view.spec.is_none(), "deleted, history kept");
+}

@@ -1,0 +1,164 @@
+//! The drill ticker: the leader's duty of turning due ticks into log entries.
+//!
+//! Everything it proposes is decided by `rehearse_core::drill::decide` from committed state (the
+//! drill's `last_tick_ms`, its runs), so a new leader re-derives the same ticks, and a tick
+//! applied twice changes nothing (its jobs' ids derive from drill and tick). The ticker itself
+//! only keeps caches: each drill's parsed schedule and its next fire instant, so a leader with
+//! thousands of drills evaluates a cron pattern only when a drill's tick is near.
+
+use std::collections::HashMap;
+
+use rehearse_core::drill::{self, Decision, Drill, RunOutcome};
+use rehearse_core::drills::Tick;
+use rehearse_core::jobs::{Command, JobState, JobStore, NewJob};
+use rehearse_core::schedule::Schedule;
+use tracing::warn;
+
+/// One drill's cached schedule: valid while its version, last tick and pause are unchanged.
+struct Cached {
+    key: (String, i64, bool),
+    schedule: Schedule,
+    /// The first tick after `last_tick_ms`; `None` if the schedule never fires again.
+    next_tick: Option<i64>,
+}
+
+#[derive(Default)]
+pub struct Ticker {
+    cache: HashMap<String, Cached>,
+}
+
+impl Ticker {
+    /// The commands due at `now_ms`: ticks that fire, skip or record missed ticks, and windows
+    /// that closed on runs whose jobs never started.
+    pub fn due(&mut self, store: &JobStore, now_ms: u64) -> Vec<Command> {
+        let now = now_ms as i64;
+        let mut out = Vec::new();
+        self.cache.retain(|name, _| store.drill(name).is_some());
+        for d in store.drills() {
+            let key = (d.spec.version.clone(), d.last_tick_ms, d.paused.is_some());
+            let fresh = self.cache.get(&d.spec.name).is_none_or(|c| c.key != key);
+            if fresh {
+                let schedule = match d.spec.schedule() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(drill = %d.spec.name, error = %e, "drill schedule does not parse");
+                        continue;
+                    }
+                };
+                let next_tick = schedule.next_after(d.last_tick_ms);
+                self.cache.insert(
+                    d.spec.name.clone(),
+                    Cached {
+                        key,
+                        schedule,
+                        next_tick,
+                    },
+                );
+            }
+            let Some(cached) = self.cache.get(&d.spec.name) else {
+                continue;
+            };
+            // Nothing can be due before the next tick: skip the cron evaluation.
+            if cached.next_tick.is_none_or(|t| t > now) {
+                continue;
+            }
+            let running = store.drill_running(&d.spec.name);
+            if let Decision::Tick {
+                tick_ms,
+                fire,
+                skipped,
+                missed,
+            } = drill::decide(d, &cached.schedule, now, running)
+            {
+                let start_ms = tick_ms
+                    + rehearse_core::schedule::jitter_ms(&d.spec.name, tick_ms, d.spec.window_ms)
+                        as i64;
+                out.push(Command::DrillTick(Box::new(Tick {
+                    drill: d.spec.name.clone(),
+                    tick_ms,
+                    manual: false,
+                    start_ms,
+                    jobs: if fire {
+                        jobs(d, tick_ms, false, now_ms)
+                    } else {
+                        Vec::new()
+                    },
+                    skipped,
+                    missed,
+                    version: d.spec.version.clone(),
+                    at_ms: now_ms,
+                })));
+            }
+        }
+        out.extend(closed_windows(store, now_ms));
+        out
+    }
+}
+
+/// A run's jobs: one per plan of the drill, ids derived from (drill, tick).
+pub fn jobs(d: &Drill, tick_ms: i64, manual: bool, now_ms: u64) -> Vec<NewJob> {
+    d.spec
+        .plans
+        .iter()
+        .enumerate()
+        .map(|(i, plan)| NewJob {
+            id: drill::job_id(&d.spec.name, tick_ms, i, manual),
+            plan: plan.clone(),
+            at_ms: now_ms,
+        })
+        .collect()
+}
+
+/// A manual run of `d` now (`rehearse drill run`).
+pub fn manual_run(d: &Drill, now_ms: u64) -> Command {
+    let tick_ms = now_ms as i64;
+    Command::DrillTick(Box::new(Tick {
+        drill: d.spec.name.clone(),
+        tick_ms,
+        manual: true,
+        start_ms: tick_ms,
+        jobs: jobs(d, tick_ms, true, now_ms),
+        skipped: None,
+        missed: None,
+        version: d.spec.version.clone(),
+        at_ms: now_ms,
+    }))
+}
+
+/// Runs still waiting for a worker when their window ends: `CloseWindow`, with the reason the
+/// first waiting job gives (no worker in its region, …).
+fn closed_windows(store: &JobStore, now_ms: u64) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut workers = None;
+    for d in store.drills() {
+        for run in store.runs(&d.spec.name).iter().rev() {
+            if run.outcome != RunOutcome::Running {
+                continue;
+            }
+            let ends = (run.tick_ms.max(0) as u64).saturating_add(d.spec.window_ms);
+            if ends > now_ms {
+                continue;
+            }
+            let Some(waiting) = run
+                .jobs
+                .iter()
+                .filter_map(|id| store.get(id))
+                .find(|j| j.state == JobState::Pending)
+            else {
+                continue;
+            };
+            let workers = workers.get_or_insert_with(|| store.worker_views());
+            let reason = store
+                .waiting_reason(workers, waiting)
+                .unwrap_or_else(|| "no worker took it".into());
+            out.push(Command::CloseWindow {
+                drill: d.spec.name.clone(),
+                tick_ms: run.tick_ms,
+                manual: run.manual,
+                reason,
+                at_ms: now_ms,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,631 @@
+//! Drills in the replicated state: their definitions, their runs (the history), and how a run
+//! follows its jobs. Part of [`JobStore`]'s state machine (pure); the decisions themselves are in
+//! [`crate::drill`].
+//!
+//! - A tick (`Command::DrillTick`) is applied once: a scheduled tick at or before the drill's
+//!   `last_tick_ms` changes nothing, and its jobs' ids derive from (drill, tick), so a new leader
+//!   re-deriving due ticks from the log can never double a run.
+//! - A run ends when its last job ends ([`JobStore::drill_job_changed`]): results are copied
+//!   into the run (they outlive the jobs), drift is checked against the last passed run.
+//! - Runs older than the drill's `keep` are pruned when the drill next ticks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::drill::{self, Drill, DrillSpec, JobResult, Pause, Run, RunOutcome};
+use crate::jobs::{JobStore, NewJob};
+
+/// The leader's decision for one tick, as the log carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub drill: String,
+    pub tick_ms: i64,
+    /// A run asked for by hand (`drill run`): it does not move the schedule.
+    pub manual: bool,
+    /// When its jobs could start at the earliest (tick + jitter).
+    pub start_ms: i64,
+    /// The run's jobs (empty when it does not fire).
+    pub jobs: Vec<NewJob>,
+    /// Why this tick does not fire.
+    pub skipped: Option<String>,
+    /// Earlier ticks nobody acted on: (count, first, last).
+    pub missed: Option<(u64, i64, i64)>,
+    /// The definition it ran.
+    pub version: String,
+    pub at_ms: u64,
+}
+
+/// Job id → the run it belongs to.
+pub(crate) fn index_jobs(
+    runs: &BTreeMap<String, Vec<Run>>,
+) -> BTreeMap<String, (String, i64, bool)> {
+    runs.values()
+        .flatten()
+        .flat_map(|r| {
+            r.jobs
+                .iter()
+                .map(|j| (j.clone(), (r.drill.clone(), r.tick_ms, r.manual)))
+        })
+        .collect()
+}
+
+impl JobStore {
+    pub fn drills(&self) -> impl Iterator<Item = &Drill> {
+        self.drills.values()
+    }
+
+    pub fn drill(&self, name: &str) -> Option<&Drill> {
+        self.drills.get(name)
+    }
+
+    /// A drill's runs, oldest first (also after the drill was deleted, until `keep` runs out).
+    pub fn runs(&self, name: &str) -> &[Run] {
+        self.runs.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Names with runs in the history (deleted drills' included, until `keep` runs out).
+    pub fn drills_with_history(&self) -> impl Iterator<Item = &str> {
+        self.runs
+            .iter()
+            .filter(|(_, runs)| !runs.is_empty())
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Whether a run of the drill has not ended yet.
+    pub fn drill_running(&self, name: &str) -> bool {
+        self.runs(name)
+            .iter()
+            .rev()
+            .any(|r| r.outcome == RunOutcome::Running)
+    }
+
+    pub(crate) fn apply_drill(&mut self, spec: &DrillSpec, at_ms: u64) -> Result<(), String> {
+        match self.drills.get_mut(&spec.name) {
+            Some(d) => {
+                d.spec = spec.clone();
+                d.updated_at_ms = at_ms;
+            }
+            None => {
+                // Ticks before its creation are not due.
+                self.drills.insert(
+                    spec.name.clone(),
+                    Drill {
+                        spec: spec.clone(),
+                        created_at_ms: at_ms,
+                        updated_at_ms: at_ms,
+                        last_tick_ms: at_ms as i64,
+                        paused: None,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn drill_mut(&mut self, name: &str) -> Result<&mut Drill, String> {
+        self.drills
+            .get_mut(name)
+            .ok_or_else(|| format!("no drill {name:?}"))
+    }
+
+    pub(crate) fn pause_drill(
+        &mut self,
+        name: &str,
+        reason: &str,
+        until_ms: Option<u64>,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        let d = self.drill_mut(name)?;
+        d.paused = Some(Pause {
+            reason: reason.to_owned(),
+            at_ms,
+            until_ms,
+        });
+        d.updated_at_ms = at_ms;
+        Ok(())
+    }
+
+    pub(crate) fn resume_drill(&mut self, name: &str, at_ms: u64) -> Result<(), String> {
+        let d = self.drill_mut(name)?;
+        if d.paused.take().is_none() {
+            return Err(format!("drill {name:?} is not paused"));
+        }
+        // Ticks that came while it was paused are not due: no immediate fire.
+        d.last_tick_ms = d.last_tick_ms.max(at_ms as i64);
+        d.updated_at_ms = at_ms;
+        Ok(())
+    }
+
+    pub(crate) fn delete_drill(&mut self, name: &str, _at_ms: u64) -> Result<(), String> {
+        self.drills
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| format!("no drill {name:?}"))
+    }
+
+    pub(crate) fn drill_tick(&mut self, index: u64, tick: &Tick) -> Result<(), String> {
+        let drill = self
+            .drills
+            .get_mut(&tick.drill)
+            .ok_or_else(|| format!("no drill {:?}", tick.drill))?;
+        if !tick.manual {
+            if tick.tick_ms <= drill.last_tick_ms {
+                return Err(format!(
+                    "tick {} of drill {:?} was dealt with already",
+                    tick.tick_ms, tick.drill
+                ));
+            }
+            drill.last_tick_ms = tick.tick_ms;
+        }
+        let keep_ms = drill.spec.keep_ms;
+        let runs = self.runs.entry(tick.drill.clone()).or_default();
+        if tick.manual && runs.iter().any(|r| r.manual && r.tick_ms == tick.tick_ms) {
+            return Err("that manual run exists already".into());
+        }
+        let record = |outcome, reason: Option<String>, tick_ms, missed, jobs: Vec<String>| Run {
+            drill: tick.drill.clone(),
+            tick_ms,
+            manual: tick.manual,
+            created_at_ms: tick.at_ms,
+            start_ms: tick.start_ms,
+            finished_at_ms: (outcome != RunOutcome::Running).then_some(tick.at_ms),
+            outcome,
+            reason,
+            version: tick.version.clone(),
+            jobs,
+            results: Vec::new(),
+            missed,
+        };
+        if let Some((count, first, last)) = tick.missed {
+            runs.push(record(
+                RunOutcome::Missed,
+                Some(format!(
+                    "{count} tick(s) passed while no coordinator could act on them in their window"
+                )),
+                last,
+                Some((count, first, last)),
+                Vec::new(),
+            ));
+        }
+        if let Some(reason) = &tick.skipped {
+            runs.push(record(
+                RunOutcome::Skipped,
+                Some(reason.clone()),
+                tick.tick_ms,
+                None,
+                Vec::new(),
+            ));
+        } else if !tick.jobs.is_empty() {
+            let ids: Vec<String> = tick.jobs.iter().map(|j| j.id.clone()).collect();
+            runs.push(record(
+                RunOutcome::Running,
+                None,
+                tick.tick_ms,
+                None,
+                ids.clone(),
+            ));
+            for id in &ids {
+                self.drill_jobs
+                    .insert(id.clone(), (tick.drill.clone(), tick.tick_ms, tick.manual));
+            }
+            for job in &tick.jobs {
+                self.submit(index, job)?;
+            }
+        }
+        self.prune_runs(&tick.drill, keep_ms, tick.at_ms);
+        Ok(())
+    }
+
+    /// Drops the drill's runs that ended longer than `keep_ms` ago (never a running one).
+    fn prune_runs(&mut self, name: &str, keep_ms: u64, now_ms: u64) {
+        let Some(runs) = self.runs.get_mut(name) else {
+            return;
+        };
+        let old = |r: &Run| {
+            r.outcome.is_final()
+                && r.finished_at_ms
+                    .is_some_and(|f| f.saturating_add(keep_ms) < now_ms)
+        };
+        let gone: Vec<String> = runs
+            .iter()
+            .filter(|r| old(r))
+            .flat_map(|r| r.jobs.clone())
+            .collect();
+        runs.retain(|r| !old(r));
+        for id in gone {
+            self.drill_jobs.remove(&id);
+        }
+    }
+
+    pub(crate) fn close_window(
+        &mut self,
+        drill: &str,
+        tick_ms: i64,
+        manual: bool,
+        reason: &str,
+        at_ms: u64,
+    ) -> Result<(), String> {
+        let run = self
+            .runs
+            .get_mut(drill)
+            .and_then(|runs| {
+                runs.iter_mut()
+                    .rev()
+                    .find(|r| r.tick_ms == tick_ms && r.manual == manual)
+            })
+            .ok_or_else(|| format!("no run of drill {drill:?} at {tick_ms}"))?;
+        if run.outcome != RunOutcome::Running {
+            return Err("the run ended already".into());
+        }
+        let jobs = run.jobs.clone();
+        let waiting: Vec<String> = jobs
+            .iter()
+            .filter(|j| {
+                self.jobs
+                    .get(*j)
+                    .is_some_and(|j| j.state == crate::jobs::JobState::Pending)
+            })
+            .cloned()
+            .collect();
+        if waiting.len() == jobs.len() {
+            // Nothing started: the run is skipped (its jobs are cancelled, never run late).
+            if let Some(run) = self.run_mut(drill, tick_ms, manual) {
+                run.outcome = RunOutcome::Skipped;
+                run.reason = Some(format!("not started within its window: {reason}"));
+                run.finished_at_ms = Some(at_ms);
+            }
+        }
+        for id in waiting {
+            let _ = self.cancel(&id, at_ms);
+        }
+        Ok(())
+    }
+
+    fn run_mut(&mut self, drill: &str, tick_ms: i64, manual: bool) -> Option<&mut Run> {
+        self.runs
+            .get_mut(drill)?
+            .iter_mut()
+            .rev()
+            .find(|r| r.tick_ms == tick_ms && r.manual == manual)
+    }
+
+    /// A job changed state: if it belongs to a drill's run and the run's jobs have all ended,
+    /// the run ends — with their results copied in, and drift checked against the last passed
+    /// run of the same drill.
+    pub(crate) fn drill_job_changed(&mut self, job_id: &str) {
+        let Some((drill, tick_ms, manual)) = self.drill_jobs.get(job_id).cloned() else {
+            return;
+        };
+        let Some(run) = self.runs.get(&drill).and_then(|rs| {
+            rs.iter()
+                .rev()
+                .find(|r| r.tick_ms == tick_ms && r.manual == manual)
+        }) else {
+            return;
+        };
+        if run.outcome != RunOutcome::Running {
+            return;
+        }
+        let mut results = Vec::with_capacity(run.jobs.len());
+        let mut last_change = 0;
+        for id in &run.jobs {
+            let Some(job) = self.jobs.get(id) else {
+                return;
+            };
+            if !job.state.is_final() {
+                return;
+            }
+            last_change = last_change.max(job.updated_at_ms);
+            results.push(JobResult::from_report(
+                id,
+                job.report.as_ref(),
+                job.reason.as_deref(),
+            ));
+        }
+        let limit = self.drills.get(&drill).and_then(|d| d.spec.drift);
+        let drifted = limit.and_then(|limit| {
+            let previous = self
+                .runs
+                .get(&drill)?
+                .iter()
+                .rev()
+                .find(|r| r.outcome == RunOutcome::Passed)?;
+            let when = previous
+                .finished_at_ms
+                .and_then(|ms| chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64))
+                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_default();
+            let reasons: Vec<String> = results
+                .iter()
+                .zip(&previous.results)
+                .filter_map(|(now, before)| drill::drift(&now.tables, &before.tables, &when, limit))
+                .collect();
+            (!reasons.is_empty()).then(|| format!("row counts drifted: {}", reasons.join("; ")))
+        });
+        let (outcome, reason) = drill::finish_run(&results, drifted);
+        if let Some(run) = self.run_mut(&drill, tick_ms, manual) {
+            run.results = results;
+            run.outcome = outcome;
+            run.reason = reason;
+            run.finished_at_ms = Some(last_change);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{Command, JobState, Outcome};
+    use crate::report::{Report, TableRows, Verdict};
+
+    const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
+
+    fn spec(extra: &str) -> DrillSpec {
+        DrillSpec::from_toml(
+            &format!("[drill]\nname = \"shop\"\nschedule = \"*/10 * * * * *\"\nwindow = \"8s\"\nplan = \"p\"\n{extra}"),
+            |_| Ok(PLAN.to_owned()),
+        )
+        .expect("spec")
+    }
+
+    fn tick(s: &JobStore, tick_ms: i64, at_ms: u64) -> Command {
+        let d = s.drill("shop").expect("drill");
+        Command::DrillTick(Box::new(Tick {
+            drill: "shop".into(),
+            tick_ms,
+            manual: false,
+            start_ms: tick_ms,
+            jobs: d
+                .spec
+                .plans
+                .iter()
+                .enumerate()
+                .map(|(i, plan)| NewJob {
+                    id: drill::job_id("shop", tick_ms, i, false),
+                    plan: plan.clone(),
+                    at_ms,
+                })
+                .collect(),
+            skipped: None,
+            missed: None,
+            version: d.spec.version.clone(),
+            at_ms,
+        }))
+    }
+
+    fn verdict(v: Verdict, orders: u64) -> Box<Report> {
+        let mut r = Report::new("/backups/shop.dump", "postgres", "process", String::new());
+        r.tables = vec![TableRows {
+            name: "public.orders".into(),
+            rows: orders,
+        }];
+        if v == Verdict::Error {
+            r.could_not_verify("provision", "no image");
+        }
+        r.finish(&Default::default(), 0, None);
+        Box::new(r)
+    }
+
+    /// Runs the job of the run at `tick_ms` on worker "w" to a report.
+    fn finish(s: &mut JobStore, index: &mut u64, tick_ms: i64, report: Box<Report>) {
+        let job = drill::job_id("shop", tick_ms, 0, false);
+        *index += 1;
+        s.apply(
+            *index,
+            &Command::Assign {
+                assignments: vec![(job.clone(), "w".into())],
+                at_ms: 0,
+            },
+        );
+        let token = *index;
+        *index += 1;
+        let out = s.apply(
+            *index,
+            &Command::Report {
+                job,
+                token,
+                report,
+                at_ms: tick_ms as u64,
+            },
+        );
+        assert_eq!(out, Outcome::Done(Ok(())));
+    }
+
+    fn store() -> (JobStore, u64) {
+        let mut s = JobStore::default();
+        s.apply(
+            1,
+            &Command::RegisterWorker(crate::fleet::WorkerSpec {
+                name: "w".into(),
+                incarnation: 1,
+                region: "eu".into(),
+                labels: BTreeMap::new(),
+                slots: 1,
+                at_ms: 0,
+            }),
+        );
+        s.apply(
+            2,
+            &Command::ApplyDrill {
+                spec: Box::new(spec("drift = \"10%\"\n")),
+                at_ms: 0,
+            },
+        );
+        (s, 2)
+    }
+
+    #[test]
+    fn a_tick_is_applied_once_and_its_run_follows_its_job() {
+        let (mut s, mut i) = store();
+        i += 1;
+        let t = tick(&s, 10_000, 10_000);
+        assert_eq!(s.apply(i, &t), Outcome::Done(Ok(())));
+        i += 1;
+        assert!(
+            matches!(s.apply(i, &t), Outcome::Done(Err(_))),
+            "a second leader's same tick is refused"
+        );
+        assert_eq!(s.len(), 1, "one job, never two");
+        assert!(s.drill_running("shop"));
+        finish(&mut s, &mut i, 10_000, verdict(Verdict::Passed, 20_000));
+        let run = &s.runs("shop")[0];
+        assert_eq!(run.outcome, RunOutcome::Passed);
+        assert_eq!(run.results[0].tables[0].rows, 20_000);
+        assert!(!s.drill_running("shop"));
+    }
+
+    #[test]
+    fn a_table_that_fell_past_the_drift_limit_fails_the_run() {
+        let (mut s, mut i) = store();
+        for (at, orders) in [(10_000, 20_000), (20_000, 19_000), (30_000, 12_000)] {
+            i += 1;
+            let t = tick(&s, at, at as u64);
+            s.apply(i, &t);
+            finish(&mut s, &mut i, at, verdict(Verdict::Passed, orders));
+        }
+        let outcomes: Vec<RunOutcome> = s.runs("shop").iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [RunOutcome::Passed, RunOutcome::Passed, RunOutcome::Failed]
+        );
+        let reason = s.runs("shop")[2].reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains("public.orders fell from 19000 to 12000 rows (-37%)"),
+            "{reason}"
+        );
+        assert_eq!(
+            s.get(&drill::job_id("shop", 30_000, 0, false))
+                .map(|j| j.state),
+            Some(JobState::Passed),
+            "the job itself passed: the drift is the drill's finding"
+        );
+    }
+
+    #[test]
+    fn could_not_verify_is_an_error_run_not_a_failure() {
+        let (mut s, mut i) = store();
+        i += 1;
+        let t = tick(&s, 10_000, 10_000);
+        s.apply(i, &t);
+        // max_attempts (3) errors: the job ends error, and so does the run.
+        for _ in 0..3 {
+            finish(&mut s, &mut i, 10_000, verdict(Verdict::Error, 0));
+        }
+        let run = &s.runs("shop")[0];
+        assert_eq!(run.outcome, RunOutcome::Error, "{run:?}");
+        assert!(
+            run.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("could not verify"))
+        );
+    }
+
+    #[test]
+    fn a_window_that_closes_before_any_start_skips_the_run_with_the_reason() {
+        let (mut s, mut i) = store();
+        i += 1;
+        let t = tick(&s, 10_000, 10_000);
+        s.apply(i, &t);
+        i += 1;
+        let out = s.apply(
+            i,
+            &Command::CloseWindow {
+                drill: "shop".into(),
+                tick_ms: 10_000,
+                manual: false,
+                reason: "no live worker in region mars with a free slot".into(),
+                at_ms: 18_000,
+            },
+        );
+        assert_eq!(out, Outcome::Done(Ok(())));
+        let run = &s.runs("shop")[0];
+        assert_eq!(run.outcome, RunOutcome::Skipped);
+        assert!(
+            run.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("region mars"))
+        );
+        assert_eq!(
+            s.get(&drill::job_id("shop", 10_000, 0, false))
+                .map(|j| j.state),
+            Some(JobState::Cancelled)
+        );
+    }
+
+    #[test]
+    fn missed_ticks_are_recorded_and_old_runs_pruned() {
+        let (mut s, mut i) = store();
+        i += 1;
+        let mut t = tick(&s, 60_000, 61_000);
+        if let Command::DrillTick(t) = &mut t {
+            t.missed = Some((5, 10_000, 50_000));
+        }
+        s.apply(i, &t);
+        let runs = s.runs("shop");
+        assert_eq!(runs[0].outcome, RunOutcome::Missed);
+        assert_eq!(runs[0].missed, Some((5, 10_000, 50_000)));
+        assert_eq!(runs[1].outcome, RunOutcome::Running);
+        // keep = 400d by default; a tick far later prunes what ended before then
+        finish(&mut s, &mut i, 60_000, verdict(Verdict::Passed, 1));
+        let later = 60_000 + 401 * 86_400_000;
+        i += 1;
+        let t = tick(&s, later, later as u64);
+        s.apply(i, &t);
+        assert_eq!(s.runs("shop").len(), 1, "{:?}", s.runs("shop"));
+    }
+
+    #[test]
+    fn pause_resume_and_delete() {
+        let (mut s, _) = store();
+        s.apply(
+            3,
+            &Command::PauseDrill {
+                name: "shop".into(),
+                reason: "migration".into(),
+                until_ms: None,
+                at_ms: 5,
+            },
+        );
+        assert!(s.drill("shop").is_some_and(|d| d.paused.is_some()));
+        s.apply(
+            4,
+            &Command::ResumeDrill {
+                name: "shop".into(),
+                at_ms: 90_000,
+            },
+        );
+        let d = s.drill("shop").expect("drill");
+        assert!(d.paused.is_none());
+        assert_eq!(d.last_tick_ms, 90_000, "ticks during the pause are not due");
+        assert!(matches!(
+            s.apply(
+                5,
+                &Command::ResumeDrill {
+                    name: "shop".into(),
+                    at_ms: 0
+                }
+            ),
+            Outcome::Done(Err(_))
+        ));
+        s.apply(
+            6,
+            &Command::DeleteDrill {
+                name: "shop".into(),
+                at_ms: 0,
+            },
+        );
+        assert!(s.drill("shop").is_none());
+    }
+
+    #[test]
+    fn drills_and_runs_survive_a_snapshot_round_trip() {
+        let (mut s, mut i) = store();
+        i += 1;
+        let t = tick(&s, 10_000, 10_000);
+        s.apply(i, &t);
+        let back: JobStore =
+            serde_json::from_str(&serde_json::to_string(&s).expect("ser")).expect("de");
+        assert_eq!(back, s, "including the derived job index");
+    }
+}
