@@ -173,6 +173,10 @@ struct CoordinatorArgs {
     /// A worker silent this long is declared lost and its jobs are re-queued (at least 500ms).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     lease: std::time::Duration,
+    /// Finished jobs leave the coordinator's memory after this long; their summaries stay in the
+    /// history (`job get` says where a job went).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    job_retention: std::time::Duration,
     /// The command version this node reads and writes. For upgrade tests only: a lower one acts
     /// as an older release, 3 adds a test-only command kind.
     #[arg(long, hide = true, default_value_t = rehearse_core::codec::CURRENT)]
@@ -741,6 +745,7 @@ async fn coordinator(
         tls: args.tls.files(),
         lease: args.lease,
         command_version: args.command_version,
+        job_retention: args.job_retention,
     };
     rehearse_coordinator::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -365,3 +365,66 @@ async fn skipped_overdue_drift_overlap_and_pause() {
     let slow_view = views.iter().find(|v| v.name == "slow").expect("slow");
     assert!(slow_view.spec.is_none(), "deleted, history kept");
 }
+
+/// Finished jobs leave the coordinators' memory after `--job-retention`: `job get` then says what
+/// became of one, and the drill's history — in its own tables, on every node — still has the
+/// run's results, also after a leader change.
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_jobs_leave_memory_and_the_history_keeps_their_results() {
+    let mut f = Fleet::start_with(&[("eu-1", "eu", 1)], &["--job-retention", "1s"]).await;
+    let name = "kept";
+    let file = drill_file(
+        &f,
+        name,
+        "schedule = \"*/5 * * * * *\"\nwindow = \"4s\"\n",
+        &f.plan,
+    );
+    apply(&f, &file);
+    let runs = wait_runs(&f, name, "a passed run", |r| {
+        count(r, RunOutcome::Passed) >= 1
+    })
+    .await;
+    let run = runs
+        .iter()
+        .find(|r| r.outcome == RunOutcome::Passed)
+        .expect("passed")
+        .clone();
+    let job = run.jobs[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let gone = loop {
+        match f.client().get_job(&job).await {
+            Err(e) if e.to_string().contains("left the coordinator's memory") => {
+                break e.to_string();
+            }
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "job {job} still in memory: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(gone.contains("verdict passed"), "{gone}");
+    assert!(gone.contains("rehearse drill history"), "{gone}");
+    let out = f.rehearse(&["job", "get", &job]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left the coordinator's memory"));
+
+    // Another leader answers from its own history table.
+    let leader = f.cluster.leader().await;
+    f.cluster.kill(leader);
+    let runs = wait_runs(&f, name, "the run in the new leader's history", |r| {
+        r.iter()
+            .any(|x| x.tick_ms == run.tick_ms && x.outcome == RunOutcome::Passed)
+    })
+    .await;
+    let again = runs.iter().find(|x| x.tick_ms == run.tick_ms).expect("run");
+    assert_eq!(again.results, run.results, "results outlive the job");
+    assert!(
+        again.results[0]
+            .tables
+            .iter()
+            .any(|t| t.name == "public.orders" && t.rows == 2000)
+    );
+}

@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - [`storage`]: raft log, hard/conf state, snapshot point and applied state in redb.
+//! - [`history`]: the history tables (ended drill runs, forgotten jobs) beside them.
 //! - [`node`]: the raft thread — the Ready loop, proposal batching, apply, ReadIndex reads,
 //!   membership changes.
 //! - [`transport`]: raft messages to and from peers (bytes inside tonic messages), allow-listed.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod drill_api;
 pub mod fleet;
 pub mod handle;
+pub mod history;
 pub mod node;
 pub mod storage;
 pub mod ticker;
@@ -74,7 +76,14 @@ pub struct CoordinatorConfig {
     /// The command version this node reads and writes (`rehearse_core::codec::CURRENT`; the
     /// test-only `TEST_PROBE` for upgrade tests, or lower to act as an older release).
     pub command_version: u32,
+    /// Finished jobs leave the in-memory state after this long; their summaries stay in the
+    /// history tables.
+    pub job_retention: std::time::Duration,
 }
+
+/// The default `--job-retention`.
+pub const DEFAULT_JOB_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// The default worker lease: a lost worker's jobs are re-queued within about this long.
 pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -249,6 +258,7 @@ pub async fn run(
             compact_after: config.compact_after.max(2),
             lease: config.lease,
             command_version: config.command_version,
+            job_retention: config.job_retention,
         },
         fleet.clone(),
         &logger,

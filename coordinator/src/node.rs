@@ -154,6 +154,9 @@ pub struct NodeOptions {
     pub lease: Duration,
     /// The command version this node reads and writes (see `rehearse_core::codec`).
     pub command_version: u32,
+    /// Finished jobs last changed longer ago than this leave the state (their summaries stay
+    /// in the history).
+    pub job_retention: Duration,
 }
 
 /// How long the leader lets requests gather before a turn (see `run`).
@@ -161,6 +164,9 @@ const BATCH_WINDOW: Duration = Duration::from_micros(300);
 
 /// How often the leader looks for lost workers and overdue jobs.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
+
+/// How often the leader looks for finished jobs past `--job-retention`.
+const RETENTION_CHECK: Duration = Duration::from_secs(5);
 
 /// How often the leader looks for due drill ticks (a tick fires at most this late, plus its
 /// jitter).
@@ -219,6 +225,9 @@ pub struct Node {
     ticker: crate::ticker::Ticker,
     ticks_in_flight: Option<u64>,
     last_drill_check: Instant,
+    /// The leader's `ForgetJobs` proposal not applied yet, and when it last looked.
+    forget_in_flight: Option<u64>,
+    last_retention_check: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -271,6 +280,8 @@ impl Node {
             ticker: crate::ticker::Ticker::default(),
             ticks_in_flight: None,
             last_drill_check: Instant::now(),
+            forget_in_flight: None,
+            last_retention_check: Instant::now(),
         };
         let peers: Vec<(u64, PeerInfo)> = node
             .raw
@@ -322,6 +333,7 @@ impl Node {
             if self.is_leader() {
                 self.raise_version();
                 self.drill_duties();
+                self.retention_duty();
                 self.schedule();
                 self.expire_if_due();
                 // Send what they proposed now, not after the next tick.
@@ -519,6 +531,37 @@ impl Node {
                 self.waiters.insert(ctx, Waiter::Internal);
             }
             Err(e) => debug!(error = %e, "drill ticks not proposed"),
+        }
+    }
+
+    /// The leader sends finished jobs past `--job-retention` out of the state (every
+    /// [`RETENTION_CHECK`]); their summaries stay in the history.
+    fn retention_duty(&mut self) {
+        if self.forget_in_flight.is_some()
+            || self.last_retention_check.elapsed() < RETENTION_CHECK
+            || self.version_gate(2).is_err()
+        {
+            return;
+        }
+        self.last_retention_check = Instant::now();
+        let now = now_ms();
+        let before_ms = now.saturating_sub(self.opts.job_retention.as_millis() as u64);
+        if !self.raw.store().jobs.forgettable(before_ms) {
+            return;
+        }
+        let ctx = self.ctx();
+        match self.propose(
+            ctx,
+            &Command::ForgetJobs {
+                before_ms,
+                at_ms: now,
+            },
+        ) {
+            Ok(()) => {
+                self.forget_in_flight = Some(ctx);
+                self.waiters.insert(ctx, Waiter::Internal);
+            }
+            Err(e) => debug!(error = %e, "retention not proposed"),
         }
     }
 
@@ -809,6 +852,7 @@ impl Node {
         self.expire_in_flight = None;
         self.version_in_flight = None;
         self.ticks_in_flight = None;
+        self.forget_in_flight = None;
         for (_, read) in self.reads.drain() {
             let _ = read.reply.send(Err(err.clone()));
         }
@@ -842,36 +886,15 @@ impl Node {
                 job
             };
             let answer = match pending.read {
-                Read::Job(id) => jobs
-                    .get(&id)
-                    .map(|j| ReadAnswer::Job(Box::new(explained(j))))
-                    .ok_or(ApiError::NotFound(format!("no job {id}"))),
+                Read::Job(id) => match jobs.get(&id) {
+                    Some(j) => Ok(ReadAnswer::Job(Box::new(explained(j)))),
+                    None => Err(ApiError::NotFound(where_it_went(self.raw.store(), &id))),
+                },
                 Read::Jobs(state) => Ok(ReadAnswer::Jobs(
                     jobs.list(state).into_iter().map(explained).collect(),
                 )),
                 Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
-                Read::Drills(name) => {
-                    let names: std::collections::BTreeSet<&str> = jobs
-                        .drills()
-                        .map(|d| d.spec.name.as_str())
-                        .chain(jobs.drills_with_history())
-                        .filter(|n| name.as_deref().is_none_or(|want| want == *n))
-                        .collect();
-                    if let Some(want) = &name
-                        && names.is_empty()
-                    {
-                        Err(ApiError::NotFound(format!("no drill {want:?}")))
-                    } else {
-                        Ok(ReadAnswer::Drills(
-                            names
-                                .into_iter()
-                                .map(|n| {
-                                    (n.to_owned(), jobs.drill(n).cloned(), jobs.runs(n).to_vec())
-                                })
-                                .collect(),
-                        ))
-                    }
-                }
+                Read::Drills(name) => drills_answer(self.raw.store(), name),
             };
             let _ = pending.reply.send(answer);
         }
@@ -899,6 +922,9 @@ impl Node {
                         }
                     };
                     let outcome = self.raw.mut_store().jobs.apply(entry.index, &command);
+                    batch
+                        .history
+                        .extend(self.raw.mut_store().jobs.take_history());
                     self.note_applied(&command, ctx);
                     if let Some(waiter) = ctx.and_then(|c| self.waiters.remove(&c)) {
                         reply(waiter, outcome);
@@ -972,6 +998,9 @@ impl Node {
         if ctx.is_some() && ctx == self.ticks_in_flight {
             self.ticks_in_flight = None;
         }
+        if ctx.is_some() && ctx == self.forget_in_flight {
+            self.forget_in_flight = None;
+        }
         self.note_changes(command);
     }
 
@@ -992,7 +1021,8 @@ impl Node {
             | Command::ApplyDrill { .. }
             | Command::PauseDrill { .. }
             | Command::ResumeDrill { .. }
-            | Command::DeleteDrill { .. } => return,
+            | Command::DeleteDrill { .. }
+            | Command::ForgetJobs { .. } => return,
             // New jobs to place; closed windows cancel jobs that never had a worker.
             Command::DrillTick(_) | Command::CloseWindow { .. } => {
                 self.placement_dirty = true;
@@ -1109,6 +1139,75 @@ impl Node {
     }
 }
 
+/// Drills with their whole history: ended runs from the history table, running and recent ones
+/// from the state (the same run in both is taken once, the state's copy winning).
+fn drills_answer(store: &RaftStore, name: Option<String>) -> Result<ReadAnswer, ApiError> {
+    let jobs = &store.jobs;
+    let history_drills = store
+        .history_drills()
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let names: std::collections::BTreeSet<String> = jobs
+        .drills()
+        .map(|d| d.spec.name.clone())
+        .chain(jobs.drills_with_history().map(str::to_owned))
+        .chain(history_drills)
+        .filter(|n| name.as_deref().is_none_or(|want| want == n))
+        .collect();
+    if let Some(want) = &name
+        && names.is_empty()
+    {
+        return Err(ApiError::NotFound(format!("no drill {want:?}")));
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let mut runs: std::collections::BTreeMap<String, rehearse_core::drill::Run> = store
+            .history_runs(&n)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .into_iter()
+            .map(|r| {
+                (
+                    rehearse_core::history::run_key(&r.drill, r.tick_ms, r.manual),
+                    r,
+                )
+            })
+            .collect();
+        for r in jobs.runs(&n) {
+            runs.insert(
+                rehearse_core::history::run_key(&r.drill, r.tick_ms, r.manual),
+                r.clone(),
+            );
+        }
+        let drill = jobs.drill(&n).cloned();
+        out.push((n, drill, runs.into_values().collect()));
+    }
+    Ok(ReadAnswer::Drills(out))
+}
+
+/// `job get` of a job that is not in the state: what became of it, from its summary.
+fn where_it_went(store: &RaftStore, id: &str) -> String {
+    match store.forgotten_job(id) {
+        Ok(Some(s)) => {
+            let finished = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(s.finished_at_ms),
+            );
+            let drill = s
+                .drill
+                .map(|(d, _)| {
+                    format!("; its drill's history keeps the results: rehearse drill history {d:?}")
+                })
+                .unwrap_or_default();
+            format!(
+                "job {id} ended {} at {finished} and has left the coordinator's memory (--job-retention); its summary: verdict {}, artifact {}{}{drill}",
+                s.state,
+                s.verdict.map_or("none", |v| v.as_str()),
+                s.artifact_url,
+                s.reason.map(|r| format!(", {r}")).unwrap_or_default()
+            )
+        }
+        _ => format!("no job {id}"),
+    }
+}
+
 /// Fleet commands carry the leader's clock, set when it proposes them.
 fn stamp(command: &mut Command, now: u64) {
     match command {
@@ -1123,7 +1222,8 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::PauseDrill { at_ms, .. }
         | Command::ResumeDrill { at_ms, .. }
         | Command::DeleteDrill { at_ms, .. }
-        | Command::CloseWindow { at_ms, .. } => *at_ms = now,
+        | Command::CloseWindow { at_ms, .. }
+        | Command::ForgetJobs { at_ms, .. } => *at_ms = now,
         Command::DrillTick(tick) => tick.at_ms = now,
         Command::Submit(_)
         | Command::Noop

@@ -64,6 +64,42 @@ fn write_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Write(e.to_string())
 }
 
+/// A snapshot's data: the state's own fields, and the history (older releases ignore it).
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    #[serde(flatten)]
+    state: &'a JobStore,
+    history: crate::history::History,
+}
+
+#[derive(Deserialize)]
+struct SnapshotIn {
+    #[serde(flatten)]
+    state: JobStore,
+    #[serde(default)]
+    history: crate::history::History,
+}
+
+impl RaftStore {
+    /// A drill's ended runs from the history table, oldest first.
+    pub fn history_runs(&self, drill: &str) -> Result<Vec<rehearse_core::drill::Run>, StoreError> {
+        crate::history::runs_of(&self.db, drill)
+    }
+
+    /// Drills that have history.
+    pub fn history_drills(&self) -> Result<Vec<String>, StoreError> {
+        crate::history::drills(&self.db)
+    }
+
+    /// The summary of a job that left the state.
+    pub fn forgotten_job(
+        &self,
+        id: &str,
+    ) -> Result<Option<rehearse_core::history::JobSummary>, StoreError> {
+        crate::history::job(&self.db, id)
+    }
+}
+
 /// Who a data dir belongs to; written on first start, checked on every start after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -103,11 +139,17 @@ pub struct Batch {
     state: bool,
     peers: bool,
     compact_to: Option<u64>,
+    /// History writes of the commands applied in this Ready.
+    pub history: Vec<rehearse_core::history::HistoryOp>,
+    /// A snapshot's whole history, replacing ours.
+    replace_history: Option<crate::history::History>,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.history.is_empty()
+            && self.replace_history.is_none()
+            && self.entries.is_empty()
             && self.hard.is_none()
             && !self.conf
             && !self.snapshot
@@ -375,9 +417,11 @@ impl RaftStore {
         snapshot: &Snapshot,
     ) -> Result<(), StoreError> {
         let meta = snapshot.get_metadata();
-        let jobs: JobStore = serde_json::from_slice(snapshot.get_data())
+        let data: SnapshotIn = serde_json::from_slice(snapshot.get_data())
             .map_err(|e| corrupt(format!("snapshot from leader: {e}")))?;
-        self.jobs = jobs;
+        self.jobs = data.state;
+        batch.history.clear();
+        batch.replace_history = Some(data.history);
         self.jobs.skip(meta.index);
         self.conf = meta.get_conf_state().clone();
         self.snap_index = meta.index;
@@ -426,6 +470,10 @@ impl RaftStore {
         } else {
             Durability::None
         });
+        if let Some(history) = &batch.replace_history {
+            crate::history::replace(&txn, history)?;
+        }
+        crate::history::write(&txn, &batch.history)?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(write_err)?;
             if let Some(to) = batch.compact_to {
@@ -555,8 +603,14 @@ impl Storage for RaftStore {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let data = serde_json::to_vec(&self.jobs)
+        // The state, and the history beside it: a follower installing it gets both.
+        let history = crate::history::all(&self.db)
             .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        let data = serde_json::to_vec(&SnapshotOut {
+            state: &self.jobs,
+            history,
+        })
+        .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
         let mut meta = SnapshotMetadata::default();
         meta.index = applied;
         meta.term = self.term(applied)?;

@@ -419,6 +419,9 @@ pub struct Run {
     /// For a `missed` record: how many ticks, first and last.
     #[serde(default)]
     pub missed: Option<(u64, i64, i64)>,
+    /// Written to the history already (it has ended).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
 }
 
 /// What the leader does about a drill now.
@@ -942,6 +945,7 @@ mod tests {
             jobs: Vec::new(),
             results: Vec::new(),
             missed: None,
+            archived: false,
         }
     }
 

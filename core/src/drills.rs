@@ -7,13 +7,16 @@
 //!   re-deriving due ticks from the log can never double a run.
 //! - A run ends when its last job ends ([`JobStore::drill_job_changed`]): results are copied
 //!   into the run (they outlive the jobs), drift is checked against the last passed run.
-//! - Runs older than the drill's `keep` are pruned when the drill next ticks.
+//! - An ended run goes to the history ([`crate::history`]); the state keeps the running runs and
+//!   the last [`RECENT_RUNS`] ended ones. History older than the drill's `keep` is pruned when
+//!   the drill next ticks.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::drill::{self, Drill, DrillSpec, JobResult, Pause, Run, RunOutcome};
+use crate::history::{HistoryOp, RECENT_RUNS};
 use crate::jobs::{JobStore, NewJob};
 
 /// The leader's decision for one tick, as the log carries it.
@@ -176,6 +179,7 @@ impl JobStore {
             jobs,
             results: Vec::new(),
             missed,
+            archived: false,
         };
         if let Some((count, first, last)) = tick.missed {
             runs.push(record(
@@ -213,26 +217,45 @@ impl JobStore {
                 self.submit(index, job)?;
             }
         }
-        self.prune_runs(&tick.drill, keep_ms, tick.at_ms);
+        self.settle(&tick.drill);
+        // History past `keep` (a day of margin: a run ends after its tick).
+        self.history_out.push(HistoryOp::Prune {
+            drill: tick.drill.clone(),
+            before_tick_ms: (tick.at_ms as i64)
+                .saturating_sub(keep_ms as i64)
+                .saturating_sub(86_400_000),
+        });
         Ok(())
     }
 
-    /// Drops the drill's runs that ended longer than `keep_ms` ago (never a running one).
-    fn prune_runs(&mut self, name: &str, keep_ms: u64, now_ms: u64) {
+    /// Sends the drill's newly ended runs to the history and keeps in the state only its running
+    /// runs and the last [`RECENT_RUNS`] ended ones.
+    fn settle(&mut self, name: &str) {
         let Some(runs) = self.runs.get_mut(name) else {
             return;
         };
-        let old = |r: &Run| {
-            r.outcome.is_final()
-                && r.finished_at_ms
-                    .is_some_and(|f| f.saturating_add(keep_ms) < now_ms)
-        };
-        let gone: Vec<String> = runs
-            .iter()
-            .filter(|r| old(r))
-            .flat_map(|r| r.jobs.clone())
-            .collect();
-        runs.retain(|r| !old(r));
+        for r in runs
+            .iter_mut()
+            .filter(|r| r.outcome.is_final() && !r.archived)
+        {
+            r.archived = true;
+            self.history_out.push(HistoryOp::Run(r.clone()));
+        }
+        // The last passed run stays whatever happened since: drift is measured against it.
+        let last_passed = runs.iter().rposition(|r| r.outcome == RunOutcome::Passed);
+        let ended = runs.iter().filter(|r| r.outcome.is_final()).count();
+        let mut drop = ended.saturating_sub(RECENT_RUNS);
+        let mut gone = Vec::new();
+        let mut i = 0;
+        runs.retain(|r| {
+            let keep = !(drop > 0 && r.outcome.is_final() && Some(i) != last_passed);
+            i += 1;
+            if !keep {
+                drop -= 1;
+                gone.extend(r.jobs.iter().cloned());
+            }
+            keep
+        });
         for id in gone {
             self.drill_jobs.remove(&id);
         }
@@ -279,6 +302,7 @@ impl JobStore {
         for id in waiting {
             let _ = self.cancel(&id, at_ms);
         }
+        self.settle(drill);
         Ok(())
     }
 
@@ -350,6 +374,7 @@ impl JobStore {
             run.reason = reason;
             run.finished_at_ms = Some(last_change);
         }
+        self.settle(&drill);
     }
 }
 
@@ -554,7 +579,7 @@ mod tests {
     }
 
     #[test]
-    fn missed_ticks_are_recorded_and_old_runs_pruned() {
+    fn ended_runs_go_to_the_history_and_the_state_keeps_few() {
         let (mut s, mut i) = store();
         i += 1;
         let mut t = tick(&s, 60_000, 61_000);
@@ -566,13 +591,91 @@ mod tests {
         assert_eq!(runs[0].outcome, RunOutcome::Missed);
         assert_eq!(runs[0].missed, Some((5, 10_000, 50_000)));
         assert_eq!(runs[1].outcome, RunOutcome::Running);
-        // keep = 400d by default; a tick far later prunes what ended before then
         finish(&mut s, &mut i, 60_000, verdict(Verdict::Passed, 1));
-        let later = 60_000 + 401 * 86_400_000;
+        let written: Vec<RunOutcome> = s
+            .take_history()
+            .into_iter()
+            .filter_map(|op| match op {
+                HistoryOp::Run(r) => Some(r.outcome),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(written, [RunOutcome::Missed, RunOutcome::Passed]);
+        // Many more runs, all failing: the state keeps the last few ended ones and the last
+        // passed one (drift needs it); the history has them all.
+        let mut at = 60_000;
+        for _ in 0..20 {
+            at += 10_000;
+            i += 1;
+            let t = tick(&s, at, at as u64);
+            s.apply(i, &t);
+            finish(&mut s, &mut i, at, verdict(Verdict::Failed, 1));
+        }
+        let runs = s.runs("shop");
+        assert_eq!(runs.len(), RECENT_RUNS, "{runs:#?}");
+        assert_eq!(runs[0].outcome, RunOutcome::Passed);
+        let history = s.take_history();
+        assert_eq!(
+            history
+                .iter()
+                .filter(|op| matches!(op, HistoryOp::Run(_)))
+                .count(),
+            20
+        );
+        assert!(history.iter().any(|op| matches!(op, HistoryOp::Prune { drill, before_tick_ms } if drill == "shop" && *before_tick_ms < at - 400 * 86_400_000)));
+    }
+
+    #[test]
+    fn finished_jobs_past_the_retention_leave_the_state_with_a_summary() {
+        let (mut s, mut i) = store();
         i += 1;
-        let t = tick(&s, later, later as u64);
+        let t = tick(&s, 10_000, 10_000);
         s.apply(i, &t);
-        assert_eq!(s.runs("shop").len(), 1, "{:?}", s.runs("shop"));
+        i += 1;
+        s.apply(
+            i,
+            &Command::Submit(vec![NewJob {
+                id: "waiting".into(),
+                plan: spec("").plans[0].clone(),
+                at_ms: 0,
+            }]),
+        );
+        i += 1;
+        s.apply(
+            i,
+            &Command::ForgetJobs {
+                before_ms: 1_000_000,
+                at_ms: 1_000_000,
+            },
+        );
+        assert_eq!(s.len(), 2, "a pending job and a running run's job stay");
+        finish(&mut s, &mut i, 10_000, verdict(Verdict::Passed, 5));
+        s.take_history();
+        i += 1;
+        s.apply(
+            i,
+            &Command::ForgetJobs {
+                before_ms: 1_000_000,
+                at_ms: 1_000_000,
+            },
+        );
+        let id = drill::job_id("shop", 10_000, 0, false);
+        assert!(s.get(&id).is_none(), "forgotten");
+        assert!(s.get("waiting").is_some(), "never a job that has not ended");
+        let summaries: Vec<HistoryOp> = s.take_history();
+        match summaries.as_slice() {
+            [HistoryOp::Job(j)] => {
+                assert_eq!(j.id, id);
+                assert_eq!(j.verdict, Some(Verdict::Passed));
+                assert_eq!(j.drill, Some(("shop".into(), 10_000)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.runs("shop")[0].results[0].tables[0].rows,
+            5,
+            "the run keeps the results"
+        );
     }
 
     #[test]
@@ -624,6 +727,7 @@ mod tests {
         i += 1;
         let t = tick(&s, 10_000, 10_000);
         s.apply(i, &t);
+        s.take_history();
         let back: JobStore =
             serde_json::from_str(&serde_json::to_string(&s).expect("ser")).expect("de");
         assert_eq!(back, s, "including the derived job index");

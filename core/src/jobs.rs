@@ -258,6 +258,12 @@ pub enum Command {
         reason: String,
         at_ms: u64,
     },
+    /// Finished jobs last changed before `before_ms` leave the state; their summaries go to the
+    /// history (the leader proposes it for `--job-retention`).
+    ForgetJobs {
+        before_ms: u64,
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -278,7 +284,8 @@ impl Command {
             | Command::ResumeDrill { .. }
             | Command::DeleteDrill { .. }
             | Command::DrillTick(_)
-            | Command::CloseWindow { .. } => 2,
+            | Command::CloseWindow { .. }
+            | Command::ForgetJobs { .. } => 2,
             Command::Probe { .. } => TEST_PROBE,
             Command::Report { report, .. } => {
                 if report.verdict == crate::report::Verdict::Error {
@@ -335,6 +342,9 @@ pub struct JobStore {
     /// Which run a drill job belongs to: job id → (drill, tick, manual). Derived from `runs`.
     #[serde(skip)]
     pub(crate) drill_jobs: BTreeMap<String, (String, i64, bool)>,
+    /// History writes made by applied commands, not taken yet (see [`crate::history`]).
+    #[serde(skip)]
+    pub(crate) history_out: Vec<crate::history::HistoryOp>,
     /// The pending jobs in submission order, (created index, id): the scheduler's queue. Derived
     /// from `jobs` (kept in step by [`JobStore::sync_pending`]; rebuilt when read back).
     #[serde(skip)]
@@ -377,6 +387,7 @@ impl From<StoreData> for JobStore {
             drills: d.drills,
             runs: d.runs,
             drill_jobs,
+            history_out: Vec::new(),
             pending,
         }
     }
@@ -522,6 +533,10 @@ impl JobStore {
                 reason,
                 at_ms,
             } => Outcome::Done(self.close_window(drill, *tick_ms, *manual, reason, *at_ms)),
+            Command::ForgetJobs { before_ms, at_ms } => {
+                self.forget_jobs(*before_ms, *at_ms);
+                Outcome::Nothing
+            }
         }
     }
 

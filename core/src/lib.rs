@@ -13,6 +13,8 @@
 //! - [`drill`]: the drill file, and the leader's pure decisions: fire, skip or miss a tick, a run's
 //!   outcome, drift against the last passed run, the drill's status.
 //! - [`drills`]: drills and their runs in the replicated state; a run follows its jobs.
+//! - [`history`]: what leaves the state as it is made (ended runs, forgotten jobs' summaries),
+//!   for the coordinator's history tables.
 //! - [`schedule`]: drill schedules — cron patterns in an IANA zone (compiled-in tz database), DST
 //!   gaps and repeated hours, ticks in a span, deterministic jitter.
 //! - [`script`]: the line filter a plain SQL dump passes through on its way to `psql`.
@@ -42,6 +44,7 @@ pub mod expect;
 pub mod fault;
 pub mod fleet;
 pub mod format;
+pub mod history;
 pub mod install;
 pub mod jobs;
 pub mod limits;

@@ -43,8 +43,16 @@ pub struct Fleet {
 impl Fleet {
     /// Three coordinators, the given workers (name, region, slots), and a real dump.
     pub async fn start(workers: &[(&str, &str, u32)]) -> Fleet {
+        Fleet::start_with(workers, &[]).await
+    }
+
+    /// [`Fleet::start`], with more flags for every coordinator.
+    pub async fn start_with(workers: &[(&str, &str, u32)], coordinator_flags: &[&str]) -> Fleet {
         let mut cluster = TestCluster::new(super::loopback_addrs(3), 10_000);
         cluster.extra = vec!["--lease".into(), LEASE.into()];
+        cluster
+            .extra
+            .extend(coordinator_flags.iter().map(|f| (*f).to_owned()));
         cluster.spawn_all();
         cluster.leader().await;
         // Under the system temp dir: a deep path could overflow the unix socket path limit.
