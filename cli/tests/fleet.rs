@@ -72,6 +72,15 @@ async fn jobs_run_in_their_region_and_a_killed_worker_s_job_passes_on_another() 
         "{notes}"
     );
     eprintln!("worker lost -> job re-queued in {requeue_s:.1} s (lease {LEASE})");
+    // The bound the lease promises: a lost worker's job runs again within about a lease (the
+    // expiry check runs every 250 ms; the margin covers a loaded CI machine and this poll).
+    let lease_s = humantime::parse_duration(LEASE)
+        .expect("lease")
+        .as_secs_f64();
+    assert!(
+        requeue_s < lease_s + 3.0,
+        "re-queued {requeue_s:.1} s after the kill; the lease is {lease_s} s"
+    );
 
     // The killed worker's sandbox outlived it; restarted on the same dir, it reaps it.
     assert!(

@@ -17,6 +17,7 @@ fn options(jobs: u64, workers: u64) -> Options {
         coordinators: None,
         bin: PathBuf::from(env!("CARGO_BIN_EXE_rehearse")),
         lease: Duration::from_secs(2),
+        job_retention: None,
         patience: Duration::from_secs(60),
     }
 }
@@ -59,9 +60,9 @@ async fn a_leader_kill_loses_and_doubles_nothing() {
         .await
         .expect("run");
     assert_sound(&f);
-    assert!(
-        f.events.iter().any(|e| e.starts_with("killed leader")),
-        "{:?}",
+    assert_eq!(
+        f.leader_kills, 1,
+        "the leader was killed while verdicts were due: {:?}",
         f.events
     );
 }
@@ -73,9 +74,10 @@ async fn worker_churn_loses_and_doubles_nothing() {
     opts.delay = Duration::from_millis(100);
     let f = run(Scenario::WorkerChurn, opts).await.expect("run");
     assert_sound(&f);
+    // The property: workers died mid-flow, their jobs ran again, and nothing was lost.
+    assert!(f.workers_killed >= 1, "no worker died: {:?}", f.events);
     assert!(
-        f.events.iter().any(|e| e.contains("died silently")),
-        "{:?}",
-        f.events
+        f.redelivered > 0,
+        "no job was delivered again after its worker died: {f:?}"
     );
 }

@@ -907,17 +907,15 @@ mod tests {
                     .collect(),
                 at_ms: 0
             }),
-            (job.clone(), 0u64..40, any::<bool>()).prop_map(|(j, token, pass)| Command::Report {
+            // Tokens below 1000 are resolved against the tokens actually issued (see `resolve`);
+            // the others stay as they are: stale or made up.
+            (job.clone(), 0u64..1100, 0u8..3).prop_map(|(j, token, v)| Command::Report {
                 job: j.into(),
                 token,
-                report: verdict(if pass {
-                    Verdict::Passed
-                } else {
-                    Verdict::Failed
-                }),
+                report: verdict([Verdict::Passed, Verdict::Failed, Verdict::Error][v as usize]),
                 at_ms: 0
             }),
-            (job, 0u64..40).prop_map(|(j, token)| Command::Progress {
+            (job, 0u64..1100).prop_map(|(j, token)| Command::Progress {
                 job: j.into(),
                 token,
                 phase: "restore".into(),
@@ -932,6 +930,44 @@ mod tests {
                 at_ms: 0
             }),
         ]
+    }
+
+    /// A report's or progress's token below 1000 picks one of the tokens issued so far (the
+    /// index of an `Assign` entry), so most messages carry a token some attempt really had.
+    fn resolve(cmd: &Command, issued: &[u64]) -> Command {
+        let pick = |t: u64| {
+            if t < 1000 && !issued.is_empty() {
+                issued[t as usize % issued.len()]
+            } else {
+                t
+            }
+        };
+        match cmd {
+            Command::Report {
+                job,
+                token,
+                report,
+                at_ms,
+            } => Command::Report {
+                job: job.clone(),
+                token: pick(*token),
+                report: report.clone(),
+                at_ms: *at_ms,
+            },
+            Command::Progress {
+                job,
+                token,
+                phase,
+                at_ms,
+            } => Command::Progress {
+                job: job.clone(),
+                token: pick(*token),
+                phase: phase.clone(),
+                at_ms: *at_ms,
+            },
+            Command::Batch(cs) => Command::Batch(cs.iter().map(|c| resolve(c, issued)).collect()),
+            other => other.clone(),
+        }
     }
 
     /// Single commands, and batches of them (as the leader gathers fleet messages).
@@ -949,11 +985,16 @@ mod tests {
         #[test]
         fn at_most_one_accepted_verdict_and_no_oversubscription(log in prop::collection::vec(entry(), 0..60)) {
             let mut s = JobStore::default();
-            let mut accepted: BTreeMap<String, u32> = BTreeMap::new();
-            for (i, cmd) in log.iter().enumerate() {
+            let mut accepted: BTreeMap<(String, u64), u32> = BTreeMap::new();
+            let mut issued: Vec<u64> = Vec::new();
+            for (i, raw) in log.iter().enumerate() {
                 let index = i as u64 + 1;
+                let cmd = &resolve(raw, &issued);
                 let current = if let Command::Report { job, .. } = cmd { s.get(job).and_then(|j| j.attempts.last().map(|a| a.token)) } else { None };
                 let out = s.apply(index, cmd);
+                if matches!(cmd, Command::Assign { .. }) {
+                    issued.push(index);
+                }
                 if let (Command::Report { token, .. }, Outcome::Done(Ok(()))) = (cmd, &out) {
                     prop_assert_eq!(Some(*token), current, "accepted with a token that was not current");
                 }
@@ -962,8 +1003,18 @@ mod tests {
                     (c, o) => vec![(c, o)],
                 };
                 for (c, o) in results {
-                    if let (Command::Report { job, .. }, Outcome::Done(Ok(()))) = (c, o) {
-                        *accepted.entry(job.clone()).or_default() += 1;
+                    if let (Command::Report { job, token, report, .. }, Outcome::Done(Ok(()))) = (c, o) {
+                        *accepted.entry((job.clone(), *token)).or_default() += 1;
+                        // Inside a batch too: the report ended the attempt that had its token,
+                        // with the outcome it carried.
+                        let j = s.get(job).expect("reported job exists");
+                        let attempt = j.attempts.iter().find(|a| a.token == *token);
+                        let want = match report.verdict {
+                            Verdict::Passed => AttemptOutcome::Passed,
+                            Verdict::Failed => AttemptOutcome::Failed,
+                            Verdict::Error => AttemptOutcome::Error,
+                        };
+                        prop_assert!(attempt.is_some_and(|a| a.outcome == Some(want) && a.ended_at_ms.is_some()), "report with token {} accepted but no attempt of {} ended by it: {:?}", token, job, j.attempts);
                     }
                 }
                 let queued: Vec<&str> = s.pending().map(|j| j.id.as_str()).collect();
@@ -983,7 +1034,17 @@ mod tests {
                     }
                 }
             }
-            prop_assert!(accepted.values().all(|n| *n <= 1), "a job got two accepted verdicts: {:?}", accepted);
+            prop_assert!(accepted.values().all(|n| *n <= 1), "an attempt got two accepted verdicts: {:?}", accepted);
+            // A job's final verdict: at most one accepted passed/failed report per job.
+            let mut finals: BTreeMap<&str, u32> = BTreeMap::new();
+            for j in s.list(None) {
+                for a in &j.attempts {
+                    if matches!(a.outcome, Some(AttemptOutcome::Passed | AttemptOutcome::Failed)) {
+                        *finals.entry(j.id.as_str()).or_default() += 1;
+                    }
+                }
+            }
+            prop_assert!(finals.values().all(|n| *n <= 1), "a job has two verdicts on its backup: {:?}", finals);
         }
     }
 }

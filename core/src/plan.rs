@@ -183,6 +183,8 @@ pub struct ArtifactSpec {
     pub copies: Vec<String>,
     /// The worker's named source profile for the plan's S3 URLs (`None`: its default).
     pub profile: Option<String>,
+    /// With `pick = "random"`: the same seed picks the same backup (`None`: a new one per run).
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -247,10 +249,11 @@ pub struct RawPlan {
 
 impl RawPlan {
     /// The command version a plan needs in the log (see `crate::codec`): fields added in
-    /// version 2 (`[[checks]] database`, `[sandbox] data`/`disk`) would be refused by older
+    /// version 2 (`[[checks]] database`, `[sandbox] data`/`disk`, `[artifact] seed`) would be refused by older
     /// nodes, whose plans deny unknown keys.
     pub fn min_version(&self) -> u32 {
-        let checks = self.checks.iter().any(|c| c.database.is_some());
+        let checks =
+            self.checks.iter().any(|c| c.database.is_some()) || self.artifact.seed.is_some();
         let sandbox = self
             .sandbox
             .as_ref()
@@ -308,6 +311,9 @@ pub struct RawArtifact {
     /// A named source profile of the worker (`--sources`) for the plan's s3:// URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// With `pick = "random"`: a fixed seed, so the pick can be reproduced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -460,6 +466,7 @@ impl Plan {
                     .profile
                     .map(|p| p.trim().to_owned())
                     .filter(|p| !p.is_empty()),
+                seed: raw.artifact.seed,
             },
             targets,
             checks,
@@ -487,6 +494,7 @@ impl Plan {
                 within: self.artifact.within.map(fmt),
                 copies: self.artifact.copies.clone(),
                 profile: self.artifact.profile.clone(),
+                seed: self.artifact.seed,
             },
             targets: has_targets.then(|| RawTargets {
                 rto: t.rto.map(fmt),

@@ -68,6 +68,8 @@ pub struct Options {
     pub lease: Duration,
     /// Give up waiting for verdicts after this long without progress.
     pub patience: Duration,
+    /// `--job-retention` of the cluster this tool starts: finished jobs leave its memory.
+    pub job_retention: Option<Duration>,
 }
 
 /// Percentiles in milliseconds.
@@ -112,14 +114,19 @@ pub struct Figures {
     pub lost: u64,
     /// Jobs with more than one accepted verdict.
     pub duplicated: u64,
-    /// Jobs that ended failed (e.g. lost on every attempt under churn).
+    /// Jobs that ended without passing: `failed`, or `error` (e.g. their worker lost on every
+    /// attempt under churn).
     pub failed: u64,
     /// Verdicts the coordinator refused (stale attempts: expected under churn and leader kills).
     pub refused_verdicts: u64,
     /// Jobs delivered more than once (re-queued after a lost worker).
     pub redelivered: u64,
     pub coordinator_rss_mb: Option<f64>,
-    /// What the scenario did (kills, churned workers).
+    /// Leaders killed while jobs were still flowing (leader-kill).
+    pub leader_kills: u64,
+    /// Workers killed while jobs were still flowing (worker-churn).
+    pub workers_killed: u64,
+    /// What the scenario did (kills, churned workers); only what happened.
     pub events: Vec<String>,
 }
 
@@ -354,14 +361,12 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
                 );
             }
             let lease = humantime::format_duration(opts.lease).to_string();
-            Some(
-                Cluster::start(
-                    opts.bin.to_string_lossy().into_owned(),
-                    3,
-                    vec!["--lease".into(), lease],
-                )
-                .await,
-            )
+            let mut extra = vec!["--lease".into(), lease];
+            if let Some(r) = opts.job_retention {
+                extra.push("--job-retention".into());
+                extra.push(humantime::format_duration(r).to_string());
+            }
+            Some(Cluster::start(opts.bin.to_string_lossy().into_owned(), 3, extra).await)
         }
     };
     let addrs = match (&opts.coordinators, &cluster) {
@@ -422,6 +427,7 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
 
     // The scenario's disturbance, while jobs flow.
     let progress = || env.stats.accepted_total.load(Ordering::Relaxed);
+    let (mut leader_kills, mut workers_killed) = (0, 0);
     match scenario {
         Scenario::Steady => {}
         Scenario::LeaderKill => {
@@ -432,6 +438,10 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let leader = c.leader().await;
+            // Only a kill while verdicts are still due counts: one after the last proves nothing.
+            if progress() < opts.jobs {
+                leader_kills += 1;
+            }
             c.kill(leader);
             events.push(format!(
                 "killed leader {leader} after {} verdicts ({:.2} s)",
@@ -455,7 +465,10 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
                 workers.push(start_worker(&env, name, 1).await?);
                 k += 1;
             }
-            events.push(format!("{k} workers died silently and {k} joined"));
+            workers_killed = k;
+            if k > 0 {
+                events.push(format!("{k} workers died silently and {k} joined"));
+            }
         }
     }
 
@@ -468,11 +481,14 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
     // good (churn), so once verdicts stop coming the coordinator is asked.
     let mut c = client(&addrs)?;
     c.patience = Duration::from_secs(60);
-    let is_final = |st: Option<&String>| {
-        matches!(
-            st.map(String::as_str),
-            Some("passed" | "failed" | "cancelled")
-        )
+    // A job that left the coordinators' memory (--job-retention) had ended: only finished jobs
+    // are forgotten. Its verdict was accepted here, so it is counted through that.
+    let accepted_ids: std::collections::HashSet<String> =
+        lock(&env.stats.accepted).keys().cloned().collect();
+    let forgets = opts.job_retention.is_some();
+    let is_final_in = |state: &HashMap<String, String>, id: &String| match state.get(id) {
+        Some(st) => rehearse_core::jobs::JobState::parse(st).is_some_and(|s| s.is_final()),
+        None => forgets && accepted_ids.contains(id),
     };
     let mut last_progress = (progress(), Instant::now());
     let mut state: HashMap<String, String> = HashMap::new();
@@ -490,7 +506,7 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
             continue;
         }
         state = job_states(&mut c).await?;
-        if acked.iter().all(|id| is_final(state.get(id)))
+        if acked.iter().all(|id| is_final_in(&state, id))
             || last_progress.1.elapsed() > opts.patience
         {
             break;
@@ -498,14 +514,14 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
     }
     let last = lock(&env.stats.last_verdict).unwrap_or_else(Instant::now);
     let elapsed = last.duration_since(started).as_secs_f64();
-    if state.is_empty() || !acked.iter().all(|id| is_final(state.get(id))) {
+    if state.is_empty() || !acked.iter().all(|id| is_final_in(&state, id)) {
         state = job_states(&mut c).await?;
     }
     let final_state = |id: &String| state.get(id).map(String::as_str);
-    let lost = acked.iter().filter(|id| !is_final(state.get(*id))).count() as u64;
+    let lost = acked.iter().filter(|id| !is_final_in(&state, id)).count() as u64;
     let failed = acked
         .iter()
-        .filter(|id| final_state(id) == Some("failed"))
+        .filter(|id| matches!(final_state(id), Some("failed" | "error")))
         .count() as u64;
     let duplicated = lock(&env.stats.accepted)
         .values()
@@ -530,6 +546,8 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
         refused_verdicts: env.stats.refused.load(Ordering::Relaxed),
         redelivered: env.stats.redelivered.load(Ordering::Relaxed),
         coordinator_rss_mb: rss,
+        leader_kills,
+        workers_killed,
         events,
     })
 }

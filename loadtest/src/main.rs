@@ -68,6 +68,9 @@ struct Flags {
     /// Give up waiting for verdicts after this long without progress.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     patience: Duration,
+    /// `--job-retention` for the cluster this tool starts (finished jobs leave its memory).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    job_retention: Option<Duration>,
     #[arg(long, short, value_enum, default_value = "human")]
     output: Output,
 }
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         bin,
         lease,
         patience: flags.patience,
+        job_retention: flags.job_retention,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -355,8 +355,10 @@ impl Verifier {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let seed = u64::from_str_radix(&crate::random_token()[..16], 16).unwrap_or(0);
         let a = &plan.artifact;
+        let seed = a
+            .seed
+            .unwrap_or_else(|| u64::from_str_radix(&crate::random_token()[..16], 16).unwrap_or(0));
         let s3 = match &a.profile {
             None => &self.opts.s3,
             Some(name) => match self.opts.profiles.get(name) {

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
@@ -318,20 +319,27 @@ async fn interrupt_tears_down_and_reports_no_verdict() {
 #[tokio::test]
 async fn shell_escapes_in_a_plain_dump_never_run() {
     let env = env();
-    let marker = env.root.path().with_extension("pwned");
-    for (name, script) in [
+    // The marker's dir is writable by the sandbox user: had an escape run, it would be there.
+    let markers = env.root.path().with_extension("markers");
+    fs::create_dir_all(&markers).expect("marker dir");
+    fs::set_permissions(&markers, fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+    let marker = markers.join("pwned");
+    for (name, script, said) in [
         (
             "line-start",
             format!("CREATE TABLE t (id int);\n\\! touch {}\n", marker.display()),
+            "psql meta-command \\!",
         ),
         // mid-line: only psql's restricted mode can stop this one
         (
             "mid-line",
             format!("SELECT 1 \\! touch {}\n;\n", marker.display()),
+            "psql failed",
         ),
         (
             "set-off",
             "\\set ON_ERROR_STOP off\nSELECT 1/0;\n".to_owned(),
+            "psql meta-command \\set",
         ),
     ] {
         let dump = env.file(
@@ -350,8 +358,15 @@ async fn shell_escapes_in_a_plain_dump_never_run() {
             "{name}: {:?}",
             report.failure
         );
+        let reason = report
+            .failure
+            .as_ref()
+            .map(|f| f.reason.clone())
+            .unwrap_or_default();
+        assert!(reason.contains(said), "{name}: {reason}");
         assert!(!marker.exists(), "{name}: the shell command ran");
     }
+    let _ = fs::remove_dir_all(&markers);
 }
 
 /// A backup set: a directory of three dumps, 40, 10 and 2 days old, and a newer sidecar.

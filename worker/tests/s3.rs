@@ -108,12 +108,13 @@ async fn latest_and_random_picks_over_a_prefix() {
     );
     assert_eq!(report.artifact.blake3_from.as_deref(), Some("sidecar"));
 
+    // Seeded, so the spread below is the same on every run: it cannot fail by chance.
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..8 {
+    for seed in 1..=8 {
         let report = env
             .verify(&s3_plan(
                 "s3://backups/daily",
-                "pick = \"random\"\nwithin = \"30d\"\n",
+                &format!("pick = \"random\"\nwithin = \"30d\"\nseed = {seed}\n"),
             ))
             .await;
         assert!(report.artifact.url.starts_with("s3://backups/daily/"));
@@ -125,6 +126,15 @@ async fn latest_and_random_picks_over_a_prefix() {
         }
     }
     assert!(seen.len() >= 2, "random picked only {seen:?}");
+    // The same seed, the same pick.
+    let again = |seed: u64| {
+        s3_plan(
+            "s3://backups/daily",
+            &format!("pick = \"random\"\nwithin = \"30d\"\nseed = {seed}\n"),
+        )
+    };
+    let first = env.verify(&again(3)).await.artifact.url;
+    assert_eq!(env.verify(&again(3)).await.artifact.url, first);
 
     let report = env
         .verify(&s3_plan("s3://backups/monthly/", "pick = \"latest\"\n"))
