@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 mod cluster_client;
+mod demo_fleet;
 mod drill;
 
 use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
@@ -496,6 +497,11 @@ struct DemoArgs {
     /// Keep the sample dump and its plan in this directory instead of a temp dir.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Then run the dump as a drill firing every 10 s on an in-process fleet (three coordinators
+    /// in two regions, a worker in each), until this many runs passed (0: skip; the demo script
+    /// uses 3).
+    #[arg(long, default_value_t = 0)]
+    fleet: usize,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -717,6 +723,28 @@ async fn demo(args: DemoArgs, cancel: &CancellationToken) -> Result<ExitCode, Co
     }
     let report = verifier.verify(&plan, cancel).await?;
     let code = print_report(&report, args.output)?;
+    if args.fleet > 0 && report.verdict == Verdict::Passed {
+        // Its own dir, open to the sandbox user (the workers' sandboxes live inside it).
+        let fleet_dir = tempfile::Builder::new()
+            .prefix("rehearse-demo-fleet-")
+            .tempdir()
+            .context("create the demo fleet's dir")?;
+        std::fs::set_permissions(
+            fleet_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .context("open the demo fleet's dir")?;
+        let plan_file = fleet_dir.path().join("shop.toml");
+        std::fs::write(&plan_file, &plan_text).context("write the drill's plan")?;
+        demo_fleet::run(
+            fleet_dir.path(),
+            &plan_file,
+            args.sandbox.run.runtime.choice(),
+            args.fleet,
+            cancel,
+        )
+        .await?;
+    }
     if human && args.keep.is_some() {
         eprintln!(
             "\nrehearse demo: kept {} — run it again with: rehearse verify --plan {}",

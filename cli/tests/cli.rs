@@ -144,6 +144,40 @@ fn help_documents_exit_codes() {
     }
 }
 
+/// The demo's fleet part: an in-process cluster in two regions runs the dump as a drill until a
+/// run passed, prints it, and stops without leaving anything behind.
+#[test]
+fn demo_fleet_runs_the_dump_as_a_drill_and_cleans_up() {
+    let work = work_dir();
+    let fleet_dirs = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .expect("tmp")
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("rehearse-demo-fleet-")
+            })
+            .map(|e| e.path())
+            .collect()
+    };
+    let before = fleet_dirs();
+    let out = run(bin()
+        .args(["demo", "--orders", "200", "--fleet", "1", "--work-dir"])
+        .arg(work.path()));
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("regions eu, us, eu"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("drill run at") && l.contains("PASSED") && l.contains("RTO")),
+        "{err}"
+    );
+    assert!(err.contains("1 drill runs passed; status ok"), "{err}");
+    let left: Vec<_> = fleet_dirs().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "the fleet's dir was left behind: {left:?}");
+}
+
 #[test]
 fn demo_json_report_has_the_promised_shape() {
     let work = work_dir();

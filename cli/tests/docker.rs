@@ -80,7 +80,19 @@ fn kill_mid_restore_leaves_a_container_that_the_next_run_reaps() {
         assert!(Instant::now() < deadline, "no running container appeared");
         std::thread::sleep(Duration::from_millis(50));
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Mid-restore means the restore tool runs in the container: wait for psql to be there.
+    while !String::from_utf8_lossy(
+        &Command::new("docker")
+            .args(["top", &id])
+            .output()
+            .expect("docker top")
+            .stdout,
+    )
+    .contains("psql")
+    {
+        assert!(Instant::now() < deadline, "psql never ran in the container");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // What the container is: no network, read-only root, limits, labels.
     assert_eq!(inspect(&id, "{{.HostConfig.NetworkMode}}"), "none");
     assert_eq!(inspect(&id, "{{.HostConfig.ReadonlyRootfs}}"), "true");

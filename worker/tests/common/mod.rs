@@ -164,10 +164,21 @@ pub fn processes_mentioning(path: &Path) -> Vec<String> {
     found
 }
 
+/// The fixtures' cache key: a hash of the code that makes them (the sample databases and this
+/// file) and their size, so a change to the generator makes new fixtures by itself — no version
+/// to remember to bump.
+fn generator_key() -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(include_str!("../../src/sample.rs").as_bytes());
+    h.update(include_str!("mod.rs").as_bytes());
+    h.update(&ORDERS.to_le_bytes());
+    h.finalize().to_hex()[..16].to_owned()
+}
+
 /// The sample dumps, made once per target dir (concurrent test processes race harmlessly: each
 /// builds in its own staging dir and the first rename wins).
 pub async fn fixtures() -> PathBuf {
-    let dir = target_tmp().join(format!("fixtures-v1-{ORDERS}"));
+    let dir = target_tmp().join(format!("fixtures-{}", generator_key()));
     if dir.join("complete").is_file() {
         return dir;
     }
@@ -287,7 +298,7 @@ pub fn assert_error_in(report: &Report, phase: &str, reason_part: &str) {
 /// The MariaDB sample dump (mariadb-dump of the shop tables), made once per target dir, plus its
 /// gzip and zstd forms.
 pub async fn mysql_fixtures() -> PathBuf {
-    let dir = target_tmp().join(format!("mysql-fixtures-v1-{ORDERS}"));
+    let dir = target_tmp().join(format!("mysql-fixtures-{}", generator_key()));
     if dir.join("complete").is_file() {
         return dir;
     }

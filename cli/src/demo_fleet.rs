@@ -1,0 +1,213 @@
+//! `rehearse demo --fleet`: after the single verification, the same dump as a scheduled drill on
+//! an in-process fleet — three coordinators (two regions), a worker in each region — ticking
+//! every 10 seconds until a few runs have passed, each run printed as it lands.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use rehearse_coordinator::CoordinatorConfig;
+use rehearse_core::drill::{DrillSpec, DrillView, RunOutcome};
+use rehearse_proto::client::{Client, DrillRpc};
+use rehearse_proto::v1 as pb;
+use rehearse_worker::agent::AgentConfig;
+use rehearse_worker::runtime::RuntimeChoice;
+use tokio_util::sync::CancellationToken;
+
+/// Loopback addresses for the coordinators (a port taken and released: the demo's own machine).
+fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    l.local_addr().context("local address")
+}
+
+/// Runs the fleet part of the demo in `dir` for the plan in `plan_file`, until `runs` runs of
+/// the drill passed (or `cancel`).
+pub async fn run(
+    dir: &Path,
+    plan_file: &Path,
+    runtime: RuntimeChoice,
+    runs: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stop = cancel.child_token();
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        peers.insert(id, free_addr()?.to_string());
+    }
+    let regions = ["eu", "us", "eu"];
+    let mut tasks = Vec::new();
+    for (i, (id, addr)) in peers.iter().enumerate() {
+        let config = CoordinatorConfig {
+            id: *id,
+            listen: addr.parse().context("coordinator address")?,
+            advertise: addr.clone(),
+            peers: peers.clone(),
+            data_dir: dir.join(format!("coordinator-{id}")),
+            region: regions[i].to_owned(),
+            cluster: "demo".to_owned(),
+            join: false,
+            compact_after: 10_000,
+            force_new_cluster: false,
+            tls: None,
+            lease: rehearse_coordinator::DEFAULT_LEASE,
+            command_version: rehearse_core::codec::CURRENT,
+            job_retention: rehearse_coordinator::DEFAULT_JOB_RETENTION,
+        };
+        let token = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = rehearse_coordinator::run(config, token).await {
+                eprintln!("rehearse demo: coordinator stopped: {e}");
+            }
+        }));
+    }
+    let coordinators: Vec<String> = peers.values().cloned().collect();
+    for (name, region) in [("worker-eu", "eu"), ("worker-us", "us")] {
+        let config = AgentConfig {
+            coordinators: coordinators.clone(),
+            tls: None,
+            name: name.to_owned(),
+            region: region.to_owned(),
+            labels: BTreeMap::new(),
+            slots: 1,
+            work_dir: dir.join(name),
+            sandbox_user: "nobody".to_owned(),
+            runtime,
+            images: Default::default(),
+            profiles: BTreeMap::new(),
+        };
+        let token = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = rehearse_worker::agent::run(config, token).await {
+                eprintln!("rehearse demo: worker stopped: {e}");
+            }
+        }));
+    }
+    let result = drive(dir, plan_file, &coordinators, runs, &stop).await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    result
+}
+
+async fn drive(
+    dir: &Path,
+    plan_file: &Path,
+    coordinators: &[String],
+    runs: usize,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let drill_file = dir.join("shop.drill.toml");
+    std::fs::write(
+        &drill_file,
+        format!(
+            "[drill]\nname = \"shop every 10s\"\nschedule = \"*/10 * * * * *\"\ntimezone = \"Europe/Berlin\"\nwindow = \"8s\"\nalert_after = \"1m\"\ndrift = \"10%\"\nplan = \"{}\"\n",
+            plan_file
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ),
+    )
+    .context("write the demo drill")?;
+    let spec = crate::drill::read_spec(&drill_file)?;
+    let mut client = Client::new(coordinators.to_vec())?;
+    apply(&mut client, &spec).await?;
+    eprintln!(
+        "\nrehearse demo: a fleet in-process — coordinators {} (regions eu, us, eu), workers in eu and us.\n\
+         The dump is now a drill firing every 10 s ({}). While this runs, in another terminal:\n    \
+         rehearse drill list --coordinators {}\n",
+        coordinators.join(","),
+        drill_file.display(),
+        coordinators[0]
+    );
+    let mut shown = 0usize;
+    let mut passed = 0usize;
+    while passed < runs {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = stop.cancelled() => return Ok(()),
+        }
+        let Ok(answer) = client
+            .drill(
+                DrillRpc::Get,
+                pb::DrillCall {
+                    name: spec.name.clone(),
+                    history: true,
+                    ..pb::DrillCall::default()
+                },
+            )
+            .await
+        else {
+            continue;
+        };
+        let Ok(views) = serde_json::from_str::<Vec<DrillView>>(&answer.json) else {
+            continue;
+        };
+        let Some(view) = views.first() else { continue };
+        let ended: Vec<_> = view
+            .runs
+            .iter()
+            .filter(|r| r.outcome != RunOutcome::Running)
+            .collect();
+        for r in ended.iter().skip(shown) {
+            let result = r.results.first();
+            eprintln!(
+                "  drill run at {}  {}{}{}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(r.tick_ms.max(0) as u64)
+                ),
+                r.outcome.as_str().to_uppercase(),
+                result
+                    .and_then(|x| x.rto_ms)
+                    .map(|ms| format!("  RTO {}", rehearse_core::report::human_ms(ms)))
+                    .unwrap_or_default(),
+                r.reason
+                    .as_deref()
+                    .map(|x| format!("  — {x}"))
+                    .unwrap_or_default()
+            );
+            if r.outcome == RunOutcome::Passed {
+                passed += 1;
+            }
+        }
+        shown = ended.len();
+    }
+    eprintln!(
+        "\nrehearse demo: {passed} drill runs passed; status {}. Stopping the fleet.",
+        status(&mut client, &spec.name).await
+    );
+    Ok(())
+}
+
+async fn apply(client: &mut Client, spec: &DrillSpec) -> anyhow::Result<()> {
+    client
+        .drill(
+            DrillRpc::Apply,
+            pb::DrillCall {
+                spec_json: serde_json::to_string(spec).context("encode drill")?,
+                ..pb::DrillCall::default()
+            },
+        )
+        .await
+        .context("apply the demo drill")?;
+    Ok(())
+}
+
+async fn status(client: &mut Client, name: &str) -> String {
+    let Ok(answer) = client
+        .drill(
+            DrillRpc::Get,
+            pb::DrillCall {
+                name: name.to_owned(),
+                ..pb::DrillCall::default()
+            },
+        )
+        .await
+    else {
+        return "unknown".into();
+    };
+    serde_json::from_str::<Vec<DrillView>>(&answer.json)
+        .ok()
+        .and_then(|v| v.first().and_then(|d| d.status))
+        .map_or_else(|| "unknown".into(), |s| s.as_str().to_owned())
+}
