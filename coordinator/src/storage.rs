@@ -17,6 +17,8 @@ use rehearse_core::jobs::JobStore;
 use serde::{Deserialize, Serialize};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
+/// redb's page cache (read and write).
+const CACHE_BYTES: usize = 64 << 20;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const IDENTITY: &str = "identity";
@@ -202,10 +204,15 @@ impl RaftStore {
                 )));
             }
         }
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            dir: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        // redb caches up to 1 GiB by default, and the history tables grow without bound: the
+        // hot set here is the log's tail and the state, so a small cache keeps memory flat.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Open {
+                dir: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let mut store = RaftStore {
             db,
             hard: HardState::default(),
