@@ -319,7 +319,7 @@ fn preview(
     output: ClientOutput,
 ) -> Result<ExitCode, CouldNotVerify> {
     let spec = read_spec(file)?;
-    let schedule = Schedule::new(&spec.schedule, &spec.timezone).map_err(anyhow::Error::msg)?;
+    let schedule = Schedule::new(&spec.schedule, &spec.timezone)?;
     let times = schedule.upcoming(from_ms as i64, count);
     match output {
         ClientOutput::Json => println!(

@@ -50,7 +50,8 @@ fn apply(f: &Fleet, file: &Path) {
     );
 }
 
-async fn view(f: &Fleet, name: &str) -> DrillView {
+/// The drill with its whole history, if the cluster answers now.
+async fn try_view(f: &Fleet, name: &str) -> Option<DrillView> {
     let answer = f
         .client()
         .drill(
@@ -62,9 +63,13 @@ async fn view(f: &Fleet, name: &str) -> DrillView {
             },
         )
         .await
-        .expect("drill get");
-    let mut views: Vec<DrillView> = serde_json::from_str(&answer.json).expect("views");
-    views.remove(0)
+        .ok()?;
+    let mut views: Vec<DrillView> = serde_json::from_str(&answer.json).ok()?;
+    (!views.is_empty()).then(|| views.remove(0))
+}
+
+async fn view(f: &Fleet, name: &str) -> DrillView {
+    try_view(f, name).await.expect("drill get")
 }
 
 /// Waits until the drill's history satisfies `done`.
@@ -72,21 +77,8 @@ async fn wait_runs(f: &Fleet, name: &str, what: &str, done: impl Fn(&[Run]) -> b
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut last = Vec::new();
     while Instant::now() < deadline {
-        if let Ok(answer) = f
-            .client()
-            .drill(
-                DrillRpc::Get,
-                pb::DrillCall {
-                    name: name.into(),
-                    history: true,
-                    ..pb::DrillCall::default()
-                },
-            )
-            .await
-            && let Ok(mut views) = serde_json::from_str::<Vec<DrillView>>(&answer.json)
-            && !views.is_empty()
-        {
-            last = views.remove(0).runs;
+        if let Some(v) = try_view(f, name).await {
+            last = v.runs;
             if done(&last) {
                 return last;
             }

@@ -107,11 +107,14 @@ async fn main() {
         if tick < start as i64 || tick >= (start + minutes * 60_000) as i64 {
             continue;
         }
-        let Some((name, _hash)) = head.trim_start_matches("drill-").rsplit_once('-') else {
+        // (strip the id's own "drill-" once: the name itself starts with "drill-")
+        let Some((name, _hash)) = head.strip_prefix("drill-").and_then(|h| h.rsplit_once('-'))
+        else {
             continue;
         };
         let due = tick as u64 + jitter_ms(name, tick, WINDOW_MS);
-        lags.push(j.submitted_at_ms.saturating_sub(due));
+        // In µs: `percentile` reports milliseconds from microseconds.
+        lags.push(j.submitted_at_ms.saturating_sub(due) * 1000);
     }
     lags.sort_unstable();
     let expected = drills as u64 * minutes;
@@ -123,10 +126,11 @@ async fn main() {
             "apply_s": apply_s,
             "runs_expected": expected,
             "runs_created": lags.len(),
+            "jobs_listed": jobs.len(),
             "tick_to_job_ms": {
-                "p50": percentile(&lags, 50.0),
-                "p99": percentile(&lags, 99.0),
-                "max": lags.last().copied().unwrap_or(0),
+                "p50": percentile(&lags, 0.50),
+                "p99": percentile(&lags, 0.99),
+                "max": lags.last().copied().unwrap_or(0) as f64 / 1000.0,
             },
             "leader_cpu_cores": leader_cpu,
             "leader_peak_rss_mb": c.peak_rss_mb(),

@@ -11,15 +11,16 @@ use std::collections::HashMap;
 use rehearse_core::drill::{self, Decision, Drill, RunOutcome};
 use rehearse_core::drills::Tick;
 use rehearse_core::jobs::{Command, JobState, JobStore, NewJob};
-use rehearse_core::schedule::Schedule;
+use rehearse_core::schedule::{Schedule, jitter_ms};
 use tracing::warn;
 
 /// One drill's cached schedule: valid while its version, last tick and pause are unchanged.
 struct Cached {
     key: (String, i64, bool),
     schedule: Schedule,
-    /// The first tick after `last_tick_ms`; `None` if the schedule never fires again.
-    next_tick: Option<i64>,
+    /// When the first tick after `last_tick_ms` is due: the tick plus its jitter (or its window's
+    /// end, whichever comes first); `None` if the schedule never fires again.
+    due_at: Option<i64>,
 }
 
 #[derive(Default)]
@@ -45,21 +46,25 @@ impl Ticker {
                         continue;
                     }
                 };
-                let next_tick = schedule.next_after(d.last_tick_ms);
+                // Nothing can be due before the next tick's jittered start: a drill is decided
+                // once per tick, not on every pass (10,000 drills × a pass every 100 ms would
+                // keep the leader busy evaluating cron patterns).
+                let due_at = schedule
+                    .next_after(d.last_tick_ms)
+                    .map(|tick| tick + jitter_ms(&d.spec.name, tick, d.spec.window_ms) as i64);
                 self.cache.insert(
                     d.spec.name.clone(),
                     Cached {
                         key,
                         schedule,
-                        next_tick,
+                        due_at,
                     },
                 );
             }
             let Some(cached) = self.cache.get(&d.spec.name) else {
                 continue;
             };
-            // Nothing can be due before the next tick: skip the cron evaluation.
-            if cached.next_tick.is_none_or(|t| t > now) {
+            if cached.due_at.is_none_or(|t| t > now) {
                 continue;
             }
             let running = store.drill_running(&d.spec.name);

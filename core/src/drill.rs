@@ -129,7 +129,8 @@ impl DrillSpec {
             ));
         }
         let timezone = d.timezone.unwrap_or_else(|| "UTC".to_owned());
-        let schedule = Schedule::new(&d.schedule, &timezone).map_err(|r| invalid("schedule", r))?;
+        let schedule = Schedule::new(&d.schedule, &timezone)
+            .map_err(|e| invalid("schedule", e.to_string()))?;
         let duration = |key: &'static str, v: Option<String>, default: Option<Duration>| match v {
             None => Ok(default),
             Some(t) => humantime::parse_duration(t.trim())
@@ -201,9 +202,9 @@ impl DrillSpec {
     /// A definition that arrived over the wire, validated again as if read from its file:
     /// schedule, plans and version.
     pub fn checked(mut self) -> Result<DrillSpec, DrillError> {
-        Schedule::new(&self.schedule, &self.timezone).map_err(|reason| DrillError::Invalid {
+        Schedule::new(&self.schedule, &self.timezone).map_err(|e| DrillError::Invalid {
             key: "schedule",
-            reason,
+            reason: e.to_string(),
         })?;
         if self.name.trim().is_empty() || self.plans.is_empty() || self.window_ms < 1000 {
             return Err(DrillError::Invalid {
@@ -219,7 +220,7 @@ impl DrillSpec {
     }
 
     /// The schedule, parsed (validated when the spec was made).
-    pub fn schedule(&self) -> Result<Schedule, String> {
+    pub fn schedule(&self) -> Result<Schedule, crate::schedule::ScheduleError> {
         Schedule::new(&self.schedule, &self.timezone)
     }
 
@@ -448,35 +449,55 @@ pub fn decide(drill: &Drill, schedule: &Schedule, now_ms: i64, previous_running:
     {
         return Decision::Wait;
     }
-    let (latest, total) = schedule.ticks_between(drill.last_tick_ms, now_ms, 1);
-    let Some(&tick) = latest.first() else {
+    let (latest, total) = schedule.ticks_between(drill.last_tick_ms, now_ms, 2);
+    let Some(&last) = latest.last() else {
         return Decision::Wait;
     };
     let window = drill.spec.window_ms as i64;
-    let first_missed = schedule.next_after(drill.last_tick_ms).unwrap_or(tick);
-    if now_ms >= tick.saturating_add(window) {
+    let first_missed = schedule.next_after(drill.last_tick_ms).unwrap_or(last);
+    if now_ms >= last.saturating_add(window) {
         // Nobody acted while its window was open: every due tick is missed, this one too.
         return Decision::Tick {
-            tick_ms: tick,
+            tick_ms: last,
             fire: false,
             skipped: None,
-            missed: Some((total, first_missed, tick)),
+            missed: Some((total, first_missed, last)),
         };
     }
-    let start =
-        tick + crate::schedule::jitter_ms(&drill.spec.name, tick, drill.spec.window_ms) as i64;
-    if now_ms < start {
-        return Decision::Wait;
-    }
+    let start_of = |tick: i64| {
+        tick + crate::schedule::jitter_ms(&drill.spec.name, tick, drill.spec.window_ms) as i64
+    };
+    // The tick to act on: the latest whose jittered start has come. The newest tick may not
+    // be due yet while the one before it is (a start jittered to just before the next tick):
+    // that one runs, it is not missed.
+    let (tick, earlier) = if now_ms >= start_of(last) {
+        (last, total - 1)
+    } else {
+        match latest.first().filter(|_| total >= 2) {
+            None => return Decision::Wait,
+            Some(&previous) if now_ms >= previous.saturating_add(window) => {
+                // Its window closed unseen: it and those before it are missed; the newest
+                // tick is decided on its own when its start comes.
+                return Decision::Tick {
+                    tick_ms: previous,
+                    fire: false,
+                    skipped: None,
+                    missed: Some((total - 1, first_missed, previous)),
+                };
+            }
+            Some(&previous) if now_ms >= start_of(previous) => (previous, total - 2),
+            Some(_) => return Decision::Wait,
+        }
+    };
     // The ticks before this one that nobody acted on: one record, their count and span.
-    let missed = (total > 1).then(|| {
-        let last = schedule
+    let missed = (earlier > 0).then(|| {
+        let last_missed = schedule
             .ticks_between(drill.last_tick_ms, tick - 1, 1)
             .0
             .first()
             .copied()
             .unwrap_or(first_missed);
-        (total - 1, first_missed, last)
+        (earlier, first_missed, last_missed)
     });
     if previous_running && drill.spec.overlap == Overlap::Skip {
         return Decision::Tick {
@@ -807,6 +828,43 @@ mod tests {
         // Nothing due after the last tick dealt with.
         let done = drill("window = \"8s\"\n", 60_000);
         assert_eq!(decide(&done, &s, 65_000, false), Decision::Wait);
+    }
+
+    /// Found by the 10,000-drill benchmark: a run jittered to start just before the next tick
+    /// must run when its start comes, not be recorded as missed once the next tick has passed.
+    #[test]
+    fn a_start_jittered_past_the_next_tick_still_runs() {
+        let minutely = Drill {
+            spec: spec_on("* * * * *", "window = \"10m\"\n"),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            last_tick_ms: 0,
+            paused: None,
+        };
+        let s = minutely.spec.schedule().expect("schedule");
+        // A tick whose start is jittered to the last half second before the next tick.
+        let tick = (1..20_000i64)
+            .map(|k| k * 60_000)
+            .find(|t| {
+                crate::schedule::jitter_ms("shop", *t, 600_000) > 59_500
+                    && crate::schedule::jitter_ms("shop", *t + 60_000, 600_000) > 1_000
+            })
+            .expect("such a tick exists");
+        let mut d = minutely.clone();
+        d.last_tick_ms = tick - 60_000;
+        let start = tick + crate::schedule::jitter_ms("shop", tick, 600_000) as i64;
+        // The next tick has come, its own start not yet: this tick runs now, nothing is missed.
+        let now = tick + 60_000 + 100;
+        assert!(now > start);
+        match decide(&d, &s, now, false) {
+            Decision::Tick {
+                tick_ms,
+                fire,
+                missed,
+                ..
+            } => assert_eq!((tick_ms, fire, missed), (tick, true, None)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

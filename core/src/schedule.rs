@@ -16,6 +16,17 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 
+/// Why a schedule was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("timezone {0:?} is not an IANA time zone name (e.g. \"Europe/Berlin\")")]
+    Timezone(String),
+    #[error("schedule {pattern:?} is not a cron pattern: {reason}")]
+    Pattern { pattern: String, reason: String },
+    #[error("schedule {0:?} never fires")]
+    Never(String),
+}
+
 /// A validated schedule: the pattern and the zone it is read in.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -39,21 +50,23 @@ pub struct FireTime {
 impl Schedule {
     /// Parses `pattern` in zone `timezone` (an IANA name; "UTC" when empty). `Err` says which
     /// of the two is wrong and why.
-    pub fn new(pattern: &str, timezone: &str) -> Result<Schedule, String> {
+    pub fn new(pattern: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
         let tz: Tz = if timezone.trim().is_empty() {
             Tz::UTC
         } else {
-            timezone.trim().parse().map_err(|_| {
-                format!(
-                    "timezone {timezone:?} is not an IANA time zone name (e.g. \"Europe/Berlin\")"
-                )
-            })?
+            timezone
+                .trim()
+                .parse()
+                .map_err(|_| ScheduleError::Timezone(timezone.to_owned()))?
         };
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
             .parse(pattern)
-            .map_err(|e| format!("schedule {pattern:?} is not a cron pattern: {e}"))?;
+            .map_err(|e| ScheduleError::Pattern {
+                pattern: pattern.to_owned(),
+                reason: e.to_string(),
+            })?;
         let schedule = Schedule {
             pattern: pattern.trim().to_owned(),
             cron,
@@ -62,7 +75,7 @@ impl Schedule {
         // A pattern that can never fire (30 February) is refused now, not at the first tick.
         schedule
             .next_after(0)
-            .ok_or_else(|| format!("schedule {pattern:?} never fires"))?;
+            .ok_or_else(|| ScheduleError::Never(pattern.to_owned()))?;
         Ok(schedule)
     }
 
@@ -270,21 +283,10 @@ mod tests {
 
     #[test]
     fn refusals_name_the_problem() {
-        assert!(
-            Schedule::new("0 2 * *", "UTC")
-                .unwrap_err()
-                .contains("not a cron pattern")
-        );
-        assert!(
-            Schedule::new("0 2 * * *", "Mars/Olympus")
-                .unwrap_err()
-                .contains("IANA")
-        );
-        assert!(
-            Schedule::new("0 0 30 2 *", "UTC")
-                .unwrap_err()
-                .contains("never fires")
-        );
+        let err = |p: &str, tz: &str| Schedule::new(p, tz).map(drop).unwrap_err().to_string();
+        assert!(err("0 2 * *", "UTC").contains("not a cron pattern"));
+        assert!(err("0 2 * * *", "Mars/Olympus").contains("IANA"));
+        assert!(err("0 0 30 2 *", "UTC").contains("never fires"));
     }
 
     #[test]
