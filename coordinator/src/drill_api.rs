@@ -60,6 +60,17 @@ fn name_of(call: &pb::DrillCall) -> Result<String, Status> {
     Ok(name.to_owned())
 }
 
+/// A change to one drill through the leader, answered with the drill as it is then.
+async fn change(
+    node: &NodeHandle,
+    name: String,
+    command: Command,
+    upcoming: usize,
+) -> Result<Response<pb::DrillAnswer>, Status> {
+    propose(node, command).await?;
+    views(node, Some(name), upcoming, false).await
+}
+
 pub async fn apply(
     node: &NodeHandle,
     call: pb::DrillCall,
@@ -70,15 +81,11 @@ pub async fn apply(
         .checked()
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let name = spec.name.clone();
-    propose(
-        node,
-        Command::ApplyDrill {
-            spec: Box::new(spec),
-            at_ms: 0,
-        },
-    )
-    .await?;
-    views(node, Some(name), 5, false).await
+    let command = Command::ApplyDrill {
+        spec: Box::new(spec),
+        at_ms: 0,
+    };
+    change(node, name, command, 5).await
 }
 
 pub async fn pause(
@@ -91,17 +98,13 @@ pub async fn pause(
             "give a reason for the pause (--reason)",
         ));
     }
-    propose(
-        node,
-        Command::PauseDrill {
-            name: name.clone(),
-            reason: call.reason,
-            until_ms: call.until_ms,
-            at_ms: 0,
-        },
-    )
-    .await?;
-    views(node, Some(name), 1, false).await
+    let command = Command::PauseDrill {
+        name: name.clone(),
+        reason: call.reason,
+        until_ms: call.until_ms,
+        at_ms: 0,
+    };
+    change(node, name, command, 1).await
 }
 
 pub async fn resume(
@@ -109,18 +112,15 @@ pub async fn resume(
     call: pb::DrillCall,
 ) -> Result<Response<pb::DrillAnswer>, Status> {
     let name = name_of(&call)?;
-    propose(
-        node,
-        Command::ResumeDrill {
-            name: name.clone(),
-            at_ms: 0,
-        },
-    )
-    .await?;
+    let command = Command::ResumeDrill {
+        name: name.clone(),
+        at_ms: 0,
+    };
     if call.now {
+        propose(node, command).await?;
         return run(node, call).await;
     }
-    views(node, Some(name), 1, false).await
+    change(node, name, command, 1).await
 }
 
 pub async fn run(
@@ -137,8 +137,7 @@ pub async fn run(
         Command::DrillTick(t) => t.jobs.iter().map(|j| j.id.clone()).collect(),
         _ => Vec::new(),
     };
-    propose(node, command).await?;
-    let mut answer = views(node, Some(name), 1, false).await?;
+    let mut answer = change(node, name, command, 1).await?;
     answer.get_mut().jobs = jobs;
     Ok(answer)
 }
@@ -148,13 +147,9 @@ pub async fn delete(
     call: pb::DrillCall,
 ) -> Result<Response<pb::DrillAnswer>, Status> {
     let name = name_of(&call)?;
-    propose(
-        node,
-        Command::DeleteDrill {
-            name: name.clone(),
-            at_ms: 0,
-        },
-    )
-    .await?;
-    views(node, Some(name), 0, false).await
+    let command = Command::DeleteDrill {
+        name: name.clone(),
+        at_ms: 0,
+    };
+    change(node, name, command, 0).await
 }
