@@ -270,13 +270,7 @@ impl JobStore {
         at_ms: u64,
     ) -> Result<(), String> {
         let run = self
-            .runs
-            .get_mut(drill)
-            .and_then(|runs| {
-                runs.iter_mut()
-                    .rev()
-                    .find(|r| r.tick_ms == tick_ms && r.manual == manual)
-            })
+            .run(drill, tick_ms, manual)
             .ok_or_else(|| format!("no run of drill {drill:?} at {tick_ms}"))?;
         if run.outcome != RunOutcome::Running {
             return Err("the run ended already".into());
@@ -306,6 +300,15 @@ impl JobStore {
         Ok(())
     }
 
+    /// The run of `drill` at `tick_ms` (scheduled or manual), in the state.
+    pub(crate) fn run(&self, drill: &str, tick_ms: i64, manual: bool) -> Option<&Run> {
+        self.runs
+            .get(drill)?
+            .iter()
+            .rev()
+            .find(|r| r.tick_ms == tick_ms && r.manual == manual)
+    }
+
     fn run_mut(&mut self, drill: &str, tick_ms: i64, manual: bool) -> Option<&mut Run> {
         self.runs
             .get_mut(drill)?
@@ -321,11 +324,7 @@ impl JobStore {
         let Some((drill, tick_ms, manual)) = self.drill_jobs.get(job_id).cloned() else {
             return;
         };
-        let Some(run) = self.runs.get(&drill).and_then(|rs| {
-            rs.iter()
-                .rev()
-                .find(|r| r.tick_ms == tick_ms && r.manual == manual)
-        }) else {
+        let Some(run) = self.run(&drill, tick_ms, manual) else {
             return;
         };
         if run.outcome != RunOutcome::Running {

@@ -113,13 +113,7 @@ impl JobStore {
     }
 
     fn run_running(&self, drill: &str, tick_ms: i64, manual: bool) -> bool {
-        self.runs
-            .get(drill)
-            .and_then(|rs| {
-                rs.iter()
-                    .rev()
-                    .find(|r| r.tick_ms == tick_ms && r.manual == manual)
-            })
+        self.run(drill, tick_ms, manual)
             .is_some_and(|r| r.outcome == crate::drill::RunOutcome::Running)
     }
 
