@@ -53,6 +53,18 @@ macro_rules! fail {
     }};
 }
 
+/// A tool failed: `error` if the sandbox says it was at fault (its disk or memory limit, a full
+/// disk in its log), else a failure as [`fail!`] decides.
+macro_rules! fail_unless_sandbox {
+    ($run:ident, $phase:expr, $sandbox:expr, $reason:expr) => {{
+        let reason: String = $reason;
+        match $sandbox.fault().await {
+            Some(fault) => cannot!($run, $phase, format!("{fault} ({reason})")),
+            None => fail!($run, $phase, reason),
+        }
+    }};
+}
+
 /// Ends the run with the verdict `error`: the worker or its sandbox, not the backup, stopped it.
 macro_rules! cannot {
     ($run:ident, $phase:expr, $reason:expr) => {{
@@ -685,10 +697,7 @@ impl Verifier {
         run.clock.begin(Phase::Restore);
         let restored = match restore::restore(cluster, input, self.opts.jobs).await {
             Ok(r) => r,
-            Err(reason) => match cluster.sandbox().fault().await {
-                Some(fault) => cannot!(run, Phase::Restore, format!("{fault} ({reason})")),
-                None => fail!(run, Phase::Restore, reason),
-            },
+            Err(reason) => fail_unless_sandbox!(run, Phase::Restore, cluster.sandbox(), reason),
         };
         if let Err(reason) = artifact.unchanged() {
             // Not the bytes that were hashed any more: nothing can be said of either version.
@@ -709,10 +718,7 @@ impl Verifier {
         .await
         {
             Ok(found) => found,
-            Err(reason) => match cluster.sandbox().fault().await {
-                Some(fault) => cannot!(run, Phase::Checks, format!("{fault} ({reason})")),
-                None => fail!(run, Phase::Checks, reason),
-            },
+            Err(reason) => fail_unless_sandbox!(run, Phase::Checks, cluster.sandbox(), reason),
         };
         finish_checks(run, found);
         Ok(())
@@ -780,10 +786,7 @@ impl Verifier {
         run.clock.begin(Phase::Restore);
         let restored = match crate::mysql::restore(server, path, compression).await {
             Ok(r) => r,
-            Err(reason) => match server.sandbox().fault().await {
-                Some(fault) => cannot!(run, Phase::Restore, format!("{fault} ({reason})")),
-                None => fail!(run, Phase::Restore, reason),
-            },
+            Err(reason) => fail_unless_sandbox!(run, Phase::Restore, server.sandbox(), reason),
         };
         if let Err(reason) = artifact.unchanged() {
             // Not the bytes that were hashed any more: nothing can be said of either version.
