@@ -74,7 +74,7 @@ pub async fn run(
             sandbox_user: "nobody".to_owned(),
             runtime,
             images: Default::default(),
-            profiles: BTreeMap::new(),
+            sources: Default::default(),
         };
         let token = stop.clone();
         tasks.push(tokio::spawn(async move {

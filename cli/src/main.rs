@@ -349,7 +349,7 @@ impl Runtime {
     }
 }
 
-/// Where restores run, in which images, and the S3 source profiles: shared by `verify`, `demo`
+/// Where restores run, in which images, and the source profiles: shared by `verify`, `demo`
 /// and `worker`.
 #[derive(Debug, Args)]
 struct RuntimeArgs {
@@ -370,8 +370,9 @@ struct RuntimeArgs {
         env = "REHEARSE_IMAGE_MYSQL"
     )]
     image_mysql: String,
-    /// Named S3 source profiles (TOML: [s3.NAME] aws_endpoint = ..., aws_access_key_id = ...);
-    /// a plan picks one with `[artifact] profile = "NAME"`.
+    /// Named source profiles (TOML: [s3.NAME] aws_endpoint = ..., aws_access_key_id = ...;
+    /// [http.NAME] headers = { Authorization = "Bearer ..." }); a plan picks one with
+    /// `[artifact] profile = "NAME"`.
     #[arg(long, env = "REHEARSE_SOURCES")]
     sources: Option<PathBuf>,
 }
@@ -385,16 +386,13 @@ impl RuntimeArgs {
     }
 
     /// The `--sources` file's profiles (none without the flag).
-    fn profiles(
-        &self,
-    ) -> anyhow::Result<std::collections::BTreeMap<String, rehearse_worker::remote::S3Settings>>
-    {
+    fn sources(&self) -> anyhow::Result<rehearse_worker::artifact::Sources> {
         let Some(path) = &self.sources else {
             return Ok(Default::default());
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read source profiles {}", path.display()))?;
-        rehearse_worker::remote::parse_profiles(&text)
+        rehearse_worker::artifact::Sources::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 }
@@ -437,7 +435,7 @@ impl SandboxArgs {
         }
         opts.runtime = self.run.runtime.choice();
         opts.worker_name = self.owner.clone();
-        opts.profiles = self.run.profiles()?;
+        opts.sources = self.run.sources()?;
         opts.images = self.run.images();
         Ok(opts)
     }
@@ -699,7 +697,7 @@ async fn demo(args: DemoArgs, cancel: &CancellationToken) -> Result<ExitCode, Co
         () = cancel.cancelled() => return Err(VerifyError::Interrupted.into()),
     };
     made.map_err(|e| anyhow::anyhow!("demo: {e}"))?;
-    let digest = rehearse_worker::checksum::hash_file(&dump)
+    let digest = rehearse_worker::artifact::checksum::hash_file(&dump)
         .context("hash the sample dump")?
         .0;
     let plan = sample::demo_plan(&dump, args.orders, Some(digest.to_hex().to_string()));
@@ -805,7 +803,7 @@ async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> Result<ExitCod
         sandbox_user: args.sandbox_user,
         runtime: args.run.runtime.choice(),
         images: args.run.images(),
-        profiles: args.run.profiles()?,
+        sources: args.run.sources()?,
     };
     rehearse_worker::agent::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -49,8 +49,8 @@ pub struct AgentConfig {
     pub runtime: RuntimeChoice,
     /// Default container image per engine ("postgres", "mysql"); plans may name their own.
     pub images: std::collections::HashMap<String, String>,
-    /// Named S3 source profiles plans select with `[artifact] profile`.
-    pub profiles: BTreeMap<String, crate::remote::S3Settings>,
+    /// Source profiles (`[s3.NAME]`, `[http.NAME]`) plans select with `[artifact] profile`.
+    pub sources: crate::artifact::Sources,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,9 +162,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         // Containers carry the worker's name: a restarted worker reaps what its last life left.
         worker_name: config.name.clone(),
         images: config.images.clone(),
-        // S3 sources: the worker's AWS environment, and its named profiles (--sources).
-        s3: Default::default(),
-        profiles: config.profiles.clone(),
+        // S3 on the worker's AWS environment, and the named profiles (--sources).
+        sources: config.sources.clone(),
     })
     .await?;
     let incarnation = incarnation();

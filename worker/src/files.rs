@@ -246,7 +246,7 @@ fn check_manifest(root: &Path, manifest: &str) -> Result<usize, String> {
             _ => return Err(format!("{name} is listed in the manifest but missing")),
         }
         let (got, _) =
-            crate::checksum::hash_file(&file).map_err(|e| format!("read {name}: {e}"))?;
+            crate::artifact::checksum::hash_file(&file).map_err(|e| format!("read {name}: {e}"))?;
         if got.as_bytes() != &want.0 {
             return Err(format!(
                 "{name}: blake3 {} differs from the manifest's {want}",

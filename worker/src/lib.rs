@@ -6,10 +6,8 @@
 //! Layout:
 //! - [`agent`]: the fleet agent — registration, heartbeats, the assignment stream, attempts.
 //! - [`pipeline`]: one verification, phase by phase, with the RTO clock, timeout and interrupt.
-//! - [`source`]: local artifacts (files, pg_dump directories, backup-set directories, sidecars).
-//! - [`remote`]: artifacts in S3-compatible storage (object_store): download + hash in one pass,
-//!   prefixes as backup sets, sidecars, copies.
-//! - [`checksum`]: blake3 in one pass, on all cores.
+//! - [`artifact`]: where artifacts come from, one source per URL scheme (local paths, `s3://`,
+//!   `http(s)://`), download + hash in one pass, backup sets, sidecars, copies; blake3 checksums.
 //! - [`sandbox`]: the process sandbox runtime — private dirs, unprivileged user, no network, reaper.
 //! - [`runtime`]: one verification's sandbox in either runtime (process, or a docker container
 //!   through bollard): the server's lifecycle, tools run inside it, teardown, the container reaper.
@@ -25,16 +23,14 @@
 //! Must not depend on: rehearse-coordinator (it speaks to it through `rehearse_proto`'s client).
 
 pub mod agent;
-pub mod checksum;
+pub mod artifact;
 pub mod files;
 pub mod mysql;
 pub mod pipeline;
 pub mod postgres;
-pub mod remote;
 pub mod runtime;
 pub mod sample;
 pub mod sandbox;
-pub mod source;
 pub mod tail;
 
 pub use pipeline::{Verifier, VerifyError, VerifyOptions};

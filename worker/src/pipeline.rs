@@ -8,7 +8,7 @@
 //! ends it with the verdict `error`: could not verify, never `failed`. Only an interrupt is an
 //! error of this module once a verification started.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,16 +24,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::checksum;
+use crate::artifact::{self, LocalArtifact, SourceError, Sources, checksum};
 use crate::mysql::{MariaInstall, MariaServer};
 use crate::postgres::binaries::{self, Installed};
 use crate::postgres::cluster::{ClusterError, PgCluster};
 use crate::postgres::inspect::{self, Inspection};
 use crate::postgres::restore::{self, Compression, Input};
-use crate::remote::{self, S3Settings};
 use crate::runtime::{DockerRuntime, RuntimeChoice, Tags};
 use crate::sandbox::{self, ProcessRuntime, SandboxDir, SandboxError};
-use crate::source::{self, LocalArtifact};
 
 /// Records a failed phase and ends the run: a verdict, not an error — `failed`, unless what was
 /// said names the sandbox rather than the backup (`rehearse_core::fault`), then `error`. (A
@@ -91,10 +89,9 @@ pub struct VerifyOptions {
     pub worker_name: String,
     /// Default image per engine for the docker runtime ("postgres", "mysql").
     pub images: HashMap<String, String>,
-    /// S3 settings on top of the AWS environment: the default source profile.
-    pub s3: S3Settings,
-    /// Named source profiles a plan selects with `[artifact] profile = "name"`.
-    pub profiles: BTreeMap<String, S3Settings>,
+    /// Source settings: S3 defaults on top of the AWS environment, and the named `[s3.NAME]` /
+    /// `[http.NAME]` profiles a plan selects with `[artifact] profile = "name"`.
+    pub sources: Sources,
 }
 
 impl Default for VerifyOptions {
@@ -109,8 +106,7 @@ impl Default for VerifyOptions {
             runtime: RuntimeChoice::Process,
             worker_name: "local".to_owned(),
             images: HashMap::new(),
-            s3: S3Settings::default(),
-            profiles: BTreeMap::new(),
+            sources: Sources::default(),
         }
     }
 }
@@ -371,21 +367,12 @@ impl Verifier {
         let seed = a
             .seed
             .unwrap_or_else(|| u64::from_str_radix(&crate::random_token()[..16], 16).unwrap_or(0));
-        let s3 = match &a.profile {
-            None => &self.opts.s3,
-            Some(name) => match self.opts.profiles.get(name) {
-                Some(settings) => settings,
-                None => cannot!(
-                    run,
-                    Phase::Fetch,
-                    format!("this worker has no source profile {name:?} (see --sources)")
-                ),
-            },
+        let source = match artifact::source_for(&a.url, a.profile.as_deref(), &self.opts.sources) {
+            Ok(source) => source,
+            Err(SourceError::Plan(reason)) => fail!(run, Phase::Fetch, reason),
+            Err(SourceError::Worker(reason)) => cannot!(run, Phase::Fetch, reason),
         };
-        let picked = match self
-            .resolve(&a.url, a.pick, a.within, now_ms, seed, s3)
-            .await
-        {
+        let picked = match source.resolve(&a.url, a.pick, a.within, now_ms, seed).await {
             Ok(p) => p,
             Err(reason) => fail!(run, Phase::Fetch, reason),
         };
@@ -402,30 +389,22 @@ impl Verifier {
                 a.url
             ));
         }
-        // An object in S3 streams into a spill file in the work dir, hashed on the way: the
+        // An object in a store streams into a spill file in the work dir, hashed on the way: the
         // checksum phase then only compares.
-        let mut hashed_on_fetch = None;
-        let local_url = if remote::is_remote(&picked.url) {
-            let spill = match self.rt.create_dir() {
-                Ok(dir) => run.spill.insert(dir),
+        let spill = if source.needs_spill() {
+            match self.rt.create_dir() {
+                Ok(dir) => Some(run.spill.insert(dir).path().to_owned()),
                 Err(e) => cannot!(run, Phase::Fetch, format!("spill dir: {e}")),
-            };
-            let name = picked
-                .url
-                .rsplit('/')
-                .next()
-                .filter(|n| !n.is_empty() && *n != "." && *n != "..")
-                .unwrap_or("artifact");
-            let dest = spill.path().join(name);
-            match remote::download(&picked.url, &dest, s3).await {
-                Ok(fetched) => hashed_on_fetch = Some((fetched.digest, fetched.bytes)),
-                Err(reason) => fail!(run, Phase::Fetch, reason),
             }
-            dest.display().to_string()
         } else {
-            picked.url.clone()
+            None
         };
-        let mut artifact = match source::open(&local_url) {
+        let fetched = match source.fetch(&picked.url, spill.as_deref()).await {
+            Ok(fetched) => fetched,
+            Err(reason) => fail!(run, Phase::Fetch, reason),
+        };
+        let hashed_on_fetch = fetched.hashed;
+        let mut artifact = match artifact::local::open(fetched.path) {
             Ok(a) => a,
             Err(reason) => fail!(run, Phase::Fetch, reason),
         };
@@ -483,7 +462,7 @@ impl Verifier {
                 }
                 None
             }
-            None => match self.sidecar(&picked.url, &artifact, s3).await {
+            None => match source.sidecar(&picked.url).await {
                 Ok(found) => found.map(|d| (d, "sidecar")),
                 Err(reason) => fail!(run, Phase::Checksum, reason),
             },
@@ -503,7 +482,14 @@ impl Verifier {
         }
         // Copies (3-2-1): each must exist and hash the same. A bad copy fails the verdict, but the
         // artifact itself is good, so the restore still runs and the report is whole.
-        let copies = check_copies(&plan.artifact.copies, &digest, s3).await;
+        let copies = check_copies(
+            &plan.artifact.copies,
+            &digest,
+            &self.opts.sources,
+            &picked.url,
+            a.profile.as_deref(),
+        )
+        .await;
         let bad_copy = copies.iter().find(|c| !c.ok).map(|c| {
             format!(
                 "copy {}: {}",
@@ -802,50 +788,6 @@ impl Verifier {
         Ok(())
     }
 
-    /// The artifact a plan means: its URL, or one backup picked from the set it names (a local
-    /// directory or an S3 prefix).
-    async fn resolve(
-        &self,
-        url: &str,
-        pick: Option<Pick>,
-        within: Option<Duration>,
-        now_ms: i64,
-        seed: u64,
-        s3: &S3Settings,
-    ) -> Result<source::Picked, String> {
-        match pick {
-            Some(pick) if remote::is_remote(url) => {
-                let listed = remote::list(url, s3).await?;
-                let chosen =
-                    rehearse_core::backupset::choose(url, &listed, pick, within, now_ms, seed)?;
-                Ok(source::Picked {
-                    url: remote::join(url, &chosen.candidate.key),
-                    from: Some((chosen.candidates, chosen.listed)),
-                })
-            }
-            _ => source::resolve(url, pick, within, now_ms, seed),
-        }
-    }
-
-    /// The digest in `<artifact>.blake3` beside the artifact, wherever it lives.
-    async fn sidecar(
-        &self,
-        url: &str,
-        artifact: &LocalArtifact,
-        s3: &S3Settings,
-    ) -> Result<Option<rehearse_core::plan::Blake3Digest>, String> {
-        if !remote::is_remote(url) {
-            return source::sidecar(&artifact.path);
-        }
-        let sidecar = format!("{url}.blake3");
-        match remote::read_small(&sidecar, s3).await? {
-            Some(bytes) => {
-                source::parse_sidecar(&String::from_utf8_lossy(&bytes), &sidecar).map(Some)
-            }
-            None => Ok(None),
-        }
-    }
-
     fn install_list(&self) -> Vec<install::Installation> {
         self.installs.iter().map(|i| i.install.clone()).collect()
     }
@@ -970,24 +912,22 @@ impl Clock {
     }
 }
 
-/// Hashes each copy (local or in S3) and compares it with the artifact's digest.
-async fn check_copies(urls: &[String], digest: &blake3::Hash, s3: &S3Settings) -> Vec<CopyReport> {
+/// Hashes each copy (wherever it is) and compares it with the artifact's digest. A copy in the
+/// same kind of store as the artifact uses the plan's profile; one elsewhere the defaults.
+async fn check_copies(
+    urls: &[String],
+    digest: &blake3::Hash,
+    sources: &Sources,
+    artifact_url: &str,
+    profile: Option<&str>,
+) -> Vec<CopyReport> {
+    let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_owned());
     let mut out = Vec::with_capacity(urls.len());
     for url in urls {
-        let hashed: Result<Option<blake3::Hash>, String> = if remote::is_remote(url) {
-            remote::hash(url, s3).await.map(|f| f.map(|f| f.digest))
-        } else {
-            match source::local_path(url) {
-                Err(reason) => Err(reason),
-                Ok(path) => {
-                    match tokio::task::spawn_blocking(move || checksum::hash_file(&path)).await {
-                        Ok(Ok((h, _))) => Ok(Some(h)),
-                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                        Ok(Err(e)) => Err(format!("cannot read: {e}")),
-                        Err(e) => Err(format!("hash task failed: {e}")),
-                    }
-                }
-            }
+        let profile = profile.filter(|_| scheme(url) == scheme(artifact_url));
+        let hashed = match artifact::source_for(url, profile, sources) {
+            Ok(source) => source.hash(url).await,
+            Err(SourceError::Plan(reason) | SourceError::Worker(reason)) => Err(reason),
         };
         let (blake3, reason) = match hashed {
             Ok(Some(h)) => (

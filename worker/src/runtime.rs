@@ -817,10 +817,10 @@ fn stage(source: &Path, dest: &Path, is_dir: bool, expected: &str) -> Result<(),
             let entry = entry.map_err(|e| e.to_string())?;
             readable(&entry.path(), 0o644)?;
         }
-        crate::checksum::hash_tree(dest).map(|(h, ..)| h)
+        crate::artifact::checksum::hash_tree(dest).map(|(h, ..)| h)
     } else {
         readable(dest, 0o644)?;
-        crate::checksum::hash_file(dest).map(|(h, _)| h)
+        crate::artifact::checksum::hash_file(dest).map(|(h, _)| h)
     }
     .map_err(|e| format!("hash the staged artifact: {e}"))?;
     if digest.to_hex().as_str() != expected {

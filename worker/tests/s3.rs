@@ -245,5 +245,9 @@ async fn a_plan_picks_a_named_source_profile() {
     let report = env
         .verify(&s3_plan("s3://backups/x.dump", "profile = \"tape\"\n"))
         .await;
-    assert_error_in(&report, Phase::Fetch.as_str(), "no source profile \"tape\"");
+    assert_error_in(
+        &report,
+        Phase::Fetch.as_str(),
+        "no s3 source profile \"tape\"",
+    );
 }

@@ -430,12 +430,16 @@ impl Moto {
     }
 
     /// The settings a verifier reaches this server with.
-    pub fn settings(&self) -> rehearse_worker::remote::S3Settings {
+    pub fn settings(&self) -> rehearse_worker::artifact::S3Settings {
         self.settings_with(&self.key_id, &self.secret)
     }
 
-    pub fn settings_with(&self, key_id: &str, secret: &str) -> rehearse_worker::remote::S3Settings {
-        rehearse_worker::remote::S3Settings(
+    pub fn settings_with(
+        &self,
+        key_id: &str,
+        secret: &str,
+    ) -> rehearse_worker::artifact::S3Settings {
+        rehearse_worker::artifact::S3Settings(
             [
                 ("aws_endpoint", self.endpoint.as_str()),
                 ("aws_access_key_id", key_id),
@@ -477,15 +481,24 @@ impl Drop for Moto {
 
 impl TestEnv {
     /// A process-runtime env whose verifier reaches S3 with `s3`.
-    pub fn with_s3(s3: rehearse_worker::remote::S3Settings) -> TestEnv {
+    pub fn with_s3(s3: rehearse_worker::artifact::S3Settings) -> TestEnv {
         TestEnv::with_profiles(s3, Default::default())
     }
 
     /// The same, with named source profiles.
     pub fn with_profiles(
-        s3: rehearse_worker::remote::S3Settings,
-        profiles: std::collections::BTreeMap<String, rehearse_worker::remote::S3Settings>,
+        s3: rehearse_worker::artifact::S3Settings,
+        profiles: std::collections::BTreeMap<String, rehearse_worker::artifact::S3Settings>,
     ) -> TestEnv {
+        TestEnv::with_sources(rehearse_worker::artifact::Sources {
+            s3,
+            s3_profiles: profiles,
+            ..Default::default()
+        })
+    }
+
+    /// A process-runtime env whose verifier reads sources with `sources`.
+    pub fn with_sources(sources: rehearse_worker::artifact::Sources) -> TestEnv {
         let root = tempfile::Builder::new()
             .prefix("rh-s3-")
             .tempdir()
@@ -495,8 +508,7 @@ impl TestEnv {
             work_root: root.path().to_owned(),
             cache_dir: target_tmp().join("cache"),
             jobs: 2,
-            s3,
-            profiles,
+            sources,
             ..VerifyOptions::default()
         };
         let verifier = Verifier::new(opts).expect("verifier");

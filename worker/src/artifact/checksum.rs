@@ -18,8 +18,37 @@ const IN_FLIGHT: usize = 3;
 
 /// blake3 and length of a file. One thread reads block N+1 while the others hash block N, so the
 /// copy out of the page cache overlaps the hashing instead of adding to it.
+///
+/// A file that fits in one block (most files of a pg_dump directory) is read and hashed in place:
+/// no reading thread and no block buffers, whose start-up cost dwarfed the hashing of a small file.
 pub fn hash_file(path: &Path) -> io::Result<(blake3::Hash, u64)> {
     let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    if size < BLOCK as u64 {
+        // Bounded by BLOCK whatever the metadata said: a file growing under us takes the
+        // streaming path for its remainder.
+        let mut head = Vec::with_capacity(size as usize + 1);
+        (&mut file).take(BLOCK as u64).read_to_end(&mut head)?;
+        let mut hasher = blake3::Hasher::new();
+        if head.len() >= 128 * 1024 {
+            hasher.update_rayon(&head);
+        } else {
+            hasher.update(&head);
+        }
+        if head.len() < BLOCK {
+            return Ok((hasher.finalize(), head.len() as u64));
+        }
+        return stream(file, hasher, head.len() as u64);
+    }
+    stream(file, blake3::Hasher::new(), 0)
+}
+
+/// The rest of `file`, read in blocks by one thread while the hasher takes the previous block.
+fn stream(
+    mut file: File,
+    mut hasher: blake3::Hasher,
+    mut total: u64,
+) -> io::Result<(blake3::Hash, u64)> {
     let (full_tx, full_rx) =
         std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(IN_FLIGHT);
     let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
@@ -37,8 +66,6 @@ pub fn hash_file(path: &Path) -> io::Result<(blake3::Hash, u64)> {
                 }
             }
         });
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0u64;
         loop {
             let (buf, n) = match full_rx.recv() {
                 Ok(Ok(block)) => block,
@@ -113,11 +140,23 @@ mod tests {
     fn file_hash_matches_one_shot_blake3() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a");
-        let data: Vec<u8> = (0..(BLOCK * 2 + 12345)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).expect("write");
-        let (hash, len) = hash_file(&path).expect("hash");
-        assert_eq!(hash, blake3::hash(&data));
-        assert_eq!(len, data.len() as u64);
+        // Each side of the small-file path, of its rayon threshold, and of the block.
+        for size in [
+            0,
+            1,
+            4096,
+            200_000,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            BLOCK * 2 + 12345,
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&path, &data).expect("write");
+            let (hash, len) = hash_file(&path).expect("hash");
+            assert_eq!(hash, blake3::hash(&data), "size {size}");
+            assert_eq!(len, data.len() as u64, "size {size}");
+        }
     }
 
     #[test]

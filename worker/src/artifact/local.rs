@@ -1,6 +1,6 @@
-//! Where artifacts come from. Today: local files and directories, by `file://` URL or plain path,
-//! and backup sets: a directory from which one backup is picked (`[artifact] pick`). (S3 and other
-//! object stores arrive behind the same shape with the artifact-sources issue.)
+//! Local artifacts: files and directories by `file://` URL or plain path, read in place (nothing
+//! is copied before the checksum), and backup sets: a directory from which one backup is picked
+//! (`[artifact] pick`). Also the opened artifact every source ends in ([`LocalArtifact`]).
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -10,6 +10,8 @@ use std::time::SystemTime;
 use rehearse_core::backupset::{self, Candidate, Pick};
 use rehearse_core::format::SNIFF_LEN;
 use rehearse_core::plan::Blake3Digest;
+
+use super::{ArtifactSource, Fetched};
 
 /// A local artifact, opened far enough to know what it is.
 #[derive(Debug, Clone)]
@@ -38,18 +40,56 @@ pub fn local_path(url: &str) -> Result<PathBuf, String> {
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(format!(
-            "artifact URL scheme {scheme:?} is not supported (supported: file://, s3://, or a plain path)"
+            "artifact URL scheme {scheme:?} is not supported (supported: file://, s3://, http(s)://, or a plain path)"
         ));
     }
     Ok(PathBuf::from(url))
 }
 
-/// The artifact a plan means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Picked {
-    pub url: String,
-    /// For a backup set: (backups eligible, backups listed).
-    pub from: Option<(usize, usize)>,
+/// Files and directories on this machine's file systems.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalSource;
+
+#[async_trait::async_trait]
+impl ArtifactSource for LocalSource {
+    async fn resolve(
+        &self,
+        url: &str,
+        pick: Option<Pick>,
+        within: Option<std::time::Duration>,
+        now_ms: i64,
+        seed: u64,
+    ) -> Result<super::Picked, String> {
+        let (url, within) = (url.to_owned(), within);
+        tokio::task::spawn_blocking(move || resolve(&url, pick, within, now_ms, seed))
+            .await
+            .map_err(|e| format!("listing task failed: {e}"))?
+    }
+
+    fn needs_spill(&self) -> bool {
+        false
+    }
+
+    async fn fetch(&self, url: &str, _spill: Option<&std::path::Path>) -> Result<Fetched, String> {
+        Ok(Fetched {
+            path: local_path(url)?,
+            hashed: None,
+        })
+    }
+
+    async fn sidecar(&self, url: &str) -> Result<Option<Blake3Digest>, String> {
+        sidecar(&local_path(url)?)
+    }
+
+    async fn hash(&self, url: &str) -> Result<Option<blake3::Hash>, String> {
+        let path = local_path(url)?;
+        match tokio::task::spawn_blocking(move || super::checksum::hash_file(&path)).await {
+            Ok(Ok((h, _))) => Ok(Some(h)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(Err(e)) => Err(format!("cannot read: {e}")),
+            Err(e) => Err(format!("hash task failed: {e}")),
+        }
+    }
 }
 
 /// The plan's URL as it is, or for a backup set the backup picked from the directory it names
@@ -60,9 +100,9 @@ pub fn resolve(
     within: Option<std::time::Duration>,
     now_ms: i64,
     seed: u64,
-) -> Result<Picked, String> {
+) -> Result<super::Picked, String> {
     let Some(pick) = pick else {
-        return Ok(Picked {
+        return Ok(super::Picked {
             url: url.to_owned(),
             from: None,
         });
@@ -92,7 +132,7 @@ pub fn resolve(
         });
     }
     let chosen = backupset::choose(url, &listed, pick, within, now_ms, seed)?;
-    Ok(Picked {
+    Ok(super::Picked {
         url: format!("file://{}", dir.join(&chosen.candidate.key).display()),
         from: Some((chosen.candidates, chosen.listed)),
     })
@@ -126,8 +166,7 @@ pub fn parse_sidecar(text: &str, what: &str) -> Result<Blake3Digest, String> {
 }
 
 /// Opens the artifact: existence, kind, size, first bytes. `Err` is the failure reason.
-pub fn open(url: &str) -> Result<LocalArtifact, String> {
-    let path = local_path(url)?;
+pub fn open(path: PathBuf) -> Result<LocalArtifact, String> {
     let meta = fs::metadata(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("artifact not found: {}", path.display()),
         std::io::ErrorKind::PermissionDenied => format!(
@@ -223,15 +262,10 @@ mod tests {
     fn missing_and_empty_are_reasons() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope.dump");
-        assert!(
-            open(missing.to_str().expect("utf8"))
-                .is_err_and(|e| e.starts_with("artifact not found"))
-        );
+        assert!(open(missing).is_err_and(|e| e.starts_with("artifact not found")));
         let empty = dir.path().join("empty.dump");
         fs::write(&empty, b"").expect("write");
-        assert!(
-            open(empty.to_str().expect("utf8")).is_err_and(|e| e.starts_with("artifact is empty"))
-        );
-        assert!(open(dir.path().to_str().expect("utf8")).is_err_and(|e| e.contains("toc.dat")));
+        assert!(open(empty).is_err_and(|e| e.starts_with("artifact is empty")));
+        assert!(open(dir.path().to_owned()).is_err_and(|e| e.contains("toc.dat")));
     }
 }
