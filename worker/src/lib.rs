@@ -11,11 +11,10 @@
 //! - [`sandbox`]: the process sandbox runtime — private dirs, unprivileged user, no network, reaper.
 //! - [`runtime`]: one verification's sandbox in either runtime (process, or a docker container
 //!   through bollard): the server's lifecycle, tools run inside it, teardown, the container reaper.
-//! - [`files`]: the files engine — a tar tree extracted entry by entry through
-//!   `rehearse_core::untar`, never through a link, and checked against required paths and a manifest.
-//! - [`mysql`]: the mysql engine — a throwaway MariaDB, restore with the client in sandbox mode,
-//!   checks through the client's XML output, mariadb-check.
-//! - [`postgres`]: the postgres engine — installations, disposable cluster, restore, inspection.
+//! - [`engines`]: one module per engine behind the `Engine` / `Session` traits — `postgres`
+//!   (installations, disposable cluster, restore, inspection), `mysql` (a throwaway MariaDB, the
+//!   client in sandbox mode, mariadb-check), `files` (a tar tree extracted entry by entry through
+//!   `rehearse_core::untar`); what they share (streams, inspection results) beside them.
 //! - [`sample`]: the demo's sample database, dumped with the real pg_dump (also the test fixture).
 //! - [`tail`]: bounded capture of a tool's stderr for failure reasons.
 //!
@@ -24,10 +23,8 @@
 
 pub mod agent;
 pub mod artifact;
-pub mod files;
-pub mod mysql;
+pub mod engines;
 pub mod pipeline;
-pub mod postgres;
 pub mod runtime;
 pub mod sample;
 pub mod sandbox;

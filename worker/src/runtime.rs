@@ -183,6 +183,24 @@ impl DockerRuntime {
     }
 }
 
+/// A sentence for the report: the container and its limits.
+pub fn container_note(image: &str, spec: &SandboxSpec) -> String {
+    format!(
+        "docker sandbox: {image}, no network, read-only root, data on {}, memory {}, cpus {}, pids {}, capabilities dropped",
+        match spec.data {
+            DataStore::Disk => format!(
+                "disk (at most {})",
+                rehearse_core::limits::format_size(spec.disk_bytes)
+            ),
+            DataStore::Tmpfs => "tmpfs".to_owned(),
+        },
+        rehearse_core::limits::format_size(spec.memory_bytes),
+        spec.cpus
+            .map_or_else(|| "unlimited".to_owned(), |c| c.to_string()),
+        spec.pids
+    )
+}
+
 /// The image `deploy/images/build` makes for an engine.
 pub fn default_image(engine: &str) -> String {
     match engine {

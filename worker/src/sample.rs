@@ -9,9 +9,9 @@ use std::path::Path;
 
 use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
 
+use crate::engines::postgres::cluster::PgCluster;
+use crate::engines::postgres::inspect::{connect, db_message};
 use crate::pipeline::Verifier;
-use crate::postgres::cluster::PgCluster;
-use crate::postgres::inspect::{connect, db_message};
 
 /// pg_dump's output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,7 @@ pub fn demo_plan(dump: &Path, orders: u32, blake3: Option<String>) -> Plan {
 /// `CREATE DATABASE`: they restore into the sandbox's target database). Same shape as the
 /// PostgreSQL sample: customers, orders (the newest an hour old), an index, a view, a foreign key.
 pub async fn mysql_sample(verifier: &Verifier, orders: u32, out: &Path) -> Result<(), String> {
-    use crate::mysql::{MariaServer, Which};
+    use crate::engines::mysql::{MariaServer, Which};
     let install = verifier.maria()?;
     let mut server = MariaServer::create(verifier.runtime(), install)?;
     let made = async {

@@ -1,20 +1,5 @@
-//! The `mysql` engine: mysqldump / mariadb-dump SQL restored into a throwaway MariaDB.
-//!
-//! - Server: `mariadbd` with its own datadir and socket and no TCP listener
-//!   (`--skip-networking`), settings for a disposable restore (no doublewrite, no binlog, lazy log
-//!   flush), `--secure-file-priv` pointing inside the sandbox (so `SELECT … INTO OUTFILE` can
-//!   write nowhere else) and `--local-infile=0`. In the process runtime the datadir is a copy of
-//!   a cached `mariadb-install-db` template; in a container it is made on the tmpfs at start.
-//! - Restore: the `mariadb` client in `--sandbox` mode (no `\!`, `\.`, `tee`, pager: no file
-//!   system or shell from the dump), reading the decompressed stream on stdin, stopping at the
-//!   first error (batch mode). Tables go into database `restored` unless the dump says `USE`.
-//! - Checks: the plan's SQL through the client's `--xml` output (NULL told from 'NULL'), the
-//!   freshness query for RPO, exact row counts of every table, and `mariadb-check`.
-//!
-//! Only MariaDB's server and client are used (Oracle MySQL's client has no sandbox mode); MySQL
-//! dumps restore into MariaDB.
-
-mod inspect;
+//! The sandbox MariaDB server: discovery, the template datadir, start in either runtime, the
+//! client as a tool, the restore, and stop.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -24,13 +9,11 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use rehearse_core::limits::SandboxSpec;
 
-use crate::postgres::restore::{Compression, Feed, start_feed};
+use crate::engines::stream::{Compression, Feed, LineFilter, start_feed};
 use crate::runtime::{
     CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, Sandbox, Tags, Tool,
 };
 use crate::sandbox::{ProcessRuntime, make_shared_dir};
-
-pub use inspect::inspect;
 
 /// The database dumps are restored into (a dump with `USE other` goes there instead).
 pub const TARGET_DB: &str = "restored";
@@ -498,4 +481,11 @@ async fn ensure_template(
     let _ = build.remove();
     published?;
     Ok(template)
+}
+
+impl LineFilter for rehearse_core::mysqldump::Mysql8Filter {
+    fn filter(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.feed(line, out);
+        Ok(())
+    }
 }

@@ -1,17 +1,4 @@
-//! The `files` engine: a tar archive (optionally gzip/zstd) of a file tree, extracted into the
-//! sandbox dir and checked.
-//!
-//! Extraction reads the archive once, as a stream, in this process. Every entry header goes
-//! through [`rehearse_core::untar::Extraction::admit`] before a byte is written (no absolute
-//! paths, no `..`, no symlink or hardlink escapes, no device nodes, entry and size limits), and
-//! the writes themselves never follow a symlink (`O_NOFOLLOW`, an existing link is replaced, not
-//! written through), never keep set-id bits, and never write more than the header declared. A
-//! refused entry fails the restore phase with its reason; what was written stays inside the
-//! sandbox dir and goes with it.
-//!
-//! Checks: every `[files] required` path exists; every file a `b3sum`-format manifest (inside the
-//! archive) lists exists and has its digest. The report gets `files {count, bytes, dirs,
-//! symlinks}`.
+//! Extracting a tar stream entry by entry, and checking the tree it made.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
@@ -23,7 +10,7 @@ use rehearse_core::plan::FilesSpec;
 use rehearse_core::report::{CheckReport, FilesReport};
 use rehearse_core::untar::{Extraction, Kind};
 
-use crate::postgres::restore::{Compression, open_stream};
+use crate::engines::stream::{Compression, open_stream};
 
 /// Extracts the archive at `archive` into `root` (which must exist and be empty).
 /// `Err` is the failure reason for phase `restore`.

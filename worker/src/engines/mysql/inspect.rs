@@ -5,8 +5,8 @@ use rehearse_core::mysqlxml;
 use rehearse_core::plan::Plan;
 use rehearse_core::report::{IntegrityReport, TableRows};
 
-use super::{MariaServer, Which, system_list};
-use crate::postgres::inspect::{Inspection, check_report};
+use super::server::{MariaServer, Which, system_list};
+use crate::engines::inspection::{Inspection, check_report};
 use crate::tail;
 
 /// Runs the checks phase against `database`.

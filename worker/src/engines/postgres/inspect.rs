@@ -3,13 +3,14 @@
 
 use std::path::Path;
 
-use rehearse_core::plan::{Check, Plan};
-use rehearse_core::report::{CheckReport, IntegrityReport, TableRows};
+use rehearse_core::plan::Plan;
+use rehearse_core::report::{IntegrityReport, TableRows};
 use rehearse_core::script::quote_ident;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::SUPERUSER;
 use super::cluster::{PORT, PgCluster};
+use crate::engines::inspection::{Inspection, check_report};
 use crate::tail;
 
 /// Opens a connection over the sandbox's unix socket.
@@ -60,44 +61,6 @@ async fn first_value(client: &Client, sql: &str) -> Result<Option<String>, Strin
             _ => None,
         })
         .flatten())
-}
-
-/// A check's report from what its query returned (the first value) or why it failed.
-pub fn check_report(check: &Check, result: Result<Option<String>, String>) -> CheckReport {
-    let (observed, outcome) = match result {
-        Ok(observed) => {
-            let outcome = check.expect.evaluate(observed.as_deref());
-            (observed, outcome)
-        }
-        Err(e) => (None, Err(format!("query failed: {e}"))),
-    };
-    CheckReport {
-        name: check.name.clone(),
-        sql: check.sql.clone(),
-        expect: check.expect.to_string(),
-        observed,
-        ok: outcome.is_ok(),
-        reason: outcome.err(),
-    }
-}
-
-/// What the checks phase found.
-#[derive(Debug, Default)]
-pub struct Inspection {
-    pub checks: Vec<CheckReport>,
-    /// The freshness query's result, ms since the epoch, and as the server printed it.
-    pub newest: Option<(i64, String)>,
-    pub tables: Vec<TableRows>,
-    pub integrity: Option<IntegrityReport>,
-    /// The reason the checks phase failed, if it did.
-    pub failure: Option<String>,
-    pub notes: Vec<String>,
-}
-
-impl Inspection {
-    pub fn fail(&mut self, reason: String) {
-        self.failure.get_or_insert(reason);
-    }
 }
 
 /// Runs the plan's checks (each in its database), the freshness query (in `main`), the row

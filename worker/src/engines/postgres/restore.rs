@@ -12,33 +12,14 @@
 //! cluster dump (`pg_dumpall`) restores every database it holds; each is inspected.
 //! Any restore error fails the verification, with the tool's stderr tail as the reason.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use rehearse_core::script::ScriptFilter;
-use tokio::sync::mpsc;
 
 use super::cluster::PgCluster;
 use super::{SUPERUSER, TARGET_DB};
-use crate::runtime::{FeedRx, Tool};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        }
-    }
-}
+use crate::engines::stream::{Compression, Feed, LineFilter, start_feed};
+use crate::runtime::Tool;
 
 /// What to restore and how.
 #[derive(Debug, Clone)]
@@ -63,13 +44,6 @@ pub struct Restored {
     pub databases: Vec<String>,
     pub notes: Vec<String>,
 }
-
-/// Bytes handed to the tool per write; a few of these in flight bound the memory used.
-const CHUNK: usize = 256 * 1024;
-const IN_FLIGHT: usize = 4;
-/// A plain script line longer than this is refused (a hostile file without newlines must not be
-/// read into memory whole).
-const MAX_LINE: u64 = 256 * 1024 * 1024;
 
 /// Restores `input`; `Err` is the failure reason for phase `restore`.
 pub async fn restore(cluster: &PgCluster, input: Input, jobs: usize) -> Result<Restored, String> {
@@ -205,7 +179,7 @@ async fn restore_plain(
 async fn restore_archive(
     cluster: &PgCluster,
     args: Vec<std::ffi::OsString>,
-    feed: Option<Feed>,
+    feed: Option<Feed<ScriptFilter>>,
 ) -> Result<Restored, String> {
     let mut tool = cluster.tool("pg_restore", false);
     let connection = std::mem::take(&mut tool.args);
@@ -230,23 +204,6 @@ async fn restore_archive(
     })
 }
 
-/// What a restore tool reads on stdin: the artifact, decompressed, optionally through a filter.
-pub struct Feed<F = ScriptFilter> {
-    pub path: PathBuf,
-    pub compression: Compression,
-    pub filter: Option<F>,
-}
-
-/// A line filter between a plain script and the client that runs it (psql's [`ScriptFilter`],
-/// MariaDB's [`rehearse_core::mysqldump::Mysql8Filter`]). `Err` refuses the script.
-pub trait LineFilter: Send + 'static {
-    /// What goes to the client before the script.
-    fn prologue(&self) -> Vec<u8> {
-        Vec::new()
-    }
-    fn filter(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
-}
-
 impl LineFilter for ScriptFilter {
     fn prologue(&self) -> Vec<u8> {
         ScriptFilter::prologue(self)
@@ -258,19 +215,12 @@ impl LineFilter for ScriptFilter {
     }
 }
 
-impl LineFilter for rehearse_core::mysqldump::Mysql8Filter {
-    fn filter(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        self.feed(line, out);
-        Ok(())
-    }
-}
-
 /// Runs a restore tool in the sandbox, feeding its stdin when asked; returns the filter (it
 /// knows where a plain script `\connect`ed to). `Err` is the failure reason.
 async fn run_tool(
     cluster: &PgCluster,
     tool: Tool,
-    feed: Option<Feed>,
+    feed: Option<Feed<ScriptFilter>>,
 ) -> Result<Option<ScriptFilter>, String> {
     let name = tool.name.clone();
     let (rx, feeder) = match feed {
@@ -290,121 +240,4 @@ async fn run_tool(
         return Err(out.failure(&name));
     }
     Ok(filter_back)
-}
-
-/// Starts reading (and decompressing, and filtering) an artifact on a blocking thread; the
-/// chunks arrive on the receiver, a few in flight at most. The task returns the filter.
-pub fn start_feed<F: LineFilter>(feed: Feed<F>) -> (FeedRx, tokio::task::JoinHandle<Option<F>>) {
-    let (tx, rx) = mpsc::channel::<Result<Vec<u8>, String>>(IN_FLIGHT);
-    let feeder = tokio::task::spawn_blocking(move || {
-        feed_blocking(&feed.path, feed.compression, feed.filter, &tx)
-    });
-    (rx, feeder)
-}
-
-pub fn open_stream(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
-    let file = File::open(path)?;
-    Ok(match compression {
-        Compression::None => Box::new(file),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
-    })
-}
-
-/// Reads the decompressed stream (blocking thread), filters plain scripts line by line, and sends
-/// chunks. Stops early when the receiver is gone (the tool exited, or the verification ended).
-fn feed_blocking<F: LineFilter>(
-    path: &Path,
-    compression: Compression,
-    mut filter: Option<F>,
-    tx: &mpsc::Sender<Result<Vec<u8>, String>>,
-) -> Option<F> {
-    let read_error = |e: io::Error| match compression {
-        Compression::None => format!("read artifact: {e}"),
-        c => format!("{} stream is corrupt or truncated: {e}", c.as_str()),
-    };
-    let mut reader = match open_stream(path, compression) {
-        Ok(r) => BufReader::with_capacity(1 << 20, r),
-        Err(e) => {
-            let _ = tx.blocking_send(Err(read_error(e)));
-            return filter;
-        }
-    };
-    let mut out = Vec::with_capacity(CHUNK * 2);
-    if let Some(f) = &filter {
-        out.extend_from_slice(&f.prologue());
-    }
-    let mut line = Vec::new();
-    loop {
-        let more = match filter.as_mut() {
-            Some(f) => {
-                line.clear();
-                match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line) {
-                    Ok(0) => false,
-                    Ok(n) if n as u64 == MAX_LINE && !line.ends_with(b"\n") => {
-                        let _ = tx.blocking_send(Err(format!(
-                            "a line of the script is longer than {} MiB; refused",
-                            MAX_LINE >> 20
-                        )));
-                        return filter;
-                    }
-                    Ok(_) => {
-                        if let Err(refused) = f.filter(&line, &mut out) {
-                            let _ = tx.blocking_send(Err(refused));
-                            return filter;
-                        }
-                        true
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(read_error(e)));
-                        return filter;
-                    }
-                }
-            }
-            None => {
-                let start = out.len();
-                out.resize(start + CHUNK, 0);
-                match reader.read(&mut out[start..]) {
-                    Ok(n) => {
-                        out.truncate(start + n);
-                        n > 0
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(read_error(e)));
-                        return filter;
-                    }
-                }
-            }
-        };
-        if out.len() >= CHUNK || (!more && !out.is_empty()) {
-            if tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
-                return filter;
-            }
-            out.reserve(CHUNK * 2);
-        }
-        if !more {
-            return filter;
-        }
-    }
-}
-
-/// Decompresses the first bytes of a compressed artifact, to learn what is inside.
-pub fn decompressed_head(
-    path: &Path,
-    compression: Compression,
-    len: usize,
-) -> Result<Vec<u8>, String> {
-    let reader = open_stream(path, compression)
-        .map_err(|e| format!("open {}: {e}", compression.as_str()))?;
-    let mut head = Vec::with_capacity(len);
-    reader
-        .take(len as u64)
-        .read_to_end(&mut head)
-        .map_err(|e| {
-            format!(
-                "{} stream is corrupt or truncated: {e}",
-                compression.as_str()
-            )
-        })?;
-    Ok(head)
 }
