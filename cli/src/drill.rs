@@ -177,9 +177,7 @@ pub async fn run(cmd: DrillCommand) -> Result<ExitCode, CouldNotVerify> {
             (DrillRpc::Delete, call(&name), client, Detail::List)
         }
     };
-    let answer = crate::cluster_client::client(&args)?
-        .drill(which, call)
-        .await?;
+    let answer = crate::args::client(&args)?.drill(which, call).await?;
     let views: Vec<DrillView> =
         serde_json::from_str(&answer.json).context("the coordinator's drill answer")?;
     match args.output {

@@ -66,7 +66,7 @@ impl<'a> SampleDatabase<'a> {
             .cluster
             .insert(PgCluster::create(verifier.runtime(), installed).map_err(|e| e.to_string())?);
         cluster
-            .start(verifier.runtime(), &verifier.options().cache_dir)
+            .start(verifier.runtime(), &verifier.options().cache_dir, None)
             .await
             .map_err(|e| e.to_string())?;
         let admin = connect(&cluster.socket_dir(), "postgres").await?;
@@ -241,7 +241,7 @@ pub async fn mysql_sample(verifier: &Verifier, orders: u32, out: &Path) -> Resul
     let mut server = MariaServer::create(verifier.runtime(), install)?;
     let made = async {
         server
-            .start(verifier.runtime(), &verifier.options().cache_dir)
+            .start(verifier.runtime(), &verifier.options().cache_dir, None)
             .await?;
         let orders = orders.max(10);
         let customers = (orders / 10).max(1);

@@ -107,11 +107,16 @@ impl ProcessRuntime {
 
     /// Makes a private directory for one verification, owned by the sandbox user.
     pub fn create_dir(&self) -> Result<SandboxDir, SandboxError> {
+        self.create_dir_in(&self.work_root)
+    }
+
+    /// [`ProcessRuntime::create_dir`] under another root (the spares of [`Spares`]).
+    pub fn create_dir_in(&self, root: &Path) -> Result<SandboxDir, SandboxError> {
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
-            .tempdir_in(&self.work_root)
+            .tempdir_in(root)
             .map_err(|source| SandboxError::CreateDir {
-                dir: self.work_root.clone(),
+                dir: root.to_owned(),
                 source,
             })?;
         let path = dir.path().to_owned();
@@ -404,9 +409,102 @@ pub async fn publish_template(made: &Path, template: &Path, ready: &str) -> Resu
     }
 }
 
+/// Copies of template data dirs made ahead of need: a provision renames one into its sandbox
+/// instead of copying ~1,000 files (the PostgreSQL template is 39 MB), and a new one is copied in
+/// the background while the restore runs. Spares live in `<template's dir>/spares/`, each in a
+/// sandbox dir of its own with an owner stamp, so a dead worker's spares are reaped like its
+/// sandboxes ([`Spares::reap`]); this process's spares go when it drops them. A spare is the
+/// template's bytes and nothing else: no verification ever ran in it.
+#[derive(Debug, Default)]
+pub struct Spares {
+    /// Ready copies per template.
+    ready: std::sync::Mutex<std::collections::HashMap<PathBuf, Vec<SandboxDir>>>,
+    /// Templates a copy is being made of.
+    filling: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl Spares {
+    /// Where spares of templates in `cache_dir` live.
+    pub fn root(cache_dir: &Path) -> PathBuf {
+        cache_dir.join("spares")
+    }
+
+    /// Removes spares whose owner died.
+    pub fn reap(cache_dir: &Path) -> usize {
+        reap_stale(&Spares::root(cache_dir))
+    }
+
+    /// Moves a ready copy of `template` to `dest` (which must not exist). `false` when none is
+    /// ready or it could not be moved (another file system: the caller copies instead).
+    pub fn take_into(&self, template: &Path, dest: &Path) -> bool {
+        let spare = self
+            .ready
+            .lock()
+            .ok()
+            .and_then(|mut ready| ready.get_mut(template).and_then(Vec::pop));
+        let Some(mut spare) = spare else {
+            return false;
+        };
+        let moved = fs::rename(spare.path().join("data"), dest).is_ok();
+        // What is left is the owner file (or, when the move failed, an unused copy).
+        let _ = spare.remove();
+        moved
+    }
+
+    /// Starts copying one spare of `template` in the background, unless one is ready or being
+    /// made. A copy that fails is dropped (the next provision copies for itself).
+    pub fn refill(self: &std::sync::Arc<Self>, rt: &ProcessRuntime, template: &Path) {
+        let has_ready = self
+            .ready
+            .lock()
+            .ok()
+            .is_some_and(|r| r.get(template).is_some_and(|v| !v.is_empty()));
+        let started = !has_ready
+            && self
+                .filling
+                .lock()
+                .is_ok_and(|mut f| f.insert(template.to_owned()));
+        if !started {
+            return;
+        }
+        let (spares, rt, template) = (self.clone(), rt.clone(), template.to_owned());
+        tokio::spawn(async move {
+            let made = async {
+                let root = template
+                    .parent()
+                    .map(Spares::root)
+                    .ok_or("template has no parent dir")?;
+                make_shared_dir(&root).map_err(|e| e.to_string())?;
+                let mut dir = rt.create_dir_in(&root).map_err(|e| e.to_string())?;
+                match copy_tree(&template, &dir.path().join("data")).await {
+                    Ok(()) => Ok(dir),
+                    Err(e) => {
+                        let _ = dir.remove();
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match made {
+                Ok(dir) => {
+                    if let Ok(mut ready) = spares.ready.lock() {
+                        ready.entry(template.clone()).or_default().push(dir);
+                    }
+                }
+                Err(e) => debug!(error = %e, "no spare made"),
+            }
+            if let Ok(mut filling) = spares.filling.lock() {
+                filling.remove(&template);
+            }
+        });
+    }
+}
+
 /// `cp -a`: keeps modes and owners (a template belongs to the sandbox user), fast on many files.
 pub async fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     let out = tokio::process::Command::new("cp")
+        // An abandoned copy (a spare being made when the worker stops) must not go on writing.
+        .kill_on_drop(true)
         .arg("-a")
         .arg("--")
         .arg(from)
@@ -481,5 +579,50 @@ mod tests {
             lookalike.exists(),
             "a dir without our owner file is never reaped"
         );
+    }
+
+    #[tokio::test]
+    async fn a_spare_is_the_template_moved_in_once_and_then_made_again() {
+        let cache = tempfile::tempdir().expect("cache");
+        let work = tempfile::tempdir().expect("work");
+        let rt = ProcessRuntime::new(work.path(), "nobody").expect("runtime");
+        let template = cache.path().join("t");
+        fs::create_dir_all(template.join("base")).expect("mkdir");
+        fs::write(template.join("base/1"), b"one").expect("write");
+        fs::write(template.join("PG_VERSION"), b"15").expect("write");
+        let spares = std::sync::Arc::new(Spares::default());
+        let dest = work.path().join("data");
+        assert!(!spares.take_into(&template, &dest), "nothing made yet");
+
+        let ready = |spares: &Spares| {
+            spares
+                .ready
+                .lock()
+                .expect("lock")
+                .get(&template)
+                .map_or(0, Vec::len)
+        };
+        spares.refill(&rt, &template);
+        spares.refill(&rt, &template); // one copy at a time
+        for _ in 0..500 {
+            if ready(&spares) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(ready(&spares), 1);
+        assert!(spares.take_into(&template, &dest));
+        assert_eq!(fs::read(dest.join("base/1")).expect("moved"), b"one");
+        assert!(!spares.take_into(&template, &work.path().join("again")));
+        // The spare's own dir went with it; only the spares root stays.
+        let left: Vec<_> = fs::read_dir(Spares::root(cache.path()))
+            .expect("spares root")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // Another template's spare of a dead owner is reaped.
+        let dead = Spares::root(cache.path()).join("rehearse-x");
+        fs::create_dir(&dead).expect("mkdir");
+        fs::write(dead.join(OWNER_FILE), "999999999 1").expect("write");
+        assert_eq!(Spares::reap(cache.path()), 1);
     }
 }

@@ -147,7 +147,7 @@ impl Verifier {
                 "unshare (util-linux) is needed to isolate the sandbox but is not in PATH".into(),
             ));
         }
-        let reaped = sandbox::reap_stale(rt.work_root());
+        let reaped = sandbox::reap_stale(rt.work_root()) + sandbox::Spares::reap(&opts.cache_dir);
         if reaped > 0 {
             warn!(
                 reaped,

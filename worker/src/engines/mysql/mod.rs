@@ -23,6 +23,7 @@ pub mod server;
 
 use std::any::Any;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rehearse_core::format::Sniffed;
 use rehearse_core::plan;
@@ -32,17 +33,21 @@ use super::stream::{Compression, peel};
 use super::{Engine, Env, Inspection, Provisioned, Restored, Session, Stop};
 use crate::artifact::LocalArtifact;
 use crate::runtime::container_note;
+use crate::sandbox::Spares;
 
 /// The engine, with the local MariaDB (process runtime) or why there is none.
 #[derive(Debug)]
 pub struct Mysql {
     install: Result<MariaInstall, String>,
+    /// Template copies made ahead for the process runtime.
+    spares: Arc<Spares>,
 }
 
 impl Mysql {
     pub fn discover() -> Mysql {
         Mysql {
             install: server::discover(),
+            spares: Arc::default(),
         }
     }
 
@@ -108,7 +113,7 @@ impl Session for MysqlSession<'_> {
                 .server
                 .insert(MariaServer::create(env.rt, install).map_err(Stop::Cannot)?);
             server
-                .start(env.rt, env.cache_dir)
+                .start(env.rt, env.cache_dir, Some(&self.engine.spares))
                 .await
                 .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?;
             return Ok(Provisioned {

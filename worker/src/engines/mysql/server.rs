@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -13,7 +14,7 @@ use crate::engines::stream::{Compression, Feed, LineFilter, start_feed};
 use crate::runtime::{
     CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, Sandbox, Tags, Tool,
 };
-use crate::sandbox::{ProcessRuntime, make_shared_dir};
+use crate::sandbox::{ProcessRuntime, Spares, make_shared_dir};
 
 /// The database dumps are restored into (a dump with `USE other` goes there instead).
 pub const TARGET_DB: &str = "restored";
@@ -198,8 +199,14 @@ impl MariaServer {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Starts the server from a copy of the cached template (process runtime).
-    pub async fn start(&mut self, rt: &ProcessRuntime, cache_dir: &Path) -> Result<(), String> {
+    /// Starts the server from a copy of the cached template (process runtime): a spare made
+    /// ahead when there is one, and the next spare copied in the background.
+    pub async fn start(
+        &mut self,
+        rt: &ProcessRuntime,
+        cache_dir: &Path,
+        spares: Option<&Arc<Spares>>,
+    ) -> Result<(), String> {
         let install = self
             .install
             .clone()
@@ -207,7 +214,12 @@ impl MariaServer {
         let template = ensure_template(rt, &install, cache_dir).await?;
         let dir = self.sandbox.dir().to_owned();
         let data = dir.join("data");
-        crate::sandbox::copy_tree(&template, &data).await?;
+        if !spares.is_some_and(|s| s.take_into(&template, &data)) {
+            crate::sandbox::copy_tree(&template, &data).await?;
+        }
+        if let Some(spares) = spares {
+            spares.refill(rt, &template);
+        }
         for sub in ["files", "tmp"] {
             std::fs::create_dir(dir.join(sub)).map_err(|e| format!("create {sub} dir: {e}"))?;
             rt.give(&dir.join(sub)).map_err(|e| e.to_string())?;
@@ -230,7 +242,7 @@ impl MariaServer {
             .stderr(Stdio::null());
         let child = cmd.spawn().map_err(|e| format!("start mariadbd: {e}"))?;
         // The data is thrown away: no clean shutdown needed.
-        self.sandbox.set_server(child, Signal::SIGKILL);
+        self.sandbox.set_server(child, Signal::SIGKILL)?;
         self.wait_ready().await
     }
 
@@ -262,6 +274,8 @@ impl MariaServer {
                 original_artifact: artifact.as_ref().map(|(original, _)| original.clone()),
                 artifact: artifact.map(|(_, staged)| staged),
                 tags,
+                tmpfs: vec!["/run/mysqld".to_owned()],
+                exec_prelude: None,
             })
             .await?;
         self.wait_ready().await

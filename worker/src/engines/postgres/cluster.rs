@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -17,11 +18,14 @@ use tracing::debug;
 use super::SUPERUSER;
 use super::binaries::Installed;
 use crate::runtime::{
-    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, PG_PATH, Sandbox, Tags,
-    Tool,
+    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, Sandbox, Tags, Tool,
 };
-use crate::sandbox::{ProcessRuntime, copy_tree, make_shared_dir, publish_template};
+use crate::sandbox::{ProcessRuntime, Spares, copy_tree, make_shared_dir, publish_template};
 
+/// Shell that puts every PostgreSQL bin dir of an image in PATH (Debian keeps them out of it):
+/// run before the server and every tool in a container.
+pub const PG_PATH: &str =
+    "for d in /usr/lib/postgresql/*/bin; do [ -d \"$d\" ] && PATH=\"$d:$PATH\"; done; export PATH";
 /// The socket's port number (it only names the socket file; there is no TCP listener).
 pub const PORT: u16 = 5432;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -166,23 +170,30 @@ impl PgCluster {
         self.sandbox.dir().join("data")
     }
 
-    /// Copies the template, starts the server, waits until it accepts connections.
+    /// Takes a spare copy of the template (or copies it), starts the server, waits until it
+    /// accepts connections; then has the next spare copied in the background.
     pub async fn start(
         &mut self,
         rt: &ProcessRuntime,
         cache_dir: &Path,
+        spares: Option<&Arc<Spares>>,
     ) -> Result<(), ClusterError> {
         let installed = self
             .installed
             .clone()
             .ok_or_else(|| ClusterError::Start("no local installation".into()))?;
         let template = ensure_template(rt, &installed, cache_dir).await?;
-        copy_tree(&template, &self.data_dir())
-            .await
-            .map_err(|reason| ClusterError::Template {
-                dir: template.clone(),
-                reason,
-            })?;
+        if !spares.is_some_and(|s| s.take_into(&template, &self.data_dir())) {
+            copy_tree(&template, &self.data_dir())
+                .await
+                .map_err(|reason| ClusterError::Template {
+                    dir: template.clone(),
+                    reason,
+                })?;
+        }
+        if let Some(spares) = spares {
+            spares.refill(rt, &template);
+        }
         let log_path = self.sandbox.dir().join("server.log");
         let log = std::fs::File::create(&log_path)
             .map_err(|e| ClusterError::Start(format!("create server log: {e}")))?;
@@ -196,7 +207,9 @@ impl PgCluster {
             .map_err(|e| ClusterError::Start(e.to_string()))?;
         debug!(pid = child.id(), dir = %self.sandbox.dir().display(), "postgres started");
         // Immediate shutdown: the data is thrown away anyway.
-        self.sandbox.set_server(child, Signal::SIGQUIT);
+        self.sandbox
+            .set_server(child, Signal::SIGQUIT)
+            .map_err(ClusterError::Start)?;
         self.wait_ready().await
     }
 
@@ -239,6 +252,8 @@ impl PgCluster {
                 original_artifact: artifact.as_ref().map(|(original, _)| original.clone()),
                 artifact: artifact.map(|(_, staged)| staged),
                 tags,
+                tmpfs: Vec::new(),
+                exec_prelude: Some(PG_PATH.to_owned()),
             })
             .await
             .map_err(ClusterError::Start)?;

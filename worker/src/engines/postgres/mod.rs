@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod restore;
 
 use std::any::Any;
+use std::sync::Arc;
 
 use rehearse_core::format::{SNIFF_LEN, Sniffed, sniff};
 use rehearse_core::install;
@@ -26,6 +27,7 @@ use super::stream::{Compression, decompressed_head};
 use super::{Engine, Env, Inspection, Provisioned, Restored, Session, Stop};
 use crate::artifact::LocalArtifact;
 use crate::runtime::container_note;
+use crate::sandbox::Spares;
 
 /// The bootstrap superuser of every sandbox cluster.
 pub const SUPERUSER: &str = "postgres";
@@ -36,12 +38,15 @@ pub const TARGET_DB: &str = "restored";
 #[derive(Debug)]
 pub struct Postgres {
     installs: Vec<Installed>,
+    /// Template copies made ahead for the process runtime.
+    spares: Arc<Spares>,
 }
 
 impl Postgres {
     pub fn discover() -> Postgres {
         Postgres {
             installs: binaries::discover(),
+            spares: Arc::default(),
         }
     }
 
@@ -116,7 +121,7 @@ impl Session for PgSession<'_> {
                     .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?,
             );
             cluster
-                .start(env.rt, env.cache_dir)
+                .start(env.rt, env.cache_dir, Some(&self.engine.spares))
                 .await
                 .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?;
             return Ok(Provisioned {
