@@ -451,9 +451,15 @@ impl Spares {
         moved
     }
 
-    /// Starts copying one spare of `template` in the background, unless one is ready or being
-    /// made. A copy that fails is dropped (the next provision copies for itself).
-    pub fn refill(self: &std::sync::Arc<Self>, rt: &ProcessRuntime, template: &Path) {
+    /// Starts copying one spare of `template` in the background (under
+    /// [`Spares::root`]`(cache_dir)`), unless one is ready or being made. A copy that fails is
+    /// dropped (the next provision copies for itself).
+    pub fn refill(
+        self: &std::sync::Arc<Self>,
+        rt: &ProcessRuntime,
+        template: &Path,
+        cache_dir: &Path,
+    ) {
         let has_ready = self
             .ready
             .lock()
@@ -468,12 +474,9 @@ impl Spares {
             return;
         }
         let (spares, rt, template) = (self.clone(), rt.clone(), template.to_owned());
+        let root = Spares::root(cache_dir);
         tokio::spawn(async move {
             let made = async {
-                let root = template
-                    .parent()
-                    .map(Spares::root)
-                    .ok_or("template has no parent dir")?;
                 make_shared_dir(&root).map_err(|e| e.to_string())?;
                 let mut dir = rt.create_dir_in(&root).map_err(|e| e.to_string())?;
                 match copy_tree(&template, &dir.path().join("data")).await {
@@ -602,8 +605,8 @@ mod tests {
                 .get(&template)
                 .map_or(0, Vec::len)
         };
-        spares.refill(&rt, &template);
-        spares.refill(&rt, &template); // one copy at a time
+        spares.refill(&rt, &template, cache.path());
+        spares.refill(&rt, &template, cache.path()); // one copy at a time
         for _ in 0..500 {
             if ready(&spares) > 0 {
                 break;

@@ -23,8 +23,8 @@ use tokio::process::Child;
 use tracing::{debug, info, warn};
 
 use super::{
-    Backend, CONTAINER_ARTIFACT, CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, FeedRx,
-    STDOUT_LIMIT, Tool, ToolOutput,
+    Backend, CONTAINER_ARTIFACT, CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, CONTAINER_TEMPLATE,
+    ContainerSpec, FeedRx, STDOUT_LIMIT, Tool, ToolOutput,
 };
 use crate::sandbox::{self, SandboxError};
 use crate::tail;
@@ -87,6 +87,145 @@ impl DockerRuntime {
 
     pub async fn has_image(&self, image: &str) -> bool {
         self.docker.inspect_image(image).await.is_ok()
+    }
+
+    /// A data dir made once per image and kept in `cache_dir`, for containers to copy at start
+    /// instead of initialising their own (initdb or mariadb-install-db: most of a container's
+    /// provision time). `script` runs as `user` in a throwaway container of `image` (no
+    /// network, read-only root) and must fill `/out/data`; the result is kept as
+    /// `<cache_dir>/<kind>-image-<image id>/data`, keyed by the image's id so a rebuilt image
+    /// gets a new one. Concurrent first calls wait for one build. `Err`: why it could not be
+    /// made (the caller then initialises in the container as before).
+    pub async fn image_template(
+        &self,
+        image: &str,
+        user: &str,
+        script: &str,
+        kind: &str,
+        cache_dir: &Path,
+    ) -> Result<PathBuf, String> {
+        let id = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| format!("inspect {image}: {e}"))?
+            .id
+            .unwrap_or_default();
+        let key = blake3::hash(format!("{id}|{script}").as_bytes());
+        let template = cache_dir.join(format!("{kind}-image-{}", &key.to_hex()[..16]));
+        // The marker is the worker's own file: the data dir inside belongs to the image's user.
+        let ready = template.join("ready");
+        if ready.is_file() {
+            return Ok(template.join("data"));
+        }
+        let _building = sandbox::template_lock(&template).await;
+        if ready.is_file() {
+            return Ok(template.join("data"));
+        }
+        sandbox::make_shared_dir(cache_dir).map_err(|e| format!("cache dir: {e}"))?;
+        let staging = cache_dir.join(format!(
+            ".{kind}-image-{}-{}",
+            &key.to_hex()[..16],
+            crate::random_token()
+        ));
+        // Writable by the image's user, whatever its uid, for the build only.
+        sandbox::make_open_dir(&staging).map_err(|e| format!("template staging dir: {e}"))?;
+        let built = self
+            .run_to_end(
+                image,
+                user,
+                vec!["sh".into(), "-c".into(), script.to_owned()],
+                vec![format!("{}:/out:rw", staging.display())],
+            )
+            .await
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755))
+                    .and_then(|()| std::fs::write(staging.join("ready"), id.as_bytes()))
+                    .map_err(|e| format!("template staging dir: {e}"))
+            })
+            .and_then(|()| {
+                std::fs::rename(&staging, &template).map_err(|e| format!("publish template: {e}"))
+            });
+        if let Err(e) = built {
+            // Best effort: a worker that is not root cannot remove the image user's files.
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        info!(image, template = %template.display(), "data dir template made for the image");
+        Ok(template.join("data"))
+    }
+
+    /// Runs `cmd` in a throwaway container of `image` to its end: no network, read-only root,
+    /// every capability dropped, labelled so the reaper removes it if this worker dies.
+    async fn run_to_end(
+        &self,
+        image: &str,
+        user: &str,
+        cmd: Vec<String>,
+        binds: Vec<String>,
+    ) -> Result<(), String> {
+        let labels = HashMap::from([
+            ("rehearse.worker".to_owned(), self.worker.clone()),
+            (
+                "rehearse.owner".to_owned(),
+                sandbox::owner_stamp(std::process::id()).unwrap_or_default(),
+            ),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            user: Some(user.to_owned()),
+            cmd: Some(cmd),
+            entrypoint: Some(Vec::new()),
+            env: Some(container_env()),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(HashMap::from([(
+                    "/tmp".to_owned(),
+                    "rw,mode=1777,size=64m".to_owned(),
+                )])),
+                binds: Some(binds),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .map_err(|e| format!("create container from {image}: {e}"))?;
+        let id = created.id;
+        let ran = async {
+            self.docker
+                .start_container(
+                    &id,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .map_err(|e| format!("start container: {e}"))?;
+            let mut waited = self
+                .docker
+                .wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
+            match tokio::time::timeout(Duration::from_secs(300), waited.next()).await {
+                Ok(Some(Ok(r))) if r.status_code == 0 => Ok(()),
+                Ok(_) => Err(format!(
+                    "failed: {}",
+                    container_log_tail(&self.docker, &id, 3).await
+                )),
+                Err(_) => Err("did not finish within 300 s".to_owned()),
+            }
+        }
+        .await;
+        let removed = remove_container(&self.docker, &id).await;
+        ran.and(removed)
     }
 
     /// This worker's containers, in any state (empty when the engine does not answer).
@@ -172,6 +311,29 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), String> {
         }) => Ok(()),
         Err(e) => Err(format!("remove container {id}: {e}")),
     }
+}
+
+/// Before a container starts with its data on the worker's disk (`[sandbox] data = "disk"`):
+/// moves a spare copy of the image's `template` into the sandbox's data dir (the container then
+/// finds its data dir made and initialises nothing), and has the next spare copied in the
+/// background. Only as root, which keeps the image user's ownership of the copy; otherwise, and
+/// with a tmpfs, the container copies the template itself.
+pub fn prefill_data(
+    spares: &std::sync::Arc<sandbox::Spares>,
+    rt: &sandbox::ProcessRuntime,
+    template: &Path,
+    sandbox_dir: &Path,
+    limits: &SandboxSpec,
+    cache_dir: &Path,
+) {
+    if limits.data != DataStore::Disk || !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let data_root = sandbox_dir.join("data");
+    if sandbox::make_open_dir(&data_root).is_ok() {
+        spares.take_into(template, &data_root.join("data"));
+    }
+    spares.refill(rt, template, cache_dir);
 }
 
 /// One container sandbox.
@@ -267,6 +429,9 @@ impl Backend for DockerBackend {
         let mut binds = vec![format!("{}:{CONTAINER_SOCKET_DIR}:rw", host_sock.display())];
         if let Some(a) = &spec.artifact {
             binds.push(format!("{}:{CONTAINER_ARTIFACT}:ro", a.display()));
+        }
+        if let Some(t) = &spec.template {
+            binds.push(format!("{}:{CONTAINER_TEMPLATE}:ro", t.display()));
         }
         let mut tmpfs = HashMap::from([("/tmp".to_owned(), "rw,mode=1777,size=256m".to_owned())]);
         for extra in &spec.tmpfs {

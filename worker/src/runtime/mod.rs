@@ -52,6 +52,8 @@ pub const CONTAINER_SOCKET_DIR: &str = "/run/rehearse";
 pub const CONTAINER_ARTIFACT: &str = "/artifact";
 /// Where a container's database lives (a bind-mounted disk dir, or a tmpfs).
 pub const CONTAINER_DATA_DIR: &str = "/var/lib/rehearse";
+/// Where the image's data dir template is mounted (read-only), when there is one.
+pub const CONTAINER_TEMPLATE: &str = "/template";
 /// Output kept from a tool's stdout when it is captured (query results).
 const STDOUT_LIMIT: usize = 16 << 20;
 
@@ -92,6 +94,9 @@ pub struct ContainerSpec {
     pub tmpfs: Vec<String>,
     /// A shell line every tool run in the container starts with (PostgreSQL's bin dirs in PATH).
     pub exec_prelude: Option<String>,
+    /// A data dir template ([`DockerRuntime::image_template`]) mounted read-only at
+    /// [`CONTAINER_TEMPLATE`].
+    pub template: Option<PathBuf>,
 }
 
 /// A program to run in the sandbox.

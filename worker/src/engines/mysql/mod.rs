@@ -33,6 +33,7 @@ use super::stream::{Compression, peel};
 use super::{Engine, Env, Inspection, Provisioned, Restored, Session, Stop};
 use crate::artifact::LocalArtifact;
 use crate::runtime::container_note;
+use crate::runtime::docker::prefill_data;
 use crate::sandbox::Spares;
 
 /// The engine, with the local MariaDB (process runtime) or why there is none.
@@ -126,8 +127,40 @@ impl Session for MysqlSession<'_> {
             .server
             .insert(MariaServer::create_docker(env.rt, docker).map_err(Stop::Cannot)?);
         // The dump is streamed in by the worker: nothing to mount.
+        let template = match docker
+            .image_template(
+                image,
+                "mysql",
+                &server::image_template_script(),
+                "mariadb",
+                env.cache_dir,
+            )
+            .await
+        {
+            Ok(template) => {
+                prefill_data(
+                    &self.engine.spares,
+                    env.rt,
+                    &template,
+                    server.sandbox().dir(),
+                    &env.plan.sandbox,
+                    env.cache_dir,
+                );
+                Some(template)
+            }
+            Err(e) => {
+                tracing::warn!(image, error = %e, "no data dir template; install-db in the container");
+                None
+            }
+        };
         server
-            .start_container(image.clone(), &env.plan.sandbox, None, env.tags.clone())
+            .start_container(
+                image.clone(),
+                &env.plan.sandbox,
+                None,
+                env.tags.clone(),
+                template,
+            )
             .await
             .map_err(|e| Stop::Cannot(format!("container from {image}: {e}")))?;
         Ok(Provisioned {

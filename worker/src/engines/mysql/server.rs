@@ -12,7 +12,8 @@ use rehearse_core::limits::SandboxSpec;
 
 use crate::engines::stream::{Compression, Feed, LineFilter, start_feed};
 use crate::runtime::{
-    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, Sandbox, Tags, Tool,
+    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, CONTAINER_TEMPLATE, ContainerSpec, DockerRuntime,
+    Sandbox, Tags, Tool,
 };
 use crate::sandbox::{ProcessRuntime, Spares, make_shared_dir};
 
@@ -218,7 +219,7 @@ impl MariaServer {
             crate::sandbox::copy_tree(&template, &data).await?;
         }
         if let Some(spares) = spares {
-            spares.refill(rt, &template);
+            spares.refill(rt, &template, cache_dir);
         }
         for sub in ["files", "tmp"] {
             std::fs::create_dir(dir.join(sub)).map_err(|e| format!("create {sub} dir: {e}"))?;
@@ -253,15 +254,26 @@ impl MariaServer {
         limits: &SandboxSpec,
         artifact: Option<(PathBuf, PathBuf)>,
         tags: Tags,
+        template: Option<PathBuf>,
     ) -> Result<(), String> {
         let data = format!("{CONTAINER_DATA_DIR}/data");
         let files = format!("{CONTAINER_DATA_DIR}/files");
+        // A copy of the image's template when there is one, else mariadb-install-db here.
+        let init = if template.is_some() {
+            format!("cp -a {CONTAINER_TEMPLATE} {data}")
+        } else {
+            format!(
+                "mariadb-install-db {} --datadir={data} >/tmp/install.log 2>&1 \
+                 || {{ cat /tmp/install.log >&2; exit 1; }}",
+                INSTALL_ARGS.join(" ")
+            )
+        };
+        // A data dir already there is a spare copy of the template the worker moved in.
+        let init = format!("if [ -d {data}/mysql ]; then :; else {init}; fi");
         let script = format!(
-            "mkdir -p {files} && mariadb-install-db {} --datadir={data} >/tmp/install.log 2>&1 \
-             || {{ cat /tmp/install.log >&2; exit 1; }}; \
+            "mkdir -p {files} && {init}; \
              exec mariadbd --no-defaults --datadir={data} --socket={CONTAINER_SOCKET_DIR}/{SOCKET} \
-             --pid-file={CONTAINER_DATA_DIR}/mysqld.pid --secure-file-priv={files} --tmpdir=/tmp \"$@\"",
-            INSTALL_ARGS.join(" ")
+             --pid-file={CONTAINER_DATA_DIR}/mysqld.pid --secure-file-priv={files} --tmpdir=/tmp \"$@\""
         );
         let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), script, "sh".to_owned()];
         cmd.extend(SETTINGS.map(String::from));
@@ -276,6 +288,7 @@ impl MariaServer {
                 tags,
                 tmpfs: vec!["/run/mysqld".to_owned()],
                 exec_prelude: None,
+                template,
             })
             .await?;
         self.wait_ready().await
@@ -432,6 +445,14 @@ pub async fn restore(
 }
 
 /// `'mysql', 'information_schema', …` for SQL.
+/// What makes an image's data dir template (`DockerRuntime::image_template`).
+pub fn image_template_script() -> String {
+    format!(
+        "mariadb-install-db {} --datadir=/out/data >/tmp/install.log 2>&1 || {{ cat /tmp/install.log >&2; exit 1; }}",
+        INSTALL_ARGS.join(" ")
+    )
+}
+
 pub fn system_list() -> String {
     SYSTEM_SCHEMAS
         .iter()

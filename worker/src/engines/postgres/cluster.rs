@@ -18,7 +18,8 @@ use tracing::debug;
 use super::SUPERUSER;
 use super::binaries::Installed;
 use crate::runtime::{
-    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, ContainerSpec, DockerRuntime, Sandbox, Tags, Tool,
+    CONTAINER_DATA_DIR, CONTAINER_SOCKET_DIR, CONTAINER_TEMPLATE, ContainerSpec, DockerRuntime,
+    Sandbox, Tags, Tool,
 };
 use crate::sandbox::{ProcessRuntime, Spares, copy_tree, make_shared_dir, publish_template};
 
@@ -192,7 +193,7 @@ impl PgCluster {
                 })?;
         }
         if let Some(spares) = spares {
-            spares.refill(rt, &template);
+            spares.refill(rt, &template, cache_dir);
         }
         let log_path = self.sandbox.dir().join("server.log");
         let log = std::fs::File::create(&log_path)
@@ -222,14 +223,22 @@ impl PgCluster {
         limits: &SandboxSpec,
         artifact: Option<(PathBuf, PathBuf)>,
         tags: Tags,
+        template: Option<PathBuf>,
     ) -> Result<(), ClusterError> {
         let data = format!("{CONTAINER_DATA_DIR}/data");
-        let script = format!(
-            "{PG_PATH}; \
-             initdb -D {data} {} >/tmp/initdb.log 2>&1 || {{ cat /tmp/initdb.log >&2; exit 1; }}; \
-             exec postgres -D {data} \"$@\"",
-            INITDB_ARGS.join(" ")
-        );
+        // A copy of the image's template when there is one (see `image_template_script`), else
+        // initdb here.
+        let init = if template.is_some() {
+            format!("cp -a {CONTAINER_TEMPLATE} {data}")
+        } else {
+            format!(
+                "initdb -D {data} {} >/tmp/initdb.log 2>&1 || {{ cat /tmp/initdb.log >&2; exit 1; }}",
+                INITDB_ARGS.join(" ")
+            )
+        };
+        // A data dir already there is a spare copy of the template the worker moved in.
+        let init = format!("if [ -f {data}/PG_VERSION ]; then :; else {init}; fi");
+        let script = format!("{PG_PATH}; {init}; exec postgres -D {data} \"$@\"");
         let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), script, "sh".to_owned()];
         cmd.extend(
             server_args(Path::new(CONTAINER_SOCKET_DIR), "0777")
@@ -254,6 +263,7 @@ impl PgCluster {
                 tags,
                 tmpfs: Vec::new(),
                 exec_prelude: Some(PG_PATH.to_owned()),
+                template,
             })
             .await
             .map_err(ClusterError::Start)?;
@@ -373,6 +383,15 @@ fn parse_major_minor(version: &str) -> (u32, u32) {
             .unwrap_or(0)
     });
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// What makes an image's data dir template ([`DockerRuntime::image_template`]): initdb into
+/// `/out/data` with the sandbox's settings.
+pub fn image_template_script() -> String {
+    format!(
+        "{PG_PATH}; initdb -D /out/data {} >/tmp/initdb.log 2>&1 || {{ cat /tmp/initdb.log >&2; exit 1; }}",
+        INITDB_ARGS.join(" ")
+    )
 }
 
 /// Returns the cached template data directory for this installation, making it once.

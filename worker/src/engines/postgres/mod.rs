@@ -27,6 +27,7 @@ use super::stream::{Compression, decompressed_head};
 use super::{Engine, Env, Inspection, Provisioned, Restored, Session, Stop};
 use crate::artifact::LocalArtifact;
 use crate::runtime::container_note;
+use crate::runtime::docker::prefill_data;
 use crate::sandbox::Spares;
 
 /// The bootstrap superuser of every sandbox cluster.
@@ -145,8 +146,40 @@ impl Session for PgSession<'_> {
                 .map_err(Stop::Cannot)?;
             mounted = Some((artifact.path.clone(), staged));
         }
+        let template = match docker
+            .image_template(
+                image,
+                SUPERUSER,
+                &cluster::image_template_script(),
+                "pg",
+                env.cache_dir,
+            )
+            .await
+        {
+            Ok(template) => {
+                prefill_data(
+                    &self.engine.spares,
+                    env.rt,
+                    &template,
+                    cluster.dir(),
+                    &env.plan.sandbox,
+                    env.cache_dir,
+                );
+                Some(template)
+            }
+            Err(e) => {
+                tracing::warn!(image, error = %e, "no data dir template; initdb in the container");
+                None
+            }
+        };
         cluster
-            .start_container(image.clone(), &env.plan.sandbox, mounted, env.tags.clone())
+            .start_container(
+                image.clone(),
+                &env.plan.sandbox,
+                mounted,
+                env.tags.clone(),
+                template,
+            )
             .await
             .map_err(|e| Stop::Cannot(format!("container from {image}: {e}")))?;
         let image_major = cluster
