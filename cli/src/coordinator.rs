@@ -53,6 +53,13 @@ pub(crate) struct CoordinatorArgs {
     /// as an older release, 3 adds a test-only command kind.
     #[arg(long, hide = true, default_value_t = rehearse_core::codec::CURRENT)]
     pub(crate) command_version: u32,
+    /// Serve the HTTP/JSON API (OpenAPI at /openapi.json, Swagger UI at /docs) on this address.
+    #[arg(long, env = "REHEARSE_HTTP_LISTEN")]
+    pub(crate) http_listen: Option<std::net::SocketAddr>,
+    /// The URL HTTP clients reach this node at [default: http:// + --http-listen]; a follower
+    /// redirects HTTP clients to the leader's.
+    #[arg(long, env = "REHEARSE_HTTP_ADVERTISE")]
+    pub(crate) http_advertise: Option<String>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
 }
@@ -76,6 +83,8 @@ pub(crate) async fn coordinator(
         lease: args.lease,
         command_version: args.command_version,
         job_retention: args.job_retention,
+        http_listen: args.http_listen,
+        http_advertise: args.http_advertise,
     };
     rehearse_coordinator::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

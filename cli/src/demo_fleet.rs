@@ -53,6 +53,8 @@ pub async fn run(
             lease: rehearse_coordinator::DEFAULT_LEASE,
             command_version: rehearse_core::codec::CURRENT,
             job_retention: rehearse_coordinator::DEFAULT_JOB_RETENTION,
+            http_listen: None,
+            http_advertise: None,
         };
         let token = stop.clone();
         tasks.push(tokio::spawn(async move {

@@ -24,10 +24,13 @@ pub struct Api {
     pub node: NodeHandle,
 }
 
+/// An API error as a gRPC status, through the one table in [`crate::errors`]. "Not leader"
+/// carries the leader in the `rehearse-leader` metadata (`ID=ADDR`), which clients follow.
 pub fn status_of(e: ApiError) -> Status {
+    let code = e.code().grpc();
     match e {
         ApiError::NotLeader { leader } => {
-            let mut status = Status::failed_precondition("not leader");
+            let mut status = Status::new(code, "not leader");
             if let Some((id, addr)) = leader
                 && let Ok(value) = format!("{id}={addr}").parse()
             {
@@ -35,9 +38,10 @@ pub fn status_of(e: ApiError) -> Status {
             }
             status
         }
-        ApiError::Invalid(m) => Status::invalid_argument(m),
-        ApiError::NotFound(m) => Status::not_found(m),
-        ApiError::Unavailable(m) => Status::unavailable(m),
+        ApiError::Invalid(m)
+        | ApiError::NotFound(m)
+        | ApiError::Refused(m)
+        | ApiError::Unavailable(m) => Status::new(code, m),
     }
 }
 
@@ -460,14 +464,14 @@ impl Coordinator for Api {
         &self,
         request: Request<pb::DrillCall>,
     ) -> Result<Response<pb::DrillAnswer>, Status> {
-        crate::drill_api::apply(&self.node, request.into_inner()).await
+        crate::drill_api::grpc::apply(&self.node, request.into_inner()).await
     }
 
     async fn list_drills(
         &self,
         _request: Request<pb::DrillCall>,
     ) -> Result<Response<pb::DrillAnswer>, Status> {
-        crate::drill_api::views(&self.node, None, 1, false).await
+        crate::drill_api::grpc::views(&self.node, None, 1, false).await
     }
 
     async fn get_drill(
@@ -475,34 +479,34 @@ impl Coordinator for Api {
         request: Request<pb::DrillCall>,
     ) -> Result<Response<pb::DrillAnswer>, Status> {
         let call = request.into_inner();
-        crate::drill_api::views(&self.node, Some(call.name), 5, call.history).await
+        crate::drill_api::grpc::views(&self.node, Some(call.name), 5, call.history).await
     }
 
     async fn pause_drill(
         &self,
         request: Request<pb::DrillCall>,
     ) -> Result<Response<pb::DrillAnswer>, Status> {
-        crate::drill_api::pause(&self.node, request.into_inner()).await
+        crate::drill_api::grpc::pause(&self.node, request.into_inner()).await
     }
 
     async fn resume_drill(
         &self,
         request: Request<pb::DrillCall>,
     ) -> Result<Response<pb::DrillAnswer>, Status> {
-        crate::drill_api::resume(&self.node, request.into_inner()).await
+        crate::drill_api::grpc::resume(&self.node, request.into_inner()).await
     }
 
     async fn run_drill(
         &self,
         request: Request<pb::DrillCall>,
     ) -> Result<Response<pb::DrillAnswer>, Status> {
-        crate::drill_api::run(&self.node, request.into_inner()).await
+        crate::drill_api::grpc::run(&self.node, request.into_inner()).await
     }
 
     async fn delete_drill(
         &self,
         request: Request<pb::DrillCall>,
     ) -> Result<Response<pb::DrillAnswer>, Status> {
-        crate::drill_api::delete(&self.node, request.into_inner()).await
+        crate::drill_api::grpc::delete(&self.node, request.into_inner()).await
     }
 }

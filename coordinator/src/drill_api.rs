@@ -1,5 +1,6 @@
-//! The drill half of the client API: definitions in, views out (JSON inside the proto messages,
-//! built from `rehearse_core::drill` types — this is the one place converting them).
+//! The drill operations of the client APIs: definitions in, views out. Transport-neutral (the
+//! gRPC service wraps them in proto messages with the views as JSON; the HTTP API answers the
+//! views as they are), built from `rehearse_core::drill` types.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,15 +19,25 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A drill command through the leader; its refusal (no such drill, …) as a status.
-async fn propose(node: &NodeHandle, command: Command) -> Result<(), Status> {
-    match node.fleet_command(command).await.map_err(status_of)? {
+/// What a drill operation answers: the drills as they are then, and the jobs it started.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DrillAnswer {
+    pub drills: Vec<DrillView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<String>,
+}
+
+/// A drill command through the leader; its refusal (no such drill, …) as an error.
+async fn propose(node: &NodeHandle, command: Command) -> Result<(), ApiError> {
+    match node.fleet_command(command).await? {
         Outcome::Done(Ok(())) => Ok(()),
         Outcome::Done(Err(reason)) if reason.starts_with("no drill") => {
-            Err(Status::not_found(reason))
+            Err(ApiError::NotFound(reason))
         }
-        Outcome::Done(Err(reason)) => Err(Status::failed_precondition(reason)),
-        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        Outcome::Done(Err(reason)) => Err(ApiError::Refused(reason)),
+        other => Err(ApiError::Unavailable(format!(
+            "unexpected outcome {other:?}"
+        ))),
     }
 }
 
@@ -36,26 +47,26 @@ pub async fn views(
     name: Option<String>,
     upcoming: usize,
     history: bool,
-) -> Result<Response<pb::DrillAnswer>, Status> {
+) -> Result<Vec<DrillView>, ApiError> {
     let now = now_ms();
-    let drills = node.drills(name).await.map_err(status_of)?;
-    let views: Vec<DrillView> = drills
+    let drills = node.drills(name.clone()).await?;
+    if let Some(name) = name
+        && drills.is_empty()
+    {
+        return Err(ApiError::NotFound(format!("no drill {name:?}")));
+    }
+    Ok(drills
         .iter()
         .map(|(name, drill, runs)| {
             DrillView::new(name, drill.as_ref(), runs, now, upcoming, history)
         })
-        .collect();
-    let json = serde_json::to_string(&views).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(pb::DrillAnswer {
-        json,
-        jobs: Vec::new(),
-    }))
+        .collect())
 }
 
-fn name_of(call: &pb::DrillCall) -> Result<String, Status> {
-    let name = call.name.trim();
+fn checked_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
     if name.is_empty() {
-        return Err(Status::invalid_argument("give the drill's name"));
+        return Err(ApiError::Invalid("give the drill's name".into()));
     }
     Ok(name.to_owned())
 }
@@ -66,20 +77,24 @@ async fn change(
     name: String,
     command: Command,
     upcoming: usize,
-) -> Result<Response<pb::DrillAnswer>, Status> {
+) -> Result<DrillAnswer, ApiError> {
     propose(node, command).await?;
-    views(node, Some(name), upcoming, false).await
+    // A deleted drill with no history has no view any more: an empty answer, not an error.
+    let drills = match views(node, Some(name), upcoming, false).await {
+        Err(ApiError::NotFound(_)) => Vec::new(),
+        other => other?,
+    };
+    Ok(DrillAnswer {
+        drills,
+        jobs: Vec::new(),
+    })
 }
 
-pub async fn apply(
-    node: &NodeHandle,
-    call: pb::DrillCall,
-) -> Result<Response<pb::DrillAnswer>, Status> {
-    let spec: DrillSpec = serde_json::from_str(&call.spec_json)
-        .map_err(|e| Status::invalid_argument(format!("drill definition: {e}")))?;
+/// Creates or updates a drill by name.
+pub async fn apply(node: &NodeHandle, spec: DrillSpec) -> Result<DrillAnswer, ApiError> {
     let spec = spec
         .checked()
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
     let name = spec.name.clone();
     let command = Command::ApplyDrill {
         spec: Box::new(spec),
@@ -90,47 +105,45 @@ pub async fn apply(
 
 pub async fn pause(
     node: &NodeHandle,
-    call: pb::DrillCall,
-) -> Result<Response<pb::DrillAnswer>, Status> {
-    let name = name_of(&call)?;
-    if call.reason.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "give a reason for the pause (--reason)",
+    name: &str,
+    reason: &str,
+    until_ms: Option<u64>,
+) -> Result<DrillAnswer, ApiError> {
+    let name = checked_name(name)?;
+    if reason.trim().is_empty() {
+        return Err(ApiError::Invalid(
+            "give a reason for the pause (--reason)".into(),
         ));
     }
     let command = Command::PauseDrill {
         name: name.clone(),
-        reason: call.reason,
-        until_ms: call.until_ms,
+        reason: reason.to_owned(),
+        until_ms,
         at_ms: 0,
     };
     change(node, name, command, 1).await
 }
 
-pub async fn resume(
-    node: &NodeHandle,
-    call: pb::DrillCall,
-) -> Result<Response<pb::DrillAnswer>, Status> {
-    let name = name_of(&call)?;
+/// Resumes a paused drill; with `now`, one run at once too.
+pub async fn resume(node: &NodeHandle, name: &str, now: bool) -> Result<DrillAnswer, ApiError> {
+    let name = checked_name(name)?;
     let command = Command::ResumeDrill {
         name: name.clone(),
         at_ms: 0,
     };
-    if call.now {
+    if now {
         propose(node, command).await?;
-        return run(node, call).await;
+        return run(node, &name).await;
     }
     change(node, name, command, 1).await
 }
 
-pub async fn run(
-    node: &NodeHandle,
-    call: pb::DrillCall,
-) -> Result<Response<pb::DrillAnswer>, Status> {
-    let name = name_of(&call)?;
-    let drills = node.drills(Some(name.clone())).await.map_err(status_of)?;
+/// One run now, recorded as manual.
+pub async fn run(node: &NodeHandle, name: &str) -> Result<DrillAnswer, ApiError> {
+    let name = checked_name(name)?;
+    let drills = node.drills(Some(name.clone())).await?;
     let Some((_, Some(drill), _)) = drills.into_iter().next() else {
-        return Err(status_of(ApiError::NotFound(format!("no drill {name:?}"))));
+        return Err(ApiError::NotFound(format!("no drill {name:?}")));
     };
     let command = crate::ticker::manual_run(&drill, now_ms());
     let jobs = match &command {
@@ -138,18 +151,87 @@ pub async fn run(
         _ => Vec::new(),
     };
     let mut answer = change(node, name, command, 1).await?;
-    answer.get_mut().jobs = jobs;
+    answer.jobs = jobs;
     Ok(answer)
 }
 
-pub async fn delete(
-    node: &NodeHandle,
-    call: pb::DrillCall,
-) -> Result<Response<pb::DrillAnswer>, Status> {
-    let name = name_of(&call)?;
+pub async fn delete(node: &NodeHandle, name: &str) -> Result<DrillAnswer, ApiError> {
+    let name = checked_name(name)?;
     let command = Command::DeleteDrill {
         name: name.clone(),
         at_ms: 0,
     };
     change(node, name, command, 0).await
+}
+
+/// The gRPC side: proto messages in and out, errors through `status_of`.
+pub mod grpc {
+    use super::*;
+
+    fn answer(a: DrillAnswer) -> Result<Response<pb::DrillAnswer>, Status> {
+        let json = serde_json::to_string(&a.drills).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::DrillAnswer { json, jobs: a.jobs }))
+    }
+
+    pub async fn views(
+        node: &NodeHandle,
+        name: Option<String>,
+        upcoming: usize,
+        history: bool,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        // The gRPC API has always answered an unknown name with an empty list.
+        let drills = match super::views(node, name, upcoming, history).await {
+            Err(ApiError::NotFound(_)) => Vec::new(),
+            other => other.map_err(status_of)?,
+        };
+        answer(DrillAnswer {
+            drills,
+            jobs: Vec::new(),
+        })
+    }
+
+    pub async fn apply(
+        node: &NodeHandle,
+        call: pb::DrillCall,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        let spec: DrillSpec = serde_json::from_str(&call.spec_json)
+            .map_err(|e| Status::invalid_argument(format!("drill definition: {e}")))?;
+        answer(super::apply(node, spec).await.map_err(status_of)?)
+    }
+
+    pub async fn pause(
+        node: &NodeHandle,
+        call: pb::DrillCall,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        answer(
+            super::pause(node, &call.name, &call.reason, call.until_ms)
+                .await
+                .map_err(status_of)?,
+        )
+    }
+
+    pub async fn resume(
+        node: &NodeHandle,
+        call: pb::DrillCall,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        answer(
+            super::resume(node, &call.name, call.now)
+                .await
+                .map_err(status_of)?,
+        )
+    }
+
+    pub async fn run(
+        node: &NodeHandle,
+        call: pb::DrillCall,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        answer(super::run(node, &call.name).await.map_err(status_of)?)
+    }
+
+    pub async fn delete(
+        node: &NodeHandle,
+        call: pb::DrillCall,
+    ) -> Result<Response<pb::DrillAnswer>, Status> {
+        answer(super::delete(node, &call.name).await.map_err(status_of)?)
+    }
 }

@@ -15,6 +15,8 @@ use crate::storage::PeerInfo;
 pub struct NodeHandle {
     tx: std::sync::mpsc::Sender<Request>,
     fleet: Arc<FleetHub>,
+    /// Peers' HTTP API addresses as their raft traffic says (for redirects only).
+    http_book: Arc<std::sync::RwLock<std::collections::HashMap<u64, String>>>,
 }
 
 fn stopped() -> ApiError {
@@ -23,7 +25,25 @@ fn stopped() -> ApiError {
 
 impl NodeHandle {
     pub fn new(tx: std::sync::mpsc::Sender<Request>, fleet: Arc<FleetHub>) -> NodeHandle {
-        NodeHandle { tx, fleet }
+        NodeHandle {
+            tx,
+            fleet,
+            http_book: Arc::default(),
+        }
+    }
+
+    /// Records a peer's HTTP API address (from its raft batches).
+    pub fn learn_http(&self, id: u64, addr: &str) {
+        if let Ok(mut book) = self.http_book.write()
+            && book.get(&id).is_none_or(|a| a != addr)
+        {
+            book.insert(id, addr.to_owned());
+        }
+    }
+
+    /// A peer's HTTP API address, when it has told one.
+    pub fn peer_http(&self, id: u64) -> Option<String> {
+        self.http_book.read().ok()?.get(&id).cloned()
     }
 
     /// What the leader wants each worker to run, one watch per worker.

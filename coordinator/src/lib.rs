@@ -22,9 +22,11 @@
 
 pub mod api;
 pub mod drill_api;
+pub mod errors;
 pub mod fleet;
 pub mod handle;
 pub mod history;
+pub mod http;
 pub mod node;
 pub mod storage;
 pub mod ticker;
@@ -79,6 +81,11 @@ pub struct CoordinatorConfig {
     /// Finished jobs leave the in-memory state after this long; their summaries stay in the
     /// history tables.
     pub job_retention: std::time::Duration,
+    /// Serve the HTTP API here (`None`: no HTTP listener).
+    pub http_listen: Option<SocketAddr>,
+    /// The URL HTTP clients reach this node at (default `http://` + `http_listen`): a follower
+    /// redirects to the leader's.
+    pub http_advertise: Option<String>,
 }
 
 /// The default `--job-retention`.
@@ -234,6 +241,22 @@ pub async fn run(
         addr: config.advertise.clone(),
         region: config.region.clone(),
     };
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            http::bind(addr)
+                .await
+                .map_err(|source| CoordinatorError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let http_advertise = match (&config.http_advertise, &http_listener) {
+        (Some(url), _) => url.clone(),
+        (None, Some(l)) => l
+            .local_addr()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default(),
+        (None, None) => String::new(),
+    };
     let transport = Transport::new(
         config.id,
         info.clone(),
@@ -241,7 +264,8 @@ pub async fn run(
         tls.clone(),
         allowed.clone(),
         tokio::runtime::Handle::current(),
-    );
+    )
+    .with_http(http_advertise.clone());
     if config.lease < std::time::Duration::from_millis(500) {
         return Err(CoordinatorError::Config(
             "--lease must be at least 500ms".into(),
@@ -294,6 +318,18 @@ pub async fn run(
         ),
         "coordinator started"
     );
+    if let Some(listener) = http_listener {
+        let state = http::AppState {
+            node: handle.clone(),
+        };
+        let http_stop = stop.clone();
+        info!(http = %http_advertise, "HTTP API listening");
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(listener, state, http_stop).await {
+                error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         builder = builder

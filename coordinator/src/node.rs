@@ -39,6 +39,9 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// Valid, but the state refuses it.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -1241,12 +1244,19 @@ fn ctx_of(bytes: &[u8]) -> Option<u64> {
 fn reply(waiter: Waiter, outcome: Outcome) {
     match (waiter, outcome) {
         (Waiter::Submits(replies), Outcome::Submitted(results)) => {
+            // A submit refused at apply time reuses an id with another plan.
             for (r, result) in replies.into_iter().zip(results) {
-                let _ = r.send(result.map_err(ApiError::Invalid));
+                let _ = r.send(result.map_err(ApiError::Refused));
             }
         }
         (Waiter::Cancel(r), Outcome::Cancelled(result)) => {
-            let _ = r.send(result.map_err(ApiError::Invalid));
+            let _ = r.send(result.map_err(|reason| {
+                if reason.starts_with("no job") {
+                    ApiError::NotFound(reason)
+                } else {
+                    ApiError::Refused(reason)
+                }
+            }));
         }
         (Waiter::FleetBatch(replies), Outcome::Batch(outcomes)) => {
             for (r, outcome) in replies.into_iter().zip(outcomes) {

@@ -40,6 +40,8 @@ pub struct Transport {
     peers: HashMap<u64, mpsc::Sender<Message>>,
     allowed: AllowList,
     rt: tokio::runtime::Handle,
+    /// This node's HTTP API address, told to every peer (for their redirects).
+    http: String,
 }
 
 impl Transport {
@@ -59,7 +61,14 @@ impl Transport {
             peers: HashMap::new(),
             allowed,
             rt,
+            http: String::new(),
         }
+    }
+
+    /// Tells peers this node's HTTP API address.
+    pub fn with_http(mut self, http: String) -> Transport {
+        self.http = http;
+        self
     }
 
     /// Starts (or restarts, for a new address) the sender for a peer and allows its messages.
@@ -75,6 +84,7 @@ impl Transport {
         self.rt.spawn(sender(
             self.id,
             self.info.clone(),
+            self.http.clone(),
             self.command_version,
             addr.to_owned(),
             tls,
@@ -107,6 +117,7 @@ impl Transport {
 async fn sender(
     from: u64,
     info: PeerInfo,
+    http: String,
     command_version: u32,
     addr: String,
     tls: Option<Arc<Tls>>,
@@ -151,6 +162,7 @@ async fn sender(
             addr: info.addr.clone(),
             messages,
             command_version,
+            http_addr: http.clone(),
         };
         if let Err(e) = client.send(request).await {
             debug!(%addr, error = %e.message(), "peer unreachable");
@@ -193,6 +205,9 @@ impl Peer for PeerService {
                 )));
             }
             messages.push(m);
+        }
+        if !batch.http_addr.is_empty() {
+            self.node.learn_http(batch.from, &batch.http_addr);
         }
         self.node.raft(
             batch.from,

@@ -38,6 +38,8 @@ pub struct Fleet {
     pub workers: BTreeMap<String, Child>,
     /// The demo's plan for its real pg_dump (custom format), as TOML.
     pub plan: String,
+    /// Each coordinator's HTTP API base URL (`Fleet::start_http`), by node id.
+    pub http: BTreeMap<u64, String>,
 }
 
 impl Fleet {
@@ -48,11 +50,33 @@ impl Fleet {
 
     /// [`Fleet::start`], with more flags for every coordinator.
     pub async fn start_with(workers: &[(&str, &str, u32)], coordinator_flags: &[&str]) -> Fleet {
+        Fleet::start_inner(workers, coordinator_flags, false).await
+    }
+
+    /// [`Fleet::start`], every coordinator serving the HTTP API on a loopback port of its own.
+    pub async fn start_http(workers: &[(&str, &str, u32)]) -> Fleet {
+        Fleet::start_inner(workers, &[], true).await
+    }
+
+    async fn start_inner(
+        workers: &[(&str, &str, u32)],
+        coordinator_flags: &[&str],
+        http: bool,
+    ) -> Fleet {
         let mut cluster = TestCluster::new(super::loopback_addrs(3), 10_000);
         cluster.extra = vec!["--lease".into(), LEASE.into()];
         cluster
             .extra
             .extend(coordinator_flags.iter().map(|f| (*f).to_owned()));
+        let mut http_urls = BTreeMap::new();
+        if http {
+            for (id, addr) in super::loopback_addrs(3) {
+                cluster
+                    .node_extra
+                    .insert(id, vec!["--http-listen".into(), addr.clone()]);
+                http_urls.insert(id, format!("http://{addr}"));
+            }
+        }
         cluster.spawn_all();
         cluster.leader().await;
         // Under the system temp dir: a deep path could overflow the unix socket path limit.
@@ -83,6 +107,7 @@ impl Fleet {
             root,
             workers: BTreeMap::new(),
             plan,
+            http: http_urls,
         };
         for (name, region, slots) in workers {
             fleet.spawn_worker(name, region, *slots);

@@ -1,0 +1,116 @@
+//! The HTTP/JSON API (`rehearse coordinator --http-listen ADDR`): axum routes over the same
+//! [`NodeHandle`] the gRPC service calls, errors through the one table in [`crate::errors`], and
+//! an OpenAPI 3.1 document generated from the handlers (`/openapi.json`, Swagger UI at `/docs`,
+//! vendored into the binary).
+//!
+//! - `jobs`: `POST /v1/verifications` (a plan as TOML or JSON, `?wait=` long-poll),
+//!   `GET /v1/jobs/{id}` (`?wait=`), `GET /v1/jobs?state=`, `POST /v1/jobs/{id}/cancel`.
+//! - `drills`: list, get, history, apply, pause, resume, run, delete.
+//! - `fleet`: `GET /v1/workers`, `GET /v1/cluster`.
+//! - `/healthz` (the process serves), `/readyz` (this node knows a leader).
+//!
+//! A follower does not serve reads or writes itself: it answers `307 Temporary Redirect` to the
+//! leader's `--http-advertise` address (which each node sends with its raft traffic; used only
+//! for this redirect, never to route raft), so a client that follows redirects (`curl -L`) lands
+//! on the leader with its method and body. Without a known leader address the answer is `503`
+//! with the code `not_leader`.
+
+mod drills;
+mod error;
+mod fleet;
+mod jobs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::handle::NodeHandle;
+pub use error::{ErrorBody, HttpError};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: NodeHandle,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Rehearse",
+        description = "Prove that backups restore: verifications on demand, scheduled drills, the fleet."
+    ),
+    tags(
+        (name = "jobs", description = "Verifications: submit a plan, wait for its verdict"),
+        (name = "drills", description = "Scheduled drills and their history"),
+        (name = "fleet", description = "Workers and the coordinator cluster"),
+    )
+)]
+struct ApiDoc;
+
+/// The routes and the OpenAPI document they generate.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jobs::submit))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(drills::list, drills::apply))
+        .routes(routes!(drills::get_drill, drills::delete))
+        .routes(routes!(drills::history))
+        .routes(routes!(drills::pause))
+        .routes(routes!(drills::resume))
+        .routes(routes!(drills::run))
+        .routes(routes!(fleet::workers))
+        .routes(routes!(fleet::cluster))
+        .with_state(state.clone())
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    let json = {
+        let doc = doc.clone();
+        move || {
+            let doc = doc.clone();
+            async move { axum::Json(doc.as_ref().clone()) }
+        }
+    };
+    api.route("/openapi.json", get(json))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", (*doc).clone()))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready).with_state(state))
+}
+
+/// Ready when this node knows a leader (a follower redirects to it; alone it cannot answer).
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    match state.node.status().await {
+        Ok(s) if s.leader != 0 => (StatusCode::OK, format!("ready: leader {}\n", s.leader)),
+        Ok(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader yet\n".to_owned(),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// Serves until `stop`; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service())
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// Binds the HTTP listener (before serving, so a taken port is a start-up error).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
