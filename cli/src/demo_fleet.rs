@@ -36,6 +36,11 @@ pub async fn run(
         peers.insert(id, free_addr()?.to_string());
     }
     let regions = ["eu", "us", "eu"];
+    // Each coordinator serves the HTTP API and the dashboard too; followers redirect to the leader.
+    let mut http = BTreeMap::new();
+    for id in peers.keys() {
+        http.insert(*id, free_addr()?);
+    }
     let mut tasks = Vec::new();
     for (i, (id, addr)) in peers.iter().enumerate() {
         let config = CoordinatorConfig {
@@ -53,7 +58,7 @@ pub async fn run(
             lease: rehearse_coordinator::DEFAULT_LEASE,
             command_version: rehearse_core::codec::CURRENT,
             job_retention: rehearse_coordinator::DEFAULT_JOB_RETENTION,
-            http_listen: None,
+            http_listen: Some(http[id]),
             http_advertise: None,
         };
         let token = stop.clone();
@@ -85,7 +90,8 @@ pub async fn run(
             }
         }));
     }
-    let result = drive(dir, plan_file, &coordinators, runs, &stop).await;
+    let dashboard = format!("http://{}/", http[&1]);
+    let result = drive(dir, plan_file, &coordinators, &dashboard, runs, &stop).await;
     stop.cancel();
     for t in tasks {
         let _ = t.await;
@@ -97,6 +103,7 @@ async fn drive(
     dir: &Path,
     plan_file: &Path,
     coordinators: &[String],
+    dashboard: &str,
     runs: usize,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -116,7 +123,9 @@ async fn drive(
     apply(&mut client, &spec).await?;
     eprintln!(
         "\nrehearse demo: a fleet in-process — coordinators {} (regions eu, us, eu), workers in eu and us.\n\
-         The dump is now a drill firing every 10 s ({}). While this runs, in another terminal:\n    \
+         The dump is now a drill firing every 10 s ({}).\n\
+         Dashboard: {dashboard}  (HTTP API: {dashboard}docs/)\n\
+         While this runs, in another terminal:\n    \
          rehearse drill list --coordinators {}\n",
         coordinators.join(","),
         drill_file.display(),

@@ -170,6 +170,11 @@ fn demo_fleet_runs_the_dump_as_a_drill_and_cleans_up() {
     assert!(err.contains("regions eu, us, eu"), "{err}");
     assert!(
         err.lines()
+            .any(|l| l.starts_with("Dashboard: http://127.0.0.1:") && l.contains("/docs/")),
+        "the dashboard's address is printed: {err}"
+    );
+    assert!(
+        err.lines()
             .any(|l| l.contains("drill run at") && l.contains("PASSED") && l.contains("RTO")),
         "{err}"
     );

@@ -37,6 +37,7 @@
 //! Must not depend on: tokio, tonic, storage engines, or any other crate of this workspace.
 
 pub mod backupset;
+pub mod chart;
 pub mod codec;
 pub mod drill;
 pub mod drills;

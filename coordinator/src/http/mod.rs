@@ -8,6 +8,7 @@
 //! - `drills`: list, get, history, apply, pause, resume, run, delete.
 //! - `fleet`: `GET /v1/workers`, `GET /v1/cluster`.
 //! - `/healthz` (the process serves), `/readyz` (this node knows a leader).
+//! - `dashboard`: the HTML pages (`/`, `/drills/{name}`, `/jobs/{id}`, `/fleet`).
 //!
 //! A follower does not serve reads or writes itself: it answers `307 Temporary Redirect` to the
 //! leader's `--http-advertise` address (which each node sends with its raft traffic; used only
@@ -15,6 +16,7 @@
 //! on the leader with its method and body. Without a known leader address the answer is `503`
 //! with the code `not_leader`.
 
+mod dashboard;
 mod drills;
 mod error;
 mod fleet;
@@ -83,6 +85,13 @@ pub fn router(state: AppState) -> Router {
     };
     api.route("/openapi.json", get(json))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", (*doc).clone()))
+        .route("/", get(dashboard::overview).with_state(state.clone()))
+        .route(
+            "/drills/{name}",
+            get(dashboard::drill).with_state(state.clone()),
+        )
+        .route("/jobs/{id}", get(dashboard::job).with_state(state.clone()))
+        .route("/fleet", get(dashboard::fleet).with_state(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready).with_state(state))
 }
