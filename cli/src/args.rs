@@ -195,6 +195,9 @@ impl SandboxArgs {
         opts.runtime = self.run.runtime.choice();
         opts.worker_name = self.owner.clone();
         opts.sources = self.run.sources()?;
+        // One verification per process (verify, demo): a spare template copy would be made only
+        // to be dropped at exit, competing with the restore for the disk.
+        opts.spare_templates = false;
         opts.images = self.run.images();
         Ok(opts)
     }

@@ -164,6 +164,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         images: config.images.clone(),
         // S3 on the worker's AWS environment, and the named profiles (--sources).
         sources: config.sources.clone(),
+        // A worker verifies again and again: keep template copies ready.
+        spare_templates: true,
     })
     .await?;
     let incarnation = incarnation();

@@ -56,6 +56,8 @@ pub struct Env<'a> {
     pub tags: Tags,
     /// The artifact's blake3 (hex), as the checksum phase computed it.
     pub digest: String,
+    /// Whether to keep spare template copies ready (`VerifyOptions::spare_templates`).
+    pub spares: bool,
 }
 
 /// Why a phase stopped the verification.

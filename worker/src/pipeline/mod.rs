@@ -81,6 +81,10 @@ pub struct VerifyOptions {
     /// Source settings: S3 defaults on top of the AWS environment, and the named `[s3.NAME]` /
     /// `[http.NAME]` profiles a plan selects with `[artifact] profile = "name"`.
     pub sources: Sources,
+    /// Keep a spare copy of each server template ready, made in the background after each
+    /// provision, so the next provision only renames it in. Right for a worker or anything that
+    /// verifies repeatedly; a process that verifies once would copy a spare only to drop it.
+    pub spare_templates: bool,
 }
 
 impl Default for VerifyOptions {
@@ -96,6 +100,7 @@ impl Default for VerifyOptions {
             worker_name: "local".to_owned(),
             images: HashMap::new(),
             sources: Sources::default(),
+            spare_templates: true,
         }
     }
 }
@@ -398,6 +403,7 @@ impl Verifier {
             jobs: self.opts.jobs,
             tags: run.tags.clone(),
             digest: run.report.artifact.blake3.clone().unwrap_or_default(),
+            spares: self.opts.spare_templates,
         };
 
         run.clock.begin(Phase::Provision);

@@ -114,7 +114,11 @@ impl Session for MysqlSession<'_> {
                 .server
                 .insert(MariaServer::create(env.rt, install).map_err(Stop::Cannot)?);
             server
-                .start(env.rt, env.cache_dir, Some(&self.engine.spares))
+                .start(
+                    env.rt,
+                    env.cache_dir,
+                    env.spares.then_some(&self.engine.spares),
+                )
                 .await
                 .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?;
             return Ok(Provisioned {
@@ -138,14 +142,16 @@ impl Session for MysqlSession<'_> {
             .await
         {
             Ok(template) => {
-                prefill_data(
-                    &self.engine.spares,
-                    env.rt,
-                    &template,
-                    server.sandbox().dir(),
-                    &env.plan.sandbox,
-                    env.cache_dir,
-                );
+                if env.spares {
+                    prefill_data(
+                        &self.engine.spares,
+                        env.rt,
+                        &template,
+                        server.sandbox().dir(),
+                        &env.plan.sandbox,
+                        env.cache_dir,
+                    );
+                }
                 Some(template)
             }
             Err(e) => {

@@ -122,7 +122,11 @@ impl Session for PgSession<'_> {
                     .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?,
             );
             cluster
-                .start(env.rt, env.cache_dir, Some(&self.engine.spares))
+                .start(
+                    env.rt,
+                    env.cache_dir,
+                    env.spares.then_some(&self.engine.spares),
+                )
                 .await
                 .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?;
             return Ok(Provisioned {
@@ -157,14 +161,16 @@ impl Session for PgSession<'_> {
             .await
         {
             Ok(template) => {
-                prefill_data(
-                    &self.engine.spares,
-                    env.rt,
-                    &template,
-                    cluster.dir(),
-                    &env.plan.sandbox,
-                    env.cache_dir,
-                );
+                if env.spares {
+                    prefill_data(
+                        &self.engine.spares,
+                        env.rt,
+                        &template,
+                        cluster.dir(),
+                        &env.plan.sandbox,
+                        env.cache_dir,
+                    );
+                }
                 Some(template)
             }
             Err(e) => {
