@@ -36,9 +36,10 @@ done
 cat >"$dir/plan.toml" <<'PLAN'
 [artifact]
 url = "/nonexistent/bench.dump"
+engine = "postgres"
 PLAN
 job=$(curl -sfL -X POST "http://${http[1]}/v1/verifications" -H 'Content-Type: application/toml' \
   --data-binary @"$dir/plan.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 leader=$(curl -sf "http://${http[1]}/v1/cluster" | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"])')
 echo "bench: leader $leader, job $job, $conns connections, ${secs}s" >&2
-wrk -t 2 -c "$conns" -d "${secs}s" --latency "http://${http[$leader]}/v1/jobs/$job"
+wrk -t "$(( conns < 2 ? 1 : 2 ))" -c "$conns" -d "${secs}s" --latency "http://${http[$leader]}/v1/jobs/$job"
