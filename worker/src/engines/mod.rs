@@ -60,6 +60,45 @@ pub struct Env<'a> {
     pub spares: bool,
 }
 
+impl Env<'_> {
+    /// For a container sandbox in `sandbox_dir`: the image's data dir template (made once per
+    /// image by `script` as `user`), with a spare copy of it moved into the sandbox first when
+    /// spares are on. `None` (and a warning) when no template could be made: the container then
+    /// initialises its own data dir, as before templates.
+    pub async fn image_template(
+        &self,
+        spares: &std::sync::Arc<crate::sandbox::Spares>,
+        user: &str,
+        script: &str,
+        kind: &str,
+        sandbox_dir: &Path,
+    ) -> Option<std::path::PathBuf> {
+        let (docker, image) = self.container.as_ref()?;
+        match docker
+            .image_template(image, user, script, kind, self.cache_dir)
+            .await
+        {
+            Ok(template) => {
+                if self.spares {
+                    crate::runtime::docker::prefill_data(
+                        spares,
+                        self.rt,
+                        &template,
+                        sandbox_dir,
+                        &self.plan.sandbox,
+                        self.cache_dir,
+                    );
+                }
+                Some(template)
+            }
+            Err(e) => {
+                tracing::warn!(image, error = %e, "no data dir template; the container initialises its own");
+                None
+            }
+        }
+    }
+}
+
 /// Why a phase stopped the verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {

@@ -33,7 +33,6 @@ use super::stream::{Compression, peel};
 use super::{Engine, Env, Inspection, Provisioned, Restored, Session, Stop};
 use crate::artifact::LocalArtifact;
 use crate::runtime::container_note;
-use crate::runtime::docker::prefill_data;
 use crate::sandbox::Spares;
 
 /// The engine, with the local MariaDB (process runtime) or why there is none.
@@ -131,34 +130,15 @@ impl Session for MysqlSession<'_> {
             .server
             .insert(MariaServer::create_docker(env.rt, docker).map_err(Stop::Cannot)?);
         // The dump is streamed in by the worker: nothing to mount.
-        let template = match docker
+        let template = env
             .image_template(
-                image,
+                &self.engine.spares,
                 "mysql",
                 &server::image_template_script(),
                 "mariadb",
-                env.cache_dir,
+                server.sandbox().dir(),
             )
-            .await
-        {
-            Ok(template) => {
-                if env.spares {
-                    prefill_data(
-                        &self.engine.spares,
-                        env.rt,
-                        &template,
-                        server.sandbox().dir(),
-                        &env.plan.sandbox,
-                        env.cache_dir,
-                    );
-                }
-                Some(template)
-            }
-            Err(e) => {
-                tracing::warn!(image, error = %e, "no data dir template; install-db in the container");
-                None
-            }
-        };
+            .await;
         server
             .start_container(
                 image.clone(),

@@ -27,7 +27,6 @@ use super::stream::{Compression, decompressed_head};
 use super::{Engine, Env, Inspection, Provisioned, Restored, Session, Stop};
 use crate::artifact::LocalArtifact;
 use crate::runtime::container_note;
-use crate::runtime::docker::prefill_data;
 use crate::sandbox::Spares;
 
 /// The bootstrap superuser of every sandbox cluster.
@@ -150,34 +149,15 @@ impl Session for PgSession<'_> {
                 .map_err(Stop::Cannot)?;
             mounted = Some((artifact.path.clone(), staged));
         }
-        let template = match docker
+        let template = env
             .image_template(
-                image,
+                &self.engine.spares,
                 SUPERUSER,
                 &cluster::image_template_script(),
                 "pg",
-                env.cache_dir,
+                cluster.dir(),
             )
-            .await
-        {
-            Ok(template) => {
-                if env.spares {
-                    prefill_data(
-                        &self.engine.spares,
-                        env.rt,
-                        &template,
-                        cluster.dir(),
-                        &env.plan.sandbox,
-                        env.cache_dir,
-                    );
-                }
-                Some(template)
-            }
-            Err(e) => {
-                tracing::warn!(image, error = %e, "no data dir template; initdb in the container");
-                None
-            }
-        };
+            .await;
         cluster
             .start_container(
                 image.clone(),
