@@ -217,7 +217,7 @@ impl SandboxDir {
         kill_processes_in(&path);
         let mut last = Ok(());
         for _ in 0..100 {
-            last = match std::fs::remove_dir_all(&path) {
+            last = match remove_owned_dir(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 other => other,
             };
@@ -284,7 +284,7 @@ pub fn reap_stale(work_root: &Path) -> usize {
             continue;
         }
         kill_processes_in(&path);
-        match fs::remove_dir_all(&path) {
+        match remove_owned_dir(&path) {
             Ok(()) => {
                 info!(dir = %path.display(), "reaped sandbox left by a dead process");
                 reaped += 1;
@@ -293,6 +293,33 @@ pub fn reap_stale(work_root: &Path) -> usize {
         }
     }
     reaped
+}
+
+/// Removes a sandbox dir with its owner file last. A dead worker's container may still write
+/// into the dir (its data dir is bind-mounted) while the first reap runs, so the removal can fail
+/// half way; the owner file must then survive, or the next reap (after the container is gone)
+/// would no longer recognise the dir as ours and it would stay forever.
+fn remove_owned_dir(path: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_name() == OWNER_FILE {
+            continue;
+        }
+        let removed = if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())
+        } else {
+            fs::remove_file(entry.path())
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    match fs::remove_file(path.join(OWNER_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::remove_dir(path)
 }
 
 /// Kills every process whose command line names `dir` (the server: `-D dir/data`; psql and
@@ -582,6 +609,49 @@ mod tests {
             lookalike.exists(),
             "a dir without our owner file is never reaped"
         );
+    }
+
+    /// Bug: a dead docker worker's container still wrote into its sandbox's data dir while the
+    /// restarted worker reaped it; the removal failed half way after deleting the owner file, and
+    /// the second reap (once the container was gone) skipped the dir as not ours. Whatever
+    /// happens to a removal, a dir that is still there keeps its owner file.
+    #[test]
+    fn a_reap_that_fails_half_way_keeps_the_owner_file_for_the_next() {
+        for round in 0..20 {
+            let root = tempfile::tempdir().expect("tempdir");
+            let dead = root.path().join("rehearse-dead");
+            let data = dead.join("data");
+            fs::create_dir_all(&data).expect("mkdir");
+            fs::write(dead.join(OWNER_FILE), "999999999 1").expect("write");
+            for i in 0..50 {
+                fs::write(dead.join(format!("f{i}")), b"x").expect("write");
+            }
+            // A writer that keeps making files in the data dir, as a container's server would.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let writer = {
+                let (stop, data) = (stop.clone(), data.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = fs::write(data.join(format!("w{i}")), b"x");
+                        i += 1;
+                    }
+                })
+            };
+            std::thread::sleep(Duration::from_millis(5));
+            reap_stale(root.path());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            writer.join().expect("writer");
+            assert!(
+                !dead.exists() || dead.join(OWNER_FILE).is_file(),
+                "round {round}: a half-removed sandbox lost its owner file"
+            );
+            reap_stale(root.path());
+            assert!(
+                !dead.exists(),
+                "round {round}: the second reap left the dir"
+            );
+        }
     }
 
     #[tokio::test]
