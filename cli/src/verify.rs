@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPlan, RawTargets};
+use rehearse_core::plan::{Plan, RawArtifact, RawCheck, RawPitr, RawPlan, RawPromote, RawTargets};
 use rehearse_core::render;
 use rehearse_core::report::{Report, Verdict};
 use rehearse_worker::Verifier;
@@ -50,6 +50,21 @@ pub(crate) struct VerifyArgs {
     /// Query returning the newest data timestamp, for RPO (quick form).
     #[arg(long, value_name = "SQL", conflicts_with = "plan")]
     pub(crate) freshness: Option<String>,
+    /// WAL archive (a directory or s3:// prefix) to recover a base backup from (quick form of
+    /// `[pitr] wal_archive`).
+    #[arg(long, value_name = "URL", conflicts_with = "plan")]
+    pub(crate) wal_archive: Option<String>,
+    /// How far to replay the WAL archive: latest, an RFC 3339 time, or "random within 24h".
+    #[arg(
+        long,
+        value_name = "TARGET",
+        requires = "wal_archive",
+        conflicts_with = "plan"
+    )]
+    pub(crate) recovery_target: Option<String>,
+    /// Recover as a standby and promote it, timing the promotion and a canary write.
+    #[arg(long, conflicts_with = "plan")]
+    pub(crate) promote: bool,
     /// Limit for the whole verification (quick form) [default: 3h].
     #[arg(long, conflicts_with = "plan")]
     pub(crate) timeout: Option<String>,
@@ -112,6 +127,7 @@ pub(crate) fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
             rto: args.rto.clone(),
             rpo: args.rpo.clone(),
             freshness: args.freshness.clone(),
+            promote: None,
         }),
         checks,
         builtin: None,
@@ -119,6 +135,12 @@ pub(crate) fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
         max_attempts: None,
         sandbox: None,
         files: None,
+        pitr: args.wal_archive.as_ref().map(|url| RawPitr {
+            wal_archive: url.clone(),
+            target: args.recovery_target.clone(),
+            profile: None,
+        }),
+        promote: args.promote.then(RawPromote::default),
     };
     Ok(Plan::from_raw(raw)?)
 }

@@ -59,3 +59,4 @@ pub mod report;
 pub mod schedule;
 pub mod script;
 pub mod untar;
+pub mod wal;

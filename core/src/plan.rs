@@ -46,7 +46,9 @@ pub enum PlanError {
     EmptySql(String),
     #[error("checks: the name {0:?} is used twice")]
     DuplicateCheck(String),
-    #[error("targets.rpo needs targets.freshness: the query that finds the newest data")]
+    #[error(
+        "targets.rpo needs targets.freshness (the query that finds the newest data) or a [pitr] recovery"
+    )]
     RpoWithoutFreshness,
     #[error("timeout must be longer than zero")]
     ZeroTimeout,
@@ -66,6 +68,8 @@ pub enum PlanError {
     Files { key: &'static str, reason: String },
     #[error("{0}")]
     EngineMismatch(String),
+    #[error("pitr.{key}: {reason}")]
+    Pitr { key: &'static str, reason: String },
 }
 
 /// The database engine that knows how to restore and query an artifact.
@@ -153,6 +157,73 @@ pub struct Plan {
     pub sandbox: SandboxSpec,
     /// What a `files` artifact must contain (`[files]`).
     pub files: FilesSpec,
+    /// Point-in-time recovery of a base backup from a WAL archive (`[pitr]`).
+    pub pitr: Option<PitrSpec>,
+    /// Recover as a standby and promote it on the clock (`[promote]`).
+    pub promote: Option<PromoteSpec>,
+}
+
+/// The `[pitr]` section: where the WAL archive is and how far to replay it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PitrSpec {
+    /// A directory (path or `file://`) or an `s3://` prefix holding the archived segments.
+    pub wal_archive: String,
+    pub target: RecoveryTarget,
+    /// The worker's source profile for an `s3://` archive (`None`: the artifact's profile).
+    pub profile: Option<String>,
+}
+
+/// How far recovery replays the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// To the end of the archive.
+    Latest,
+    /// Up to this instant (ms since the epoch): the transactions that committed after it are
+    /// not replayed.
+    Time(i64),
+    /// A random instant between the base backup's end and this long after it (or the
+    /// archive's end, if sooner).
+    RandomWithin(Duration),
+}
+
+impl RecoveryTarget {
+    pub fn parse(text: &str) -> Result<RecoveryTarget, String> {
+        let text = text.trim();
+        if text == "latest" {
+            return Ok(RecoveryTarget::Latest);
+        }
+        if let Some(span) = text.strip_prefix("random within ") {
+            return humantime::parse_duration(span.trim())
+                .map(RecoveryTarget::RandomWithin)
+                .map_err(|e| format!("{span:?} is not a duration ({e})"));
+        }
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| RecoveryTarget::Time(t.timestamp_millis()))
+            .map_err(|_| {
+                format!(
+                    "{text:?} is not a target: write \"latest\", an RFC 3339 time (\"2026-11-30T11:42:07Z\") or \"random within 24h\""
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("latest"),
+            RecoveryTarget::Time(ms) => f.write_str(&crate::report::utc_rfc3339(*ms)),
+            RecoveryTarget::RandomWithin(d) => {
+                write!(f, "random within {}", humantime::format_duration(*d))
+            }
+        }
+    }
+}
+
+/// The `[promote]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromoteSpec {
+    /// After promotion, commit a write and time it.
+    pub canary: bool,
 }
 
 /// The `[files]` section: checks and limits for the `files` engine.
@@ -193,6 +264,8 @@ pub struct Targets {
     pub rpo: Option<Duration>,
     /// A query returning the newest data timestamp; RPO = verification start − its result.
     pub freshness: Option<String>,
+    /// Time from `pg_promote` to the promoted server (`[promote]`).
+    pub promote: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -245,6 +318,27 @@ pub struct RawPlan {
     pub sandbox: Option<RawSandbox>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<RawFiles>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr: Option<RawPitr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<RawPromote>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPitr {
+    pub wal_archive: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPromote {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<bool>,
 }
 
 impl RawPlan {
@@ -258,7 +352,12 @@ impl RawPlan {
             .sandbox
             .as_ref()
             .is_some_and(|s| s.data.is_some() || s.disk.is_some());
-        if checks || sandbox {
+        let physical = self.pitr.is_some()
+            || self.promote.is_some()
+            || self.targets.as_ref().is_some_and(|t| t.promote.is_some());
+        if physical {
+            3
+        } else if checks || sandbox {
             2
         } else {
             crate::codec::LEGACY
@@ -325,6 +424,8 @@ pub struct RawTargets {
     pub rpo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freshness: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -406,8 +507,10 @@ impl Plan {
             rto: optional_duration("targets.rto", raw_targets.rto.as_deref())?,
             rpo: optional_duration("targets.rpo", raw_targets.rpo.as_deref())?,
             freshness: raw_targets.freshness.filter(|q| !q.trim().is_empty()),
+            promote: optional_duration("targets.promote", raw_targets.promote.as_deref())?,
         };
-        if targets.rpo.is_some() && targets.freshness.is_none() {
+        // A recovered base backup measures RPO from its last replayed commit.
+        if targets.rpo.is_some() && targets.freshness.is_none() && raw.pitr.is_none() {
             return Err(PlanError::RpoWithoutFreshness);
         }
         let mut checks: Vec<Check> = Vec::with_capacity(raw.checks.len());
@@ -451,6 +554,7 @@ impl Plan {
         let sandbox = SandboxSpec::from_raw(raw.sandbox.unwrap_or_default())
             .map_err(|(key, reason)| PlanError::Sandbox { key, reason })?;
         let files = files_spec(engine, raw.files, &checks, &targets)?;
+        let (pitr, promote) = physical_spec(engine, raw.pitr, raw.promote, &targets)?;
         Ok(Plan {
             name: raw.name,
             timeout,
@@ -475,6 +579,8 @@ impl Plan {
             max_attempts,
             sandbox,
             files,
+            pitr,
+            promote,
         })
     }
 
@@ -482,7 +588,8 @@ impl Plan {
     pub fn to_raw(&self) -> RawPlan {
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         let t = &self.targets;
-        let has_targets = t.rto.is_some() || t.rpo.is_some() || t.freshness.is_some();
+        let has_targets =
+            t.rto.is_some() || t.rpo.is_some() || t.freshness.is_some() || t.promote.is_some();
         RawPlan {
             name: self.name.clone(),
             timeout: (self.timeout != DEFAULT_TIMEOUT).then(|| fmt(self.timeout)),
@@ -500,6 +607,7 @@ impl Plan {
                 rto: t.rto.map(fmt),
                 rpo: t.rpo.map(fmt),
                 freshness: t.freshness.clone(),
+                promote: t.promote.map(fmt),
             }),
             checks: self
                 .checks
@@ -533,6 +641,14 @@ impl Plan {
                         .then_some(self.files.limits.max_entries),
                 }
             }),
+            pitr: self.pitr.as_ref().map(|p| RawPitr {
+                wal_archive: p.wal_archive.clone(),
+                target: Some(p.target.to_string()),
+                profile: p.profile.clone(),
+            }),
+            promote: self.promote.map(|p| RawPromote {
+                canary: Some(p.canary),
+            }),
         }
     }
 
@@ -541,6 +657,56 @@ impl Plan {
         toml::to_string(&self.to_raw())
             .unwrap_or_else(|e| format!("# plan could not be written: {e}\n"))
     }
+}
+
+/// Validates `[pitr]`, `[promote]` and `targets.promote`: PostgreSQL base backups only.
+fn physical_spec(
+    engine: Engine,
+    pitr: Option<RawPitr>,
+    promote: Option<RawPromote>,
+    targets: &Targets,
+) -> Result<(Option<PitrSpec>, Option<PromoteSpec>), PlanError> {
+    if engine != Engine::Postgres && (pitr.is_some() || promote.is_some()) {
+        return Err(PlanError::EngineMismatch(format!(
+            "[pitr] and [promote] are for engine = \"postgres\" base backups, not {engine}"
+        )));
+    }
+    if targets.promote.is_some() && promote.is_none() {
+        return Err(PlanError::EngineMismatch(
+            "targets.promote needs a [promote] section: it times the promotion".into(),
+        ));
+    }
+    let pitr = match pitr {
+        None => None,
+        Some(raw) => {
+            let wal_archive = raw.wal_archive.trim().to_owned();
+            if wal_archive.is_empty() {
+                return Err(PlanError::Pitr {
+                    key: "wal_archive",
+                    reason: "is empty".into(),
+                });
+            }
+            let target = match raw.target.as_deref() {
+                None => RecoveryTarget::Latest,
+                Some(t) => RecoveryTarget::parse(t).map_err(|reason| PlanError::Pitr {
+                    key: "target",
+                    reason,
+                })?,
+            };
+            Some(PitrSpec {
+                wal_archive,
+                target,
+                profile: raw
+                    .profile
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty()),
+            })
+        }
+    };
+    let promote = promote.map(|p| PromoteSpec {
+        canary: p.canary.unwrap_or(true),
+    });
+    Ok((pitr, promote))
 }
 
 /// Validates `[files]` against the engine: it belongs to the `files` engine, which in turn has no
@@ -808,6 +974,39 @@ expect = ">= 1000"
         assert!(
             err("[artifact]\nurl = \"/x\"\nengine = \"postgres\"\n[files]\nrequired = [\"a\"]\n")
                 .contains("not postgres")
+        );
+    }
+
+    #[test]
+    fn pitr_and_promote_sections() {
+        let base = "[artifact]\nurl = \"/b/base/\"\nengine = \"postgres\"\n";
+        let plan = Plan::from_toml(&format!(
+            "{base}[pitr]\nwal_archive = \"s3://b/wal/\"\ntarget = \"2026-11-30T11:42:07Z\"\n[promote]\n[targets]\npromote = \"30s\"\nrpo = \"1h\"\n"
+        ))
+        .expect("valid");
+        let pitr = plan.pitr.as_ref().expect("pitr");
+        assert_eq!(pitr.target, RecoveryTarget::Time(1_796_038_927_000));
+        assert_eq!(plan.promote, Some(PromoteSpec { canary: true }));
+        assert_eq!(plan.targets.promote, Some(Duration::from_secs(30)));
+        assert_eq!(Plan::from_toml(&plan.to_toml()).expect("round trip"), plan);
+        assert_eq!(plan.to_raw().min_version(), 3, "older nodes refuse [pitr]");
+        assert_eq!(
+            RecoveryTarget::parse("random within 24h"),
+            Ok(RecoveryTarget::RandomWithin(Duration::from_secs(86_400)))
+        );
+        assert_eq!(RecoveryTarget::parse("latest"), Ok(RecoveryTarget::Latest));
+        let err = |t: &str| Plan::from_toml(t).expect_err("refused").to_string();
+        assert!(
+            err(&format!(
+                "{base}[pitr]\nwal_archive = \"/w\"\ntarget = \"yesterday\"\n"
+            ))
+            .contains("pitr.target")
+        );
+        assert!(err(&format!("{base}[pitr]\nwal_archiv = \"/w\"\n")).contains("wal_archiv"));
+        assert!(err(&format!("{base}[targets]\npromote = \"30s\"\n")).contains("[promote]"));
+        assert!(
+            err("[artifact]\nurl = \"/x\"\nengine = \"mysql\"\n[pitr]\nwal_archive = \"/w\"\n")
+                .contains("not mysql")
         );
     }
 }

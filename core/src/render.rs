@@ -104,6 +104,39 @@ pub fn human(r: &Report) -> String {
         let first = i.output.lines().next().unwrap_or("no problems found");
         let _ = writeln!(s, "  integrity {mark} {}: {first}", i.tool);
     }
+    if let Some(rec) = &r.recovery {
+        let _ = writeln!(
+            s,
+            "  recovery  {} WAL segments replayed from {} to {} (target {}{}), timeline {}{}",
+            rec.segments_replayed,
+            rec.start_lsn,
+            rec.last_replayed_lsn.as_deref().unwrap_or("?"),
+            rec.target,
+            if rec.target_reached {
+                ", reached"
+            } else {
+                ", not reached"
+            },
+            rec.timeline
+                .map_or_else(|| "?".to_owned(), |t| t.to_string()),
+            rec.last_commit_at
+                .as_ref()
+                .map_or(String::new(), |c| format!(", last commit {c}"))
+        );
+        if let Some(p) = &rec.promotion {
+            let _ = writeln!(
+                s,
+                "  promote   timeline {} → {} in {}{}",
+                p.old_timeline,
+                p.new_timeline,
+                crate::report::human_ms(p.promoted_ms),
+                p.canary_ms.map_or(String::new(), |c| format!(
+                    ", first write committed after {}",
+                    crate::report::human_ms(c)
+                ))
+            );
+        }
+    }
     if let Some(f) = &r.files {
         let _ = writeln!(
             s,

@@ -19,16 +19,19 @@ pub enum Phase {
     Checksum,
     Provision,
     Restore,
+    /// A standby promoted to primary (`[promote]`), with its canary write.
+    Promote,
     Checks,
     Teardown,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Fetch,
         Phase::Checksum,
         Phase::Provision,
         Phase::Restore,
+        Phase::Promote,
         Phase::Checks,
         Phase::Teardown,
     ];
@@ -39,6 +42,7 @@ impl Phase {
             Phase::Checksum => "checksum",
             Phase::Provision => "provision",
             Phase::Restore => "restore",
+            Phase::Promote => "promote",
             Phase::Checks => "checks",
             Phase::Teardown => "teardown",
         }
@@ -143,6 +147,54 @@ pub struct FilesReport {
     pub symlinks: u64,
 }
 
+/// A base backup recovered (from its own WAL, or from a WAL archive to a target).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    /// `backup_label`'s LABEL.
+    pub label: String,
+    /// Where the backup's WAL starts and (from its manifest, when it has one) where it must
+    /// reach to be consistent.
+    pub start_lsn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_lsn: Option<String>,
+    pub start_timeline: u32,
+    /// The archive replayed from (`[pitr] wal_archive`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_archive: Option<String>,
+    /// Segments of the archive from the backup's start to its end.
+    pub segments_available: u64,
+    /// Segments recovery asked for and was handed.
+    pub segments_replayed: u64,
+    /// blake3 over the handed segments' digests, in order (what the replay read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_blake3: Option<String>,
+    /// "latest", or the RFC 3339 instant replay stopped before.
+    pub target: String,
+    pub target_reached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_replayed_lsn: Option<String>,
+    /// The commit time of the last transaction replayed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit_at: Option<String>,
+    /// The timeline the server runs on after recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionReport>,
+}
+
+/// A standby promoted on the clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionReport {
+    /// From `pg_promote` to `pg_is_in_recovery()` false.
+    pub promoted_ms: u64,
+    /// From `pg_promote` to the canary write committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_ms: Option<u64>,
+    pub old_timeline: u32,
+    pub new_timeline: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IntegrityReport {
     pub tool: String,
@@ -200,6 +252,9 @@ pub struct Report {
     /// What a `files` artifact extracted to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesReport>,
+    /// What recovering a base backup replayed (and, with `[promote]`, the promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
     /// Things a reader should know that are not failures (e.g. roles created, isolation used).
@@ -229,6 +284,7 @@ impl Report {
             tables: Vec::new(),
             integrity: None,
             files: None,
+            recovery: None,
             failure: None,
             notes: Vec::new(),
         }
@@ -271,9 +327,15 @@ impl Report {
         }
         self.targets.clear();
         let mut misses = Vec::new();
+        let promoted = self
+            .recovery
+            .as_ref()
+            .and_then(|r| r.promotion.as_ref())
+            .map(|p| p.promoted_ms);
         for (name, target, observed) in [
             ("rto", targets.rto, self.rto_ms),
             ("rpo", targets.rpo, self.rpo_ms),
+            ("promote", targets.promote, promoted),
         ] {
             let Some(target) = target else { continue };
             let target_ms = duration_ms(target);
@@ -288,6 +350,7 @@ impl Report {
                         human_ms(target_ms),
                         human_ms(o - target_ms)
                     ),
+                    None if name == "promote" => "the promotion could not be timed".to_owned(),
                     None => format!(
                         "{} could not be measured (the freshness query found no timestamp)",
                         name.to_uppercase()
@@ -310,6 +373,14 @@ impl Report {
             Some(_) => Verdict::Failed,
         };
     }
+}
+
+/// An instant (ms since the epoch) as RFC 3339 in UTC, with milliseconds only when it has them.
+pub fn utc_rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || format!("{ms} ms since the epoch"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    )
 }
 
 pub fn duration_ms(d: Duration) -> u64 {
@@ -335,6 +406,7 @@ mod tests {
             rto: rto.map(Duration::from_millis),
             rpo: rpo.map(Duration::from_millis),
             freshness: rpo.map(|_| "select now()".to_owned()),
+            promote: None,
         }
     }
 

@@ -199,6 +199,7 @@ pub fn demo_plan(dump: &Path, orders: u32, blake3: Option<String>) -> Plan {
             rto: Some("5m".into()),
             rpo: Some("26h".into()),
             freshness: Some("SELECT max(created_at) FROM orders".into()),
+            promote: None,
         }),
         checks: vec![
             check(
@@ -227,6 +228,8 @@ pub fn demo_plan(dump: &Path, orders: u32, blake3: Option<String>) -> Plan {
         max_attempts: None,
         sandbox: None,
         files: None,
+        pitr: None,
+        promote: None,
     };
     // The plan is built from constants above; a failure here is a bug in this function.
     Plan::from_raw(raw).unwrap_or_else(|e| panic!("demo plan is invalid: {e}"))

@@ -90,6 +90,13 @@ impl ArtifactSource for LocalSource {
             Err(e) => Err(format!("hash task failed: {e}")),
         }
     }
+
+    async fn list(&self, url: &str) -> Result<Vec<Candidate>, String> {
+        let dir = local_path(url)?;
+        tokio::task::spawn_blocking(move || list(&dir, "directory"))
+            .await
+            .map_err(|e| format!("listing task failed: {e}"))?
+    }
 }
 
 /// The plan's URL as it is, or for a backup set the backup picked from the directory it names
@@ -108,9 +115,19 @@ pub fn resolve(
         });
     };
     let dir = local_path(url)?;
-    let entries = fs::read_dir(&dir).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("backup set not found: {}", dir.display()),
-        _ => format!("cannot list backup set {}: {e}", dir.display()),
+    let listed = list(&dir, "backup set")?;
+    let chosen = backupset::choose(url, &listed, pick, within, now_ms, seed)?;
+    Ok(super::Picked {
+        url: format!("file://{}", dir.join(&chosen.candidate.key).display()),
+        from: Some((chosen.candidates, chosen.listed)),
+    })
+}
+
+/// The regular files directly in `dir` (`what` names it in errors: "backup set", "WAL archive").
+pub fn list(dir: &std::path::Path, what: &str) -> Result<Vec<Candidate>, String> {
+    let entries = fs::read_dir(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{what} not found: {}", dir.display()),
+        _ => format!("cannot list {what} {}: {e}", dir.display()),
     })?;
     let mut listed = Vec::new();
     for entry in entries.flatten() {
@@ -131,11 +148,7 @@ pub fn resolve(
             size: meta.len(),
         });
     }
-    let chosen = backupset::choose(url, &listed, pick, within, now_ms, seed)?;
-    Ok(super::Picked {
-        url: format!("file://{}", dir.join(&chosen.candidate.key).display()),
-        from: Some((chosen.candidates, chosen.listed)),
-    })
+    Ok(listed)
 }
 
 /// The expected blake3 from a sidecar next to the artifact (`<artifact>.blake3`, as `b3sum`
@@ -176,13 +189,13 @@ pub fn open(path: PathBuf) -> Result<LocalArtifact, String> {
         _ => format!("cannot open artifact {}: {e}", path.display()),
     })?;
     if meta.is_dir() {
+        // What a directory is, the engine decides; a pg_dump directory's head is its toc.dat's.
         let toc = path.join("toc.dat");
-        let head = read_head(&toc).map_err(|e| {
-            format!(
-                "{} is a directory but not a pg_dump directory archive (toc.dat: {e})",
-                path.display()
-            )
-        })?;
+        let head = match read_head(&toc) {
+            Ok(head) => head,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("cannot read {}: {e}", toc.display())),
+        };
         return Ok(LocalArtifact {
             path,
             is_dir: true,
@@ -266,6 +279,8 @@ mod tests {
         let empty = dir.path().join("empty.dump");
         fs::write(&empty, b"").expect("write");
         assert!(open(empty).is_err_and(|e| e.starts_with("artifact is empty")));
-        assert!(open(dir.path().to_owned()).is_err_and(|e| e.contains("toc.dat")));
+        // A directory opens; what it is (pg_dump directory, base backup) the engine decides.
+        let opened = open(dir.path().to_owned()).expect("a directory opens");
+        assert!(opened.is_dir && opened.head.is_empty());
     }
 }

@@ -65,6 +65,10 @@ pub trait ArtifactSource: Send + Sync + std::fmt::Debug {
 
     /// blake3 of another object (a copy); `Ok(None)` when it does not exist.
     async fn hash(&self, url: &str) -> Result<Option<blake3::Hash>, String>;
+
+    /// The objects (regular files) directly under `url` (a directory or prefix), named
+    /// relative to it: a backup set, a WAL archive.
+    async fn list(&self, url: &str) -> Result<Vec<rehearse_core::backupset::Candidate>, String>;
 }
 
 /// Why no source could be made for a URL.

@@ -416,6 +416,10 @@ impl ArtifactSource for ObjectSource {
         true
     }
 
+    async fn list(&self, url: &str) -> Result<Vec<Candidate>, String> {
+        ObjectSource::list(self, url).await
+    }
+
     async fn fetch(&self, url: &str, spill: Option<&Path>) -> Result<Fetched, String> {
         let dir = spill.ok_or("an object store artifact needs a spill dir")?;
         let name = url

@@ -18,12 +18,13 @@ pub mod inspection;
 pub mod mysql;
 pub mod postgres;
 pub mod stream;
+pub mod untar;
 
 use std::any::Any;
 use std::path::Path;
 
 use rehearse_core::plan::{self, Plan};
-use rehearse_core::report::FilesReport;
+use rehearse_core::report::{FilesReport, PromotionReport, RecoveryReport};
 
 use crate::artifact::LocalArtifact;
 use crate::runtime::{DockerRuntime, Tags};
@@ -58,6 +59,9 @@ pub struct Env<'a> {
     pub digest: String,
     /// Whether to keep spare template copies ready (`VerifyOptions::spare_templates`).
     pub spares: bool,
+    /// The worker's source profiles (for sources a plan names besides the artifact: a WAL
+    /// archive).
+    pub sources: &'a crate::artifact::Sources,
 }
 
 impl Env<'_> {
@@ -128,6 +132,8 @@ pub struct Restored {
     pub database: Option<String>,
     /// The extracted tree, for the files engine.
     pub files: Option<FilesReport>,
+    /// What recovering a base backup replayed.
+    pub recovery: Option<RecoveryReport>,
     pub notes: Vec<String>,
 }
 
@@ -164,6 +170,15 @@ pub trait Session: Send + Sync {
 
     async fn restore(&mut self, env: &Env<'_>) -> Result<Restored, Stop>;
 
+    /// Promotes the restored server (a standby) to a primary, timed (`[promote]`). Engines
+    /// without standbys fail it: the plan asks for something their backups cannot do.
+    async fn promote(&mut self, _env: &Env<'_>) -> Result<PromotionReport, Stop> {
+        Err(Stop::Failed(format!(
+            "[promote] needs a base backup recovered as a standby; the artifact is {}",
+            self.format()
+        )))
+    }
+
     /// Checks, freshness, row counts, integrity. A check that does not hold is in the
     /// inspection's `failure`, not a [`Stop`].
     async fn inspect(&mut self, env: &Env<'_>) -> Result<Inspection, Stop>;
@@ -171,6 +186,12 @@ pub trait Session: Send + Sync {
     /// Why the sandbox, not the backup, stopped the run, if it did.
     async fn fault(&self) -> Option<String> {
         None
+    }
+
+    /// Whether this session can run in a container sandbox; with `--runtime auto`, one that
+    /// cannot runs as local processes.
+    fn container_ready(&self) -> bool {
+        true
     }
 
     /// Whether there is a sandbox to tear down.

@@ -348,7 +348,27 @@ impl Verifier {
         let started_ms = started
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| duration_ms(d) as i64);
-        run.report.finish(&plan.targets, started_ms, run.newest_ms);
+        // A recovered base backup: RPO runs from the disaster instant (the recovery target, or
+        // the verification start) to the last commit replayed, unless a freshness query says.
+        let mut disaster_ms = started_ms;
+        if let Some(recovery) = &run.report.recovery
+            && plan.targets.freshness.is_none()
+        {
+            let ms = |at: &str| {
+                humantime::parse_rfc3339_weak(at)
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| duration_ms(d) as i64)
+            };
+            if let Some(target) = ms(&recovery.target) {
+                disaster_ms = target;
+            }
+            if let Some(at) = &recovery.last_commit_at {
+                run.newest_ms = ms(at);
+                run.report.newest_data_at = Some(at.clone());
+            }
+        }
+        run.report.finish(&plan.targets, disaster_ms, run.newest_ms);
         info!(verdict = ?run.report.verdict, rto_ms = ?run.report.rto_ms, "verification finished");
         Ok(run.report)
     }
@@ -384,7 +404,9 @@ impl Verifier {
         };
         run.report.artifact.format = Some(session.format());
         // Where it runs: a container (docker runtime) or local processes.
-        let container = if engine.uses_runtime() {
+        let auto_to_process =
+            self.opts.runtime == RuntimeChoice::Auto && !session.container_ready();
+        let container = if engine.uses_runtime() && !auto_to_process {
             match self.image_for(plan).await {
                 Ok(container) => container,
                 Err(reason) => {
@@ -404,6 +426,7 @@ impl Verifier {
             tags: run.tags.clone(),
             digest: run.report.artifact.blake3.clone().unwrap_or_default(),
             spares: self.opts.spare_templates,
+            sources: &self.opts.sources,
         };
 
         run.clock.begin(Phase::Provision);
@@ -434,8 +457,22 @@ impl Verifier {
         }
         run.report.database = restored.database;
         run.report.files = restored.files;
+        run.report.recovery = restored.recovery;
         run.report.notes.extend(restored.notes);
         run.clock.end(true);
+
+        if plan.promote.is_some() {
+            run.clock.begin(Phase::Promote);
+            match session.promote(&env).await {
+                Ok(promotion) => {
+                    if let Some(recovery) = run.report.recovery.as_mut() {
+                        recovery.promotion = Some(promotion);
+                    }
+                }
+                Err(e) => stop!(run, Phase::Promote, session, e),
+            }
+            run.clock.end(true);
+        }
 
         run.clock.begin(Phase::Checks);
         match session.inspect(&env).await {

@@ -111,11 +111,12 @@ impl Session for FilesSession {
         let (path, compression, into) = (self.path.clone(), self.compression, self.root()?);
         let (spec, stop) = (env.plan.files.clone(), self.stop.clone());
         let extracted = tokio::task::spawn_blocking(move || {
-            extract::extract(&path, compression, &into, &spec, &stop)
+            crate::engines::untar::extract(&path, compression, &into, &spec, &stop)
         })
         .await;
         match extracted {
             Ok(Ok(report)) => Ok(Restored {
+                recovery: None,
                 database: None,
                 files: Some(report),
                 notes: Vec::new(),

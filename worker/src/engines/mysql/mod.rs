@@ -162,6 +162,7 @@ impl Session for MysqlSession<'_> {
             .map_err(Stop::Tool)?;
         self.database = Some(restored.database.clone());
         Ok(Restored {
+            recovery: None,
             database: Some(restored.database),
             files: None,
             notes: restored.notes,

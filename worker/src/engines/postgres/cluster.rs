@@ -42,7 +42,8 @@ const INITDB_ARGS: [&str; 8] = [
 ];
 
 /// Server settings for a disposable restore. Each trades durability (irrelevant here) for speed,
-/// except the first two, which are the sandbox's boundary.
+/// except the first two, which are the sandbox's boundary. (A base backup's recovery overrides
+/// a few: see `physical`.)
 const SETTINGS: [(&str, &str); 16] = [
     ("listen_addresses", ""),
     ("unix_socket_permissions", "0700"),
@@ -167,8 +168,111 @@ impl PgCluster {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub fn data_dir(&self) -> PathBuf {
         self.sandbox.dir().join("data")
+    }
+
+    /// A process sandbox for a base backup: the installation is chosen once the backup's
+    /// `PG_VERSION` has been read ([`PgCluster::use_installation`]).
+    pub fn create_bare(rt: &ProcessRuntime) -> Result<PgCluster, ClusterError> {
+        let sandbox = Sandbox::process(rt)?;
+        check_socket_path(&sandbox.host_socket_dir())?;
+        Ok(PgCluster {
+            sandbox,
+            installed: None,
+            version: String::new(),
+            psql_restrict: false,
+        })
+    }
+
+    pub fn use_installation(&mut self, installed: &Installed) {
+        self.installed = Some(installed.clone());
+        self.version.clone_from(&installed.version);
+        self.psql_restrict = installed.psql_restrict;
+    }
+
+    /// A tool of the chosen installation, run as the sandbox user (for tools that read the
+    /// data dir: pg_controldata, pg_verifybackup).
+    pub fn local_command(
+        &self,
+        rt: &ProcessRuntime,
+        name: &str,
+    ) -> Option<tokio::process::Command> {
+        let installed = self.installed.as_ref()?;
+        Some(rt.command(&installed.bin(name), self.sandbox.dir()))
+    }
+
+    /// Starts the server on a data dir already in place (a base backup) with `settings` on
+    /// top of the sandbox's own, and waits until it accepts connections — after the recovery
+    /// that precedes (for a standby: once it is consistent) — or exits. No deadline of its own:
+    /// recovery takes as long as the WAL takes; the plan's timeout bounds it.
+    pub async fn start_on_data(
+        &mut self,
+        rt: &ProcessRuntime,
+        settings: &[(String, String)],
+    ) -> Result<(), ClusterError> {
+        let installed = self
+            .installed
+            .clone()
+            .ok_or_else(|| ClusterError::Start("no local installation".into()))?;
+        self.spawn(rt, &installed, settings)?;
+        let pidfile = self.data_dir().join("postmaster.pid");
+        loop {
+            if let Ok(text) = tokio::fs::read_to_string(&pidfile).await
+                && text
+                    .lines()
+                    .nth(7)
+                    .is_some_and(|l| matches!(l.trim(), "ready" | "standby"))
+            {
+                return Ok(());
+            }
+            if let Some(how) = self.sandbox.server_exited().await {
+                return Err(ClusterError::Start(format!("postgres {how}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the server has exited, and how.
+    pub async fn exited(&mut self) -> Option<String> {
+        self.sandbox.server_exited().await
+    }
+
+    /// The server log's lines that say why recovery stopped or failed (FATAL, PANIC, invalid
+    /// records, the target), last `n` of them.
+    pub fn recovery_lines(&self, n: usize) -> Vec<String> {
+        let log =
+            std::fs::read_to_string(self.sandbox.dir().join("server.log")).unwrap_or_default();
+        let keep: Vec<String> = log
+            .lines()
+            .filter(|l| {
+                [
+                    "FATAL",
+                    "PANIC",
+                    "invalid",
+                    "incorrect",
+                    "recovery stopping",
+                    "unexpected",
+                    "record with",
+                    "contrecord",
+                    "missing",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .map(|l| {
+                l.split_once(": ")
+                    .map_or(l, |(_, rest)| rest)
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
+        keep[keep.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// The whole server log, for what recovery said.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.sandbox.dir().join("server.log")).unwrap_or_default()
     }
 
     /// Takes a spare copy of the template (or copies it), starts the server, waits until it
@@ -195,6 +299,18 @@ impl PgCluster {
         if let Some(spares) = spares {
             spares.refill(rt, &template, cache_dir);
         }
+        self.spawn(rt, &installed, &[])?;
+        self.wait_ready().await
+    }
+
+    /// Starts `postgres` on the data dir with the sandbox's settings and `extra` on top, its
+    /// log in `server.log`; the sandbox owns the process from here on.
+    fn spawn(
+        &mut self,
+        rt: &ProcessRuntime,
+        installed: &Installed,
+        extra: &[(String, String)],
+    ) -> Result<(), ClusterError> {
         let log_path = self.sandbox.dir().join("server.log");
         let log = std::fs::File::create(&log_path)
             .map_err(|e| ClusterError::Start(format!("create server log: {e}")))?;
@@ -202,6 +318,9 @@ impl PgCluster {
         let mut cmd = rt.command(&installed.bin("postgres"), self.sandbox.dir());
         cmd.arg("-D").arg(self.data_dir());
         cmd.args(server_args(&self.sandbox.tool_socket_dir(), "0700"));
+        for (key, value) in extra {
+            cmd.arg("-c").arg(format!("{key}={value}"));
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let child = cmd
             .spawn()
@@ -210,8 +329,7 @@ impl PgCluster {
         // Immediate shutdown: the data is thrown away anyway.
         self.sandbox
             .set_server(child, Signal::SIGQUIT)
-            .map_err(ClusterError::Start)?;
-        self.wait_ready().await
+            .map_err(ClusterError::Start)
     }
 
     /// Starts the server in a container made from `image`: initdb in the container's data dir

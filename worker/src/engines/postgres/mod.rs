@@ -5,12 +5,16 @@
 //! - [`cluster`]: a disposable server — template data dir, start, readiness, stop.
 //! - [`restore`]: pg_restore / psql, fed in one streaming pass, with the tool's stderr tail on failure.
 //! - [`inspect`]: the plan's checks, freshness (RPO), per-table row counts, pg_amcheck.
+//! - [`physical`] and [`base`]: base backups (pg_basebackup), recovered from their own WAL or a
+//!   WAL archive to a target, optionally as a standby promoted on the clock.
 //! - this file: the [`Engine`] — which artifacts are PostgreSQL dumps, and one verification's
 //!   session over the modules above.
 
+pub mod base;
 pub mod binaries;
 pub mod cluster;
 pub mod inspect;
+pub mod physical;
 pub mod restore;
 
 use std::any::Any;
@@ -61,6 +65,11 @@ impl Engine for Postgres {
     }
 
     fn classify<'a>(&'a self, artifact: &LocalArtifact) -> Result<Box<dyn Session + 'a>, String> {
+        if artifact.is_dir
+            && let Some(layout) = physical::detect(&artifact.path)
+        {
+            return Ok(Box::new(base::BaseSession::new(self, layout)));
+        }
         let (input, server_major, format) = classify(artifact)?;
         Ok(Box::new(PgSession {
             engine: self,
@@ -197,6 +206,7 @@ impl Session for PgSession<'_> {
             .await
             .map_err(Stop::Tool)?;
         let out = Restored {
+            recovery: None,
             database: Some(restored.database.clone()),
             files: None,
             notes: restored.notes.clone(),
@@ -251,6 +261,12 @@ impl PgSession<'_> {
 fn classify(artifact: &LocalArtifact) -> Result<(Input, Option<u32>, String), String> {
     let path = artifact.path.clone();
     if artifact.is_dir {
+        if !path.join("toc.dat").is_file() {
+            return Err(format!(
+                "{} is a directory but neither a pg_dump directory archive (no toc.dat) nor a base backup (no backup_label, no base.tar)",
+                path.display()
+            ));
+        }
         return match rehearse_core::format::archive_server_major(&artifact.head) {
             Some(major) => Ok((
                 Input::SeekableArchive(path),
