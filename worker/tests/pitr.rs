@@ -541,3 +541,34 @@ async fn a_directory_that_is_no_backup_fails_in_restore_saying_what_it_lacks() {
     let report = env.verify(&plan(&dir, "")).await;
     assert_failed_in(&report, "restore", "neither a pg_dump directory archive");
 }
+
+#[tokio::test]
+async fn in_the_docker_runtime_the_same_recovery_and_promotion_run_in_a_container() {
+    let fx = fixture().await;
+    let env = env_for(rehearse_worker::runtime::RuntimeChoice::Docker).await;
+    let report = recover_all(
+        &env,
+        &fx,
+        &fx.archive.display().to_string(),
+        "[promote]\ncanary = true\n",
+    )
+    .await;
+    assert_passed(&report);
+    assert_eq!(report.runtime, "docker");
+    assert!(report.server_version.is_some(), "{report:#?}");
+    let r = report.recovery.as_ref().expect("recovery");
+    assert!(r.segments_replayed >= 3, "{r:?}");
+    let p = r.promotion.as_ref().expect("promotion");
+    assert_eq!(p.new_timeline, p.old_timeline + 1, "{p:?}");
+
+    // A damaged segment fails there too.
+    let all = segments(&fx.archive);
+    let victim = all[all.len() - 2].clone();
+    let holed = archive_copy(&env, &fx.archive, "holed-docker", |_, name, bytes| {
+        (name != victim).then(|| (name.to_owned(), bytes))
+    });
+    let report = env
+        .verify(&plan_for(&fx.plain_none, &pitr(&holed, "latest")))
+        .await;
+    assert_failed_in(&report, "restore", &format!("WAL {victim} missing between"));
+}

@@ -134,6 +134,8 @@ pub struct Restored {
     pub files: Option<FilesReport>,
     /// What recovering a base backup replayed.
     pub recovery: Option<RecoveryReport>,
+    /// The server's version, when provisioning could not know it yet (a base backup's).
+    pub server_version: Option<String>,
     pub notes: Vec<String>,
 }
 
@@ -186,12 +188,6 @@ pub trait Session: Send + Sync {
     /// Why the sandbox, not the backup, stopped the run, if it did.
     async fn fault(&self) -> Option<String> {
         None
-    }
-
-    /// Whether this session can run in a container sandbox; with `--runtime auto`, one that
-    /// cannot runs as local processes.
-    fn container_ready(&self) -> bool {
-        true
     }
 
     /// Whether there is a sandbox to tear down.

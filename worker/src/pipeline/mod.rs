@@ -404,9 +404,7 @@ impl Verifier {
         };
         run.report.artifact.format = Some(session.format());
         // Where it runs: a container (docker runtime) or local processes.
-        let auto_to_process =
-            self.opts.runtime == RuntimeChoice::Auto && !session.container_ready();
-        let container = if engine.uses_runtime() && !auto_to_process {
+        let container = if engine.uses_runtime() {
             match self.image_for(plan).await {
                 Ok(container) => container,
                 Err(reason) => {
@@ -458,6 +456,9 @@ impl Verifier {
         run.report.database = restored.database;
         run.report.files = restored.files;
         run.report.recovery = restored.recovery;
+        if restored.server_version.is_some() {
+            run.report.server_version = restored.server_version;
+        }
         run.report.notes.extend(restored.notes);
         run.clock.end(true);
 

@@ -117,6 +117,7 @@ impl Session for FilesSession {
         match extracted {
             Ok(Ok(report)) => Ok(Restored {
                 recovery: None,
+                server_version: None,
                 database: None,
                 files: Some(report),
                 notes: Vec::new(),

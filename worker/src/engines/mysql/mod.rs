@@ -163,6 +163,7 @@ impl Session for MysqlSession<'_> {
         self.database = Some(restored.database.clone());
         Ok(Restored {
             recovery: None,
+            server_version: None,
             database: Some(restored.database),
             files: None,
             notes: restored.notes,

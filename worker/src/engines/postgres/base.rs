@@ -5,11 +5,15 @@
 
 use rehearse_core::report::PromotionReport;
 
-use super::cluster::PgCluster;
+use std::os::unix::fs::MetadataExt;
+
+use super::SUPERUSER;
+use super::cluster::{self, PgCluster};
 use super::physical::{Layout, Recovery, installation_for};
 use super::{Postgres, inspect};
 use crate::artifact::LocalArtifact;
 use crate::engines::{Env, Inspection, Provisioned, Restored, Session, Stop};
+use crate::runtime::container_note;
 
 pub struct BaseSession<'a> {
     pub engine: &'a Postgres,
@@ -41,19 +45,47 @@ impl Session for BaseSession<'_> {
         env: &Env<'_>,
         _artifact: &LocalArtifact,
     ) -> Result<Provisioned, Stop> {
-        if env.container.is_some() {
-            return Err(Stop::Cannot(
-                "base backups are recovered in the process runtime only, for now (run the worker with --runtime process or auto)".into(),
-            ));
-        }
-        self.cluster = Some(
-            PgCluster::create_bare(env.rt)
+        let Some((docker, image)) = &env.container else {
+            self.cluster = Some(
+                PgCluster::create_bare(env.rt)
+                    .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?,
+            );
+            self.recovery.owner = env.rt.user().map(|u| (u.uid, u.gid));
+            return Ok(Provisioned {
+                server_version: None,
+                runtime: "process",
+                notes: vec![env.rt.isolation_note()],
+            });
+        };
+        // The image's server user owns the data dir: its uid is the owner of the data dir
+        // template the image made (a throwaway container, once per image).
+        let template = docker
+            .image_template(
+                image,
+                SUPERUSER,
+                &cluster::image_template_script(),
+                "pg",
+                env.cache_dir,
+            )
+            .await
+            .map_err(|e| Stop::Cannot(format!("the image's server user: {e}")))?;
+        let meta = std::fs::metadata(&template)
+            .map_err(|e| Stop::Cannot(format!("the image's server user: {e}")))?;
+        self.recovery.owner = nix::unistd::Uid::effective()
+            .is_root()
+            .then(|| (meta.uid(), meta.gid()));
+        let cluster = self.cluster.insert(
+            PgCluster::create_docker(env.rt, docker)
                 .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?,
         );
+        cluster
+            .start_container_waiting(image.clone(), &env.plan.sandbox, env.tags.clone())
+            .await
+            .map_err(|e| Stop::Cannot(format!("container from {image}: {e}")))?;
         Ok(Provisioned {
             server_version: None,
-            runtime: "process",
-            notes: vec![env.rt.isolation_note()],
+            runtime: "docker",
+            notes: vec![container_note(image, &env.plan.sandbox)],
         })
     }
 
@@ -62,9 +94,36 @@ impl Session for BaseSession<'_> {
             .cluster
             .as_mut()
             .ok_or_else(|| Stop::Cannot("the sandbox was not provisioned".into()))?;
-        let major = self.recovery.lay_out(cluster, env.rt, env.plan).await?;
-        let installed = installation_for(self.engine.installations(), major)?;
-        cluster.use_installation(installed);
+        let major = self.recovery.lay_out(cluster, env.plan).await?;
+        match &env.container {
+            None => {
+                let installed = installation_for(self.engine.installations(), major)?;
+                cluster.use_installation(installed);
+            }
+            Some((_, image)) => {
+                let (_, out, err) = cluster
+                    .run_server_tool(env.rt, "postgres", vec!["--version".into()])
+                    .await
+                    .map_err(Stop::Cannot)?;
+                // "postgres (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)"
+                let version = out.split_whitespace().nth(2).unwrap_or_default().to_owned();
+                let image_major = version
+                    .split('.')
+                    .next()
+                    .and_then(|m| m.parse::<u32>().ok());
+                if image_major != Some(major) {
+                    return Err(Stop::Cannot(format!(
+                        "the base backup is PostgreSQL {major}; physical files need the same major version, and the image {image} has {} (use an image of PostgreSQL {major}: [sandbox] image)",
+                        if version.is_empty() {
+                            err.trim().to_owned()
+                        } else {
+                            version.clone()
+                        }
+                    )));
+                }
+                cluster.set_version(&version);
+            }
+        }
         let mut notes = vec![self.recovery.verify_manifest(cluster, env.rt).await?];
         let settings = self
             .recovery
@@ -99,6 +158,7 @@ impl Session for BaseSession<'_> {
             database: Some(main),
             files: None,
             recovery: Some(report),
+            server_version: Some(cluster.version.clone()),
             notes,
         })
     }
@@ -127,10 +187,6 @@ impl Session for BaseSession<'_> {
 
     async fn fault(&self) -> Option<String> {
         self.cluster.as_ref()?.sandbox().fault().await
-    }
-
-    fn container_ready(&self) -> bool {
-        false
     }
 
     fn has_sandbox(&self) -> bool {

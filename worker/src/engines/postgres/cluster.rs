@@ -168,8 +168,41 @@ impl PgCluster {
         }
     }
 
+    /// The server's data directory on the host: `data/` of the sandbox, or in a container
+    /// `data/data` (the bind-mounted [`CONTAINER_DATA_DIR`] holds it).
     pub fn data_dir(&self) -> PathBuf {
-        self.sandbox.dir().join("data")
+        match self.in_container() {
+            true => self.sandbox.dir().join("data").join("data"),
+            false => self.sandbox.dir().join("data"),
+        }
+    }
+
+    fn in_container(&self) -> bool {
+        self.sandbox.runtime() == "docker"
+    }
+
+    /// A directory for the server's side files (config, the WAL hand-over), as the host sees it
+    /// and as the server sees it: the sandbox dir itself, or in a container the bind-mounted
+    /// data dir around the server's.
+    pub fn side_dir(&self) -> (PathBuf, PathBuf) {
+        match self.in_container() {
+            true => (
+                self.sandbox.dir().join("data"),
+                PathBuf::from(CONTAINER_DATA_DIR),
+            ),
+            false => (self.sandbox.dir().to_owned(), self.sandbox.dir().to_owned()),
+        }
+    }
+
+    /// A host path under [`PgCluster::side_dir`] as the server sees it.
+    pub fn seen(&self, host: &Path) -> PathBuf {
+        let (host_side, seen_side) = self.side_dir();
+        host.strip_prefix(&host_side)
+            .map_or_else(|_| host.to_owned(), |rel| seen_side.join(rel))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.side_dir().0.join("server.log")
     }
 
     /// A process sandbox for a base backup: the installation is chosen once the backup's
@@ -185,21 +218,93 @@ impl PgCluster {
         })
     }
 
+    /// The version of the server in the container, as `postgres --version` said it.
+    pub fn set_version(&mut self, version: &str) {
+        self.version = version.to_owned();
+        let (major, minor) = parse_major_minor(version);
+        self.psql_restrict = rehearse_core::install::psql_has_restrict(major, minor);
+    }
+
     pub fn use_installation(&mut self, installed: &Installed) {
         self.installed = Some(installed.clone());
         self.version.clone_from(&installed.version);
         self.psql_restrict = installed.psql_restrict;
     }
 
-    /// A tool of the chosen installation, run as the sandbox user (for tools that read the
-    /// data dir: pg_controldata, pg_verifybackup).
-    pub fn local_command(
+    /// Runs a server tool that reads the data dir (pg_controldata, pg_verifybackup) as the
+    /// user the server runs as: the sandbox user, or the image's in the container. Paths in
+    /// `args` are as the server sees them. `Ok((success, stdout, stderr))`.
+    pub async fn run_server_tool(
         &self,
         rt: &ProcessRuntime,
         name: &str,
-    ) -> Option<tokio::process::Command> {
-        let installed = self.installed.as_ref()?;
-        Some(rt.command(&installed.bin(name), self.sandbox.dir()))
+        args: Vec<std::ffi::OsString>,
+    ) -> Result<(bool, String, String), String> {
+        if self.in_container() {
+            let out = self
+                .sandbox
+                .run(
+                    Tool {
+                        name: name.to_owned(),
+                        host_program: PathBuf::from(name),
+                        args,
+                        untrusted: true,
+                        capture_stdout: true,
+                    },
+                    None,
+                )
+                .await?;
+            return Ok((
+                out.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                out.stderr,
+            ));
+        }
+        let installed = self
+            .installed
+            .as_ref()
+            .ok_or("no PostgreSQL installation chosen")?;
+        let out = rt
+            .command(&installed.bin(name), self.sandbox.dir())
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("run {name}: {e}"))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// A container for a base backup: it waits for the worker to lay the data dir out and
+    /// write `start.sh` (the server's command line) in the side dir, then runs it. Tools can
+    /// run in it meanwhile (pg_controldata, pg_verifybackup).
+    pub async fn start_container_waiting(
+        &mut self,
+        image: String,
+        limits: &SandboxSpec,
+        tags: Tags,
+    ) -> Result<(), ClusterError> {
+        let start = format!("{CONTAINER_DATA_DIR}/start.sh");
+        let script =
+            format!("{PG_PATH}; while [ ! -f {start} ]; do sleep 0.05; done; exec sh {start}");
+        self.sandbox
+            .start_container(ContainerSpec {
+                image,
+                user: SUPERUSER.to_owned(),
+                cmd: vec!["sh".to_owned(), "-c".to_owned(), script],
+                limits: limits.clone(),
+                original_artifact: None,
+                artifact: None,
+                tags,
+                tmpfs: Vec::new(),
+                exec_prelude: Some(PG_PATH.to_owned()),
+                template: None,
+            })
+            .await
+            .map_err(ClusterError::Start)
     }
 
     /// Starts the server on a data dir already in place (a base backup) with `settings` on
@@ -211,11 +316,15 @@ impl PgCluster {
         rt: &ProcessRuntime,
         settings: &[(String, String)],
     ) -> Result<(), ClusterError> {
-        let installed = self
-            .installed
-            .clone()
-            .ok_or_else(|| ClusterError::Start("no local installation".into()))?;
-        self.spawn(rt, &installed, settings)?;
+        if self.in_container() {
+            self.release_container(settings)?;
+        } else {
+            let installed = self
+                .installed
+                .clone()
+                .ok_or_else(|| ClusterError::Start("no local installation".into()))?;
+            self.spawn(rt, &installed, settings)?;
+        }
         let pidfile = self.data_dir().join("postmaster.pid");
         loop {
             if let Ok(text) = tokio::fs::read_to_string(&pidfile).await
@@ -241,8 +350,7 @@ impl PgCluster {
     /// The server log's lines that say why recovery stopped or failed (FATAL, PANIC, invalid
     /// records, the target), last `n` of them.
     pub fn recovery_lines(&self, n: usize) -> Vec<String> {
-        let log =
-            std::fs::read_to_string(self.sandbox.dir().join("server.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let keep: Vec<String> = log
             .lines()
             .filter(|l| {
@@ -272,7 +380,7 @@ impl PgCluster {
 
     /// The whole server log, for what recovery said.
     pub fn server_log(&self) -> String {
-        std::fs::read_to_string(self.sandbox.dir().join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Takes a spare copy of the template (or copies it), starts the server, waits until it
@@ -301,6 +409,31 @@ impl PgCluster {
         }
         self.spawn(rt, &installed, &[])?;
         self.wait_ready().await
+    }
+
+    /// Writes the waiting container's `start.sh`: postgres on the data dir with the sandbox's
+    /// settings and `extra` on top, its log in the side dir.
+    fn release_container(&self, extra: &[(String, String)]) -> Result<(), ClusterError> {
+        let quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+        let mut line = format!("exec postgres -D {CONTAINER_DATA_DIR}/data");
+        let mut args: Vec<String> = server_args(Path::new(CONTAINER_SOCKET_DIR), "0777")
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for (key, value) in extra {
+            args.push("-c".into());
+            args.push(format!("{key}={value}"));
+        }
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(&a));
+        }
+        line.push_str(&format!(" 2>>{CONTAINER_DATA_DIR}/server.log\n"));
+        let (host, _) = self.side_dir();
+        let tmp = host.join(".start.sh");
+        std::fs::write(&tmp, line)
+            .and_then(|()| std::fs::rename(&tmp, host.join("start.sh")))
+            .map_err(|e| ClusterError::Start(format!("write start.sh: {e}")))
     }
 
     /// Starts `postgres` on the data dir with the sandbox's settings and `extra` on top, its

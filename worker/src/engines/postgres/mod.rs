@@ -207,6 +207,7 @@ impl Session for PgSession<'_> {
             .map_err(Stop::Tool)?;
         let out = Restored {
             recovery: None,
+            server_version: None,
             database: Some(restored.database.clone()),
             files: None,
             notes: restored.notes.clone(),

@@ -122,6 +122,9 @@ pub struct Recovery {
     target: RecoveryTarget,
     standby: bool,
     started: Option<Instant>,
+    /// Who the server runs as (uid, gid): the sandbox user, or the image's server user;
+    /// `None` when the worker is not root (everything is its own already).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Drop for Recovery {
@@ -145,17 +148,13 @@ impl Recovery {
             target: RecoveryTarget::Latest,
             standby: false,
             started: None,
+            owner: None,
         }
     }
 
     /// Puts the backup's files in the sandbox's data dir and reads what it is: the major
     /// version (returned, to choose binaries), the label, the manifest's WAL range.
-    pub async fn lay_out(
-        &mut self,
-        cluster: &PgCluster,
-        rt: &ProcessRuntime,
-        plan: &Plan,
-    ) -> Result<u32, Stop> {
+    pub async fn lay_out(&mut self, cluster: &PgCluster, plan: &Plan) -> Result<u32, Stop> {
         let data = cluster.data_dir();
         let layout = self.layout.clone();
         let limits = rehearse_core::untar::Limits {
@@ -166,8 +165,8 @@ impl Recovery {
         tokio::task::spawn_blocking(move || lay_out(&layout, &into, limits))
             .await
             .map_err(|e| Stop::Cannot(format!("extraction task failed: {e}")))??;
-        // The sandbox user's from here on: its tools read it, its server runs on it.
-        give_tree(rt, &data).map_err(|e| Stop::Cannot(format!("sandbox data dir: {e}")))?;
+        // The server user's from here on: its tools read it, its server runs on it.
+        give_tree(self.owner, &data).map_err(|e| Stop::Cannot(format!("sandbox data dir: {e}")))?;
         let version = std::fs::read_to_string(data.join("PG_VERSION"))
             .map_err(|_| Stop::Failed("the base backup has no PG_VERSION file".into()))?;
         let major: u32 = version.trim().parse().map_err(|_| {
@@ -206,21 +205,17 @@ impl Recovery {
             return Ok("the base backup has no backup_manifest: its files were not checked against one (the recovery still replays and checks its WAL)".into());
         }
         let has_wal = has_own_wal(&data);
-        let Some(mut cmd) = cluster.local_command(rt, "pg_verifybackup") else {
-            return Err(Stop::Cannot("no PostgreSQL installation chosen".into()));
-        };
+        let mut args: Vec<std::ffi::OsString> = vec!["--quiet".into()];
         if !has_wal {
             // -X none: the WAL is in the archive, checked by the replay itself.
-            cmd.arg("--no-parse-wal");
+            args.push("--no-parse-wal".into());
         }
-        let out = cmd
-            .arg("--quiet")
-            .arg(&data)
-            .kill_on_drop(true)
-            .output()
+        args.push(cluster.seen(&data).into());
+        let (ok, _, stderr) = cluster
+            .run_server_tool(rt, "pg_verifybackup", args)
             .await
             .map_err(|e| Stop::Cannot(format!("run pg_verifybackup: {e}")))?;
-        if out.status.success() {
+        if ok {
             return Ok(format!(
                 "pg_verifybackup: every file matches backup_manifest{}",
                 if has_wal {
@@ -230,7 +225,7 @@ impl Recovery {
                 }
             ));
         }
-        let text = String::from_utf8_lossy(&out.stderr);
+        let text = stderr;
         let findings: Vec<&str> = text
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -259,7 +254,9 @@ impl Recovery {
         sources: &crate::artifact::Sources,
     ) -> Result<Vec<(String, String)>, Stop> {
         let data = cluster.data_dir();
-        let dir = cluster.dir().to_owned();
+        // Side files (config, the WAL hand-over) on the host, named as the server sees them.
+        let (dir, _) = cluster.side_dir();
+        let seen = |p: &Path| cluster.seen(p).display().to_string();
         let control = controldata(cluster, rt).await?;
         if let Some(bytes) = control
             .get("Bytes per WAL segment")
@@ -280,18 +277,9 @@ impl Recovery {
         std::fs::write(dir.join("rehearse_hba.conf"), "local all all trust\n").map_err(io)?;
         std::fs::write(dir.join("rehearse_ident.conf"), "").map_err(io)?;
         let mut settings: Vec<(String, String)> = vec![
-            (
-                "config_file".into(),
-                dir.join("rehearse.conf").display().to_string(),
-            ),
-            (
-                "hba_file".into(),
-                dir.join("rehearse_hba.conf").display().to_string(),
-            ),
-            (
-                "ident_file".into(),
-                dir.join("rehearse_ident.conf").display().to_string(),
-            ),
+            ("config_file".into(), seen(&dir.join("rehearse.conf"))),
+            ("hba_file".into(), seen(&dir.join("rehearse_hba.conf"))),
+            ("ident_file".into(), seen(&dir.join("rehearse_ident.conf"))),
             // Replica-level WAL: a standby must be able to run read-only queries.
             ("wal_level".into(), "replica".into()),
             ("shared_preload_libraries".into(), String::new()),
@@ -379,17 +367,20 @@ impl Recovery {
             let wal_dir = dir.join("wal");
             std::fs::create_dir(&wal_dir).map_err(io)?;
             let script = dir.join("restore-wal");
-            std::fs::write(&script, restore_script(&wal_dir, &dir.join("wal-asked")))
-                .map_err(io)?;
+            std::fs::write(
+                &script,
+                restore_script(
+                    &cluster.seen(&wal_dir),
+                    &cluster.seen(&dir.join("wal-asked")),
+                ),
+            )
+            .map_err(io)?;
             {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
                     .map_err(io)?;
             }
-            settings.push((
-                "restore_command".into(),
-                format!("{} %f %p", script.display()),
-            ));
+            settings.push(("restore_command".into(), format!("{} %f %p", seen(&script))));
             settings.push(("recovery_target_timeline".into(), "latest".into()));
             if let RecoveryTarget::Time(ms) = self.target {
                 settings.push(("recovery_target_time".into(), pg_timestamp(ms)));
@@ -408,7 +399,7 @@ impl Recovery {
             ));
             self.chain = Some(chain);
         }
-        give_tree(rt, cluster.dir()).map_err(|e| Stop::Cannot(format!("sandbox data dir: {e}")))?;
+        give_tree(self.owner, &dir).map_err(|e| Stop::Cannot(format!("sandbox data dir: {e}")))?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
@@ -477,7 +468,7 @@ impl Recovery {
             current_timeline(&client).await
         };
         let label = self.label.clone().unwrap_or_default();
-        let asked = asked(cluster.dir());
+        let asked = asked(&cluster.side_dir().0);
         let mut report = RecoveryReport {
             label: label.label.clone(),
             start_lsn: label.start.to_string(),
@@ -619,8 +610,9 @@ impl Recovery {
         client: &tokio_postgres::Client,
         cluster: &mut PgCluster,
     ) -> Result<(), Stop> {
-        let done = cluster.dir().join("wal").join(".done");
-        let missing = cluster.dir().join("wal-missing");
+        let (side, _) = cluster.side_dir();
+        let done = side.join("wal").join(".done");
+        let missing = side.join("wal-missing");
         let mut last = None;
         let mut still_since = Instant::now();
         loop {
@@ -770,22 +762,21 @@ async fn controldata(
     cluster: &PgCluster,
     rt: &ProcessRuntime,
 ) -> Result<std::collections::BTreeMap<String, String>, Stop> {
-    let Some(mut cmd) = cluster.local_command(rt, "pg_controldata") else {
-        return Err(Stop::Cannot("no PostgreSQL installation chosen".into()));
-    };
-    let out = cmd
-        .arg(cluster.data_dir())
-        .kill_on_drop(true)
-        .output()
+    let (ok, stdout, stderr) = cluster
+        .run_server_tool(
+            rt,
+            "pg_controldata",
+            vec![cluster.seen(&cluster.data_dir()).into()],
+        )
         .await
         .map_err(|e| Stop::Cannot(format!("run pg_controldata: {e}")))?;
-    if !out.status.success() {
+    if !ok {
         return Err(Stop::Failed(format!(
             "the base backup's control file cannot be read: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            stderr.trim()
         )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(stdout
         .lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -843,14 +834,14 @@ fn lay_out(layout: &Layout, data: &Path, limits: rehearse_core::untar::Limits) -
     Ok(())
 }
 
-/// Hands a tree to the sandbox user (no-op when not root). Symlinks are not followed.
-fn give_tree(rt: &ProcessRuntime, root: &Path) -> std::io::Result<()> {
-    let Some(user) = rt.user() else {
+/// Hands a tree to the server's user (no-op without one). Symlinks are not followed.
+fn give_tree(owner: Option<(u32, u32)>, root: &Path) -> std::io::Result<()> {
+    let Some((uid, gid)) = owner else {
         return Ok(());
     };
     let (uid, gid) = (
-        nix::unistd::Uid::from_raw(user.uid),
-        nix::unistd::Gid::from_raw(user.gid),
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
     );
     let mut stack = vec![root.to_owned()];
     while let Some(path) = stack.pop() {
