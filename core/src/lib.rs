@@ -50,6 +50,7 @@ pub mod install;
 pub mod jobs;
 pub mod limits;
 pub mod manifest;
+pub mod mariabackup;
 pub mod mysqldump;
 pub mod mysqlxml;
 pub mod placement;

@@ -256,6 +256,8 @@ pub struct ArtifactSpec {
     pub profile: Option<String>,
     /// With `pick = "random"`: the same seed picks the same backup (`None`: a new one per run).
     pub seed: Option<u64>,
+    /// For a `mariadb-backup` full backup: its incrementals, applied in this order.
+    pub incrementals: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -353,6 +355,7 @@ impl RawPlan {
             .as_ref()
             .is_some_and(|s| s.data.is_some() || s.disk.is_some());
         let physical = self.pitr.is_some()
+            || !self.artifact.incrementals.is_empty()
             || self.promote.is_some()
             || self.targets.as_ref().is_some_and(|t| t.promote.is_some());
         if physical {
@@ -413,6 +416,8 @@ pub struct RawArtifact {
     /// With `pick = "random"`: a fixed seed, so the pick can be reproduced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incrementals: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -555,6 +560,22 @@ impl Plan {
             .map_err(|(key, reason)| PlanError::Sandbox { key, reason })?;
         let files = files_spec(engine, raw.files, &checks, &targets)?;
         let (pitr, promote) = physical_spec(engine, raw.pitr, raw.promote, &targets)?;
+        let incrementals: Vec<String> = raw
+            .artifact
+            .incrementals
+            .iter()
+            .map(|i| i.trim().to_owned())
+            .collect();
+        if !incrementals.is_empty() && engine != Engine::Mysql {
+            return Err(PlanError::EngineMismatch(format!(
+                "artifact.incrementals are mariadb-backup incrementals (engine = \"mysql\"), not {engine}"
+            )));
+        }
+        if incrementals.iter().any(String::is_empty) {
+            return Err(PlanError::EngineMismatch(
+                "artifact.incrementals: an incremental's URL is empty".into(),
+            ));
+        }
         Ok(Plan {
             name: raw.name,
             timeout,
@@ -571,6 +592,7 @@ impl Plan {
                     .map(|p| p.trim().to_owned())
                     .filter(|p| !p.is_empty()),
                 seed: raw.artifact.seed,
+                incrementals,
             },
             targets,
             checks,
@@ -602,6 +624,7 @@ impl Plan {
                 copies: self.artifact.copies.clone(),
                 profile: self.artifact.profile.clone(),
                 seed: self.artifact.seed,
+                incrementals: self.artifact.incrementals.clone(),
             },
             targets: has_targets.then(|| RawTargets {
                 rto: t.rto.map(fmt),

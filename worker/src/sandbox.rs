@@ -375,6 +375,35 @@ fn is_zombie(pid: i32) -> bool {
     })
 }
 
+/// Hands a tree to the server's user (no-op without one). Symlinks are not followed.
+pub fn give_tree(owner: Option<(u32, u32)>, root: &Path) -> std::io::Result<()> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    let mut stack = vec![root.to_owned()];
+    while let Some(path) = stack.pop() {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            Some(uid),
+            Some(gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(std::io::Error::from)?;
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Makes a directory readable and traversable by the sandbox user (for a cache shared by sandboxes).
 pub fn make_shared_dir(path: &Path) -> std::io::Result<()> {
     fs::create_dir_all(path)?;

@@ -190,6 +190,12 @@ pub trait Session: Send + Sync {
         None
     }
 
+    /// Whether this session can run in a container sandbox; with `--runtime auto`, one that
+    /// cannot runs as local processes.
+    fn container_ready(&self) -> bool {
+        true
+    }
+
     /// Whether there is a sandbox to tear down.
     fn has_sandbox(&self) -> bool;
 

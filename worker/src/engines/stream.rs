@@ -65,12 +65,34 @@ pub fn start_feed<F: LineFilter>(feed: Feed<F>) -> (FeedRx, tokio::task::JoinHan
 }
 
 pub fn open_stream(path: &Path, compression: Compression) -> io::Result<Box<dyn Read + Send>> {
-    let file = File::open(path)?;
+    decoder(File::open(path)?, compression)
+}
+
+/// `input` decompressed.
+pub fn decoder<'a, R: Read + Send + 'a>(
+    input: R,
+    compression: Compression,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match compression {
-        Compression::None => Box::new(file),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(input))),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input)?),
     })
+}
+
+/// A reader that hashes (blake3) every byte read through it: one pass both hashes the stored
+/// bytes and feeds the decompressor.
+pub struct Hashing<R> {
+    pub inner: R,
+    pub hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Reads the decompressed stream (blocking thread), filters plain scripts line by line, and sends

@@ -404,7 +404,9 @@ impl Verifier {
         };
         run.report.artifact.format = Some(session.format());
         // Where it runs: a container (docker runtime) or local processes.
-        let container = if engine.uses_runtime() {
+        let auto_to_process =
+            self.opts.runtime == RuntimeChoice::Auto && !session.container_ready();
+        let container = if engine.uses_runtime() && !auto_to_process {
             match self.image_for(plan).await {
                 Ok(container) => container,
                 Err(reason) => {

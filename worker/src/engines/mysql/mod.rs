@@ -16,9 +16,11 @@
 
 //!
 //! Layout: [`server`] (discovery, the sandbox server, restore), [`inspect`] (checks, counts,
-//! mariadb-check), and here the [`Engine`] and one verification's session.
+//! mariadb-check), [`physical`] (mariadb-backup directories and xbstreams with their
+//! incrementals), and here the [`Engine`] and one verification's session.
 
 pub mod inspect;
+pub mod physical;
 pub mod server;
 
 use std::any::Any;
@@ -63,6 +65,14 @@ impl Engine for Mysql {
     }
 
     fn classify<'a>(&'a self, artifact: &LocalArtifact) -> Result<Box<dyn Session + 'a>, String> {
+        if let Some(full) = physical::detect(artifact) {
+            return Ok(Box::new(physical::BackupSession {
+                engine: self,
+                full,
+                server: None,
+                database: None,
+            }));
+        }
         let (path, compression, format) = classify(artifact)?;
         Ok(Box::new(MysqlSession {
             engine: self,
@@ -198,7 +208,7 @@ impl Session for MysqlSession<'_> {
 fn classify(artifact: &LocalArtifact) -> Result<(PathBuf, Compression, String), String> {
     if artifact.is_dir {
         return Err(
-            "a directory is not a MySQL/MariaDB dump (engine = \"mysql\" takes one SQL file)"
+            "a directory that is not a mariadb-backup backup (no xtrabackup_checkpoints) is not a MySQL/MariaDB dump either (engine = \"mysql\" takes one SQL file or a mariadb-backup directory)"
                 .into(),
         );
     }

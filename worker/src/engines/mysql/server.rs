@@ -61,6 +61,8 @@ pub struct MariaInstall {
     pub check: PathBuf,
     /// mariadb-dump (used to make the sample; not needed to verify).
     pub dump: Option<PathBuf>,
+    /// mariadb-backup (physical backups: `--prepare`; not needed for dumps).
+    pub backup: Option<PathBuf>,
     /// e.g. "10.11.19"
     pub version: String,
 }
@@ -90,6 +92,7 @@ pub fn discover() -> Result<MariaInstall, String> {
     let client = find(&["mariadb", "mysql"]).ok_or_else(|| missing("client (mariadb)"))?;
     let check = find(&["mariadb-check", "mysqlcheck"]).ok_or_else(|| missing("mariadb-check"))?;
     let dump = find(&["mariadb-dump", "mysqldump"]);
+    let backup = find(&["mariadb-backup", "mariabackup"]);
     let out = std::process::Command::new(&server)
         .arg("--version")
         .stdin(Stdio::null())
@@ -107,6 +110,7 @@ pub fn discover() -> Result<MariaInstall, String> {
         client,
         check,
         dump,
+        backup,
         version,
     })
 }
@@ -221,6 +225,23 @@ impl MariaServer {
         if let Some(spares) = spares {
             spares.refill(rt, &template, cache_dir);
         }
+        self.start_on_data(rt).await
+    }
+
+    /// The server's socket on the host.
+    pub fn socket_path(&self) -> PathBuf {
+        self.sandbox.host_socket_dir().join(SOCKET)
+    }
+
+    /// Starts the server on the data dir already in the sandbox's `data/` (a template copy, or
+    /// a prepared physical backup) and waits until it answers.
+    pub async fn start_on_data(&mut self, rt: &ProcessRuntime) -> Result<(), String> {
+        let install = self
+            .install
+            .clone()
+            .ok_or("no local MariaDB installation")?;
+        let dir = self.sandbox.dir().to_owned();
+        let data = dir.join("data");
         for sub in ["files", "tmp"] {
             std::fs::create_dir(dir.join(sub)).map_err(|e| format!("create {sub} dir: {e}"))?;
             rt.give(&dir.join(sub)).map_err(|e| e.to_string())?;

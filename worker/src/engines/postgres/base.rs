@@ -94,7 +94,16 @@ impl Session for BaseSession<'_> {
             .cluster
             .as_mut()
             .ok_or_else(|| Stop::Cannot("the sandbox was not provisioned".into()))?;
+        let began = std::time::Instant::now();
+        let step = |what: &str| {
+            tracing::info!(
+                step = what,
+                ms = began.elapsed().as_millis() as u64,
+                "base backup restore"
+            );
+        };
         let major = self.recovery.lay_out(cluster, env.plan).await?;
+        step("laid out");
         match &env.container {
             None => {
                 let installed = installation_for(self.engine.installations(), major)?;
@@ -125,16 +134,20 @@ impl Session for BaseSession<'_> {
             }
         }
         let mut notes = vec![self.recovery.verify_manifest(cluster, env.rt).await?];
+        step("manifest verified");
         let settings = self
             .recovery
             .prepare(cluster, env.rt, env.plan, env.sources)
             .await?;
+        step("prepared");
         if let Err(e) = cluster.start_on_data(env.rt, &settings).await {
             return Err(self
                 .recovery
                 .explain_exit(cluster, env.plan, &e.to_string()));
         }
+        step("server up");
         let report = self.recovery.finish(cluster, env.plan).await?;
+        step("recovered");
         notes.push(format!(
             "recovered the base backup {:?} (from {} on timeline {}): {} WAL segments replayed{}",
             report.label,

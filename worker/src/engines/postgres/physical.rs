@@ -16,7 +16,7 @@
 //! control file.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +32,7 @@ use super::cluster::PgCluster;
 use super::inspect::{connect, db_message};
 use crate::artifact::{ArtifactSource, SourceError, source_for};
 use crate::engines::Stop;
-use crate::engines::stream::{Compression, open_stream};
+use crate::engines::stream::{Compression, Hashing, decoder};
 use crate::sandbox::ProcessRuntime;
 
 /// Segments handed over ahead of the last one recovery asked for.
@@ -166,7 +166,8 @@ impl Recovery {
             .await
             .map_err(|e| Stop::Cannot(format!("extraction task failed: {e}")))??;
         // The server user's from here on: its tools read it, its server runs on it.
-        give_tree(self.owner, &data).map_err(|e| Stop::Cannot(format!("sandbox data dir: {e}")))?;
+        crate::sandbox::give_tree(self.owner, &data)
+            .map_err(|e| Stop::Cannot(format!("sandbox data dir: {e}")))?;
         let version = std::fs::read_to_string(data.join("PG_VERSION"))
             .map_err(|_| Stop::Failed("the base backup has no PG_VERSION file".into()))?;
         let major: u32 = version.trim().parse().map_err(|_| {
@@ -396,10 +397,12 @@ impl Recovery {
                 wal_dir,
                 dir.join("wal-asked"),
                 self.segment_bytes,
+                self.owner,
             ));
             self.chain = Some(chain);
         }
-        give_tree(self.owner, &dir).map_err(|e| Stop::Cannot(format!("sandbox data dir: {e}")))?;
+        crate::sandbox::give_tree(self.owner, &dir)
+            .map_err(|e| Stop::Cannot(format!("sandbox data dir: {e}")))?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
@@ -834,35 +837,6 @@ fn lay_out(layout: &Layout, data: &Path, limits: rehearse_core::untar::Limits) -
     Ok(())
 }
 
-/// Hands a tree to the server's user (no-op without one). Symlinks are not followed.
-fn give_tree(owner: Option<(u32, u32)>, root: &Path) -> std::io::Result<()> {
-    let Some((uid, gid)) = owner else {
-        return Ok(());
-    };
-    let (uid, gid) = (
-        nix::unistd::Uid::from_raw(uid),
-        nix::unistd::Gid::from_raw(gid),
-    );
-    let mut stack = vec![root.to_owned()];
-    while let Some(path) = stack.pop() {
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &path,
-            Some(uid),
-            Some(gid),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(std::io::Error::from)?;
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                stack.push(entry?.path());
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The server's `restore_command`: waits until the worker has handed `%f` over (or has handed
 /// everything: then "no such file", which recovery takes as the archive's end), copies it to
 /// `%p`, and notes the name. Histories wait only for the histories.
@@ -874,7 +848,7 @@ fn restore_script(wal_dir: &Path, asked: &Path) -> String {
          d='{d}'\n\
          case \"$1\" in *.history) marker=\"$d/.histories\" ;; *) marker=\"$d/.done\" ;; esac\n\
          while :; do\n\
-           if [ -f \"$d/$1\" ]; then echo \"$1\" >> '{asked}'; exec cp \"$d/$1\" \"$2\"; fi\n\
+           if [ -f \"$d/$1\" ]; then echo \"$1\" >> '{asked}'; ln -f \"$d/$1\" \"$2\" 2>/dev/null && exit 0; exec cp \"$d/$1\" \"$2\"; fi\n\
            if [ -f \"$marker\" ]; then echo \"$1\" >> '{missing}'; exit 1; fi\n\
            sleep 0.02\n\
          done\n",
@@ -943,6 +917,7 @@ fn start_feeder(
     wal_dir: PathBuf,
     asked_log: PathBuf,
     segment_bytes: u64,
+    owner: Option<(u32, u32)>,
 ) -> Feeder {
     let stop = Arc::new(AtomicBool::new(false));
     let histories = chain.histories.clone();
@@ -953,7 +928,7 @@ fn start_feeder(
         std::fs::create_dir_all(&spill).map_err(|e| format!("WAL spill dir: {e}"))?;
         let mut digest = blake3::Hasher::new();
         for name in &histories {
-            hand_over(&*source, &archive, name, &wal_dir, &spill, None).await?;
+            hand_over(&*source, &archive, name, (&wal_dir, &spill, owner), None).await?;
         }
         std::fs::write(wal_dir.join(".histories"), "").map_err(|e| format!("WAL dir: {e}"))?;
         let handed = AtomicU64::new(0);
@@ -976,8 +951,7 @@ fn start_feeder(
                 &*source,
                 &archive,
                 name,
-                &wal_dir,
-                &spill,
+                (&wal_dir, &spill, owner),
                 Some(segment_bytes),
             )
             .await?;
@@ -995,14 +969,14 @@ fn start_feeder(
 }
 
 /// One archive file into `wal_dir` under its uncompressed name: fetched (downloaded into
-/// `spill`, or read in place), hashed as stored, decompressed, checked to be a whole segment.
+/// `spill`, or read in place), hashed as stored, decompressed, checked to be a whole segment,
+/// and given to the server's user (so `restore_command` can hard-link it instead of copying).
 /// Returns the stored bytes' blake3.
 async fn hand_over(
     source: &dyn ArtifactSource,
     archive: &str,
     name: &str,
-    wal_dir: &Path,
-    spill: &Path,
+    (wal_dir, spill, owner): (&Path, &Path, Option<(u32, u32)>),
     segment_bytes: Option<u64>,
 ) -> Result<blake3::Hash, String> {
     let url = crate::artifact::object::join(archive, name);
@@ -1032,35 +1006,45 @@ async fn hand_over(
     );
     let name = name.to_owned();
     tokio::task::spawn_blocking(move || {
-        let hash = {
-            let mut hasher = blake3::Hasher::new();
-            let mut f = std::fs::File::open(&path).map_err(|e| format!("WAL {name}: {e}"))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).map_err(|e| format!("WAL {name}: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
-            hasher.finalize()
+        // One pass: the stored bytes hashed as they are read, decompressed, written.
+        let file = std::fs::File::open(&path).map_err(|e| format!("WAL {name}: {e}"))?;
+        let mut hashing = Hashing {
+            inner: file,
+            hasher: blake3::Hasher::new(),
         };
         let tmp = dir.join(format!(".{plain}.part"));
-        let mut out = std::fs::File::create(&tmp).map_err(|e| format!("WAL dir: {e}"))?;
-        let mut input = open_stream(&path, compression).map_err(|e| format!("WAL {name}: {e}"))?;
-        let written = std::io::copy(&mut input, &mut out).map_err(|e| {
-            format!(
-                "WAL {name} is damaged: it does not decompress ({}): {e}",
-                compression.as_str()
-            )
-        })?;
+        let out = std::fs::File::create(&tmp).map_err(|e| format!("WAL dir: {e}"))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+        let written = {
+            let input =
+                decoder(&mut hashing, compression).map_err(|e| format!("WAL {name}: {e}"))?;
+            let mut input = std::io::BufReader::with_capacity(1 << 20, input);
+            std::io::copy(&mut input, &mut out).map_err(|e| {
+                format!(
+                    "WAL {name} is damaged: it does not decompress ({}): {e}",
+                    compression.as_str()
+                )
+            })?
+        };
         out.flush().map_err(|e| format!("WAL dir: {e}"))?;
+        // Whatever the decompressor left unread still counts in the stored bytes' digest.
+        std::io::copy(&mut hashing, &mut std::io::sink())
+            .map_err(|e| format!("WAL {name}: {e}"))?;
+        let hash = hashing.hasher.finalize();
         if let Some(size) = segment_bytes
             && written != size
         {
             return Err(format!(
                 "WAL {name} is {written} bytes, not a whole segment of {size}: truncated"
             ));
+        }
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(
+                &tmp,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| format!("WAL dir: {e}"))?;
         }
         std::fs::rename(&tmp, dir.join(&plain)).map_err(|e| format!("WAL dir: {e}"))?;
         if downloaded {
