@@ -33,23 +33,9 @@ impl Fixture {
     }
 }
 
-/// The backups, made once per target dir (test processes race harmlessly: each builds in a
-/// staging dir, the first rename wins).
+/// The backups, made once per target dir.
 async fn fixture() -> Fixture {
-    let dir = target_tmp().join("maria-backup-fixture-1");
-    if dir.join("complete").is_file() {
-        return Fixture::at(&dir);
-    }
-    let staging = make_fixture().await;
-    fs::write(staging.join("complete"), "").expect("marker");
-    if fs::rename(&staging, &dir).is_err() {
-        assert!(
-            dir.join("complete").is_file(),
-            "fixture missing after a lost race"
-        );
-        let _ = fs::remove_dir_all(&staging);
-    }
-    Fixture::at(&dir)
+    Fixture::at(&once_per_target("maria-backup-fixture-1", make_fixture()).await)
 }
 
 async fn make_fixture() -> PathBuf {

@@ -46,23 +46,9 @@ impl Fixture {
     }
 }
 
-/// The source's leftovers, made once per target dir (tests run as processes of their own:
-/// concurrent first runs each build in a staging dir, and the first rename wins).
+/// The source's leftovers, made once per target dir.
 async fn fixture() -> Fixture {
-    let dir = target_tmp().join("pitr-fixture-1");
-    if dir.join("complete").is_file() {
-        return Fixture::at(&dir);
-    }
-    let staging = make_fixture().await;
-    fs::write(staging.join("complete"), "").expect("marker");
-    if fs::rename(&staging, &dir).is_err() {
-        assert!(
-            dir.join("complete").is_file(),
-            "fixture missing after a lost race"
-        );
-        let _ = fs::remove_dir_all(&staging);
-    }
-    Fixture::at(&dir)
+    Fixture::at(&once_per_target("pitr-fixture-1", make_fixture()).await)
 }
 
 /// initdb, archiving on, rows, the two base backups, two more batches each archived.

@@ -233,6 +233,29 @@ pub async fn fixtures() -> PathBuf {
     dir
 }
 
+/// A fixture dir `target/tmp/NAME`, made once per target dir by `make` (which returns a staging
+/// dir of its own). Tests run as processes of their own: concurrent first runs each build, and
+/// the first rename wins.
+pub async fn once_per_target(
+    name: &str,
+    make: impl std::future::Future<Output = PathBuf>,
+) -> PathBuf {
+    let dir = target_tmp().join(name);
+    if dir.join("complete").is_file() {
+        return dir;
+    }
+    let staging = make.await;
+    fs::write(staging.join("complete"), "").expect("marker");
+    if fs::rename(&staging, &dir).is_err() {
+        assert!(
+            dir.join("complete").is_file(),
+            "fixture missing after a lost race"
+        );
+        let _ = fs::remove_dir_all(&staging);
+    }
+    dir
+}
+
 pub fn plan(artifact: &Path, extra: &str) -> Plan {
     let text = format!(
         "[artifact]\nurl = \"file://{}\"\nengine = \"postgres\"\n{extra}",
