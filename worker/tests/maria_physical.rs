@@ -257,3 +257,21 @@ async fn a_chain_out_of_order_fails_naming_the_link() {
         .await;
     assert_failed_in(&report, "restore", "incremental 1");
 }
+
+#[tokio::test]
+async fn in_the_docker_runtime_the_chain_is_prepared_in_the_container() {
+    let fx = fixture().await;
+    let env = env_for(rehearse_worker::runtime::RuntimeChoice::Docker).await;
+    let report = env
+        .verify(&plan_for(&fx.full, &[&fx.inc1, &fx.inc2], 3 * BATCH))
+        .await;
+    assert_passed(&report);
+    assert_eq!(report.runtime, "docker");
+    let report = env.verify(&plan_for(&fx.stream, &[], BATCH)).await;
+    assert_passed(&report);
+    assert_eq!(report.runtime, "docker");
+    let report = env
+        .verify(&plan_for(&fx.full, &[&fx.inc2], 3 * BATCH))
+        .await;
+    assert_failed_in(&report, "restore", "a link between them is missing");
+}

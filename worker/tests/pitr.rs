@@ -564,15 +564,23 @@ async fn a_random_target_is_resolved_reported_and_reached() {
     let fx = fixture().await;
     let env = env();
     let report = env
-        .verify(&plan_for(&fx.plain_none, &pitr(&fx.archive, "random within 24h")))
+        .verify(&plan_for(
+            &fx.plain_none,
+            &pitr(&fx.archive, "random within 24h"),
+        ))
         .await;
     assert_passed(&report);
     let r = report.recovery.as_ref().expect("recovery");
-    assert!(r.target.ends_with('Z') && r.target.starts_with("20"), "{r:?}");
+    assert!(
+        r.target.ends_with('Z') && r.target.starts_with("20"),
+        "{r:?}"
+    );
     assert!(r.target_reached, "{r:?}");
     assert!(
         // (none when the instant fell before the first commit after the backup)
-        r.last_commit_at.as_deref().is_none_or(|c| c <= r.target.as_str()),
+        r.last_commit_at
+            .as_deref()
+            .is_none_or(|c| c <= r.target.as_str()),
         "replay stops before the target: {r:?}"
     );
 }

@@ -54,6 +54,16 @@ pub trait LineFilter: Send + 'static {
     fn filter(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
 }
 
+/// No filter: the bytes as they are (a binary stream for a tool's stdin).
+pub struct Unfiltered;
+
+impl LineFilter for Unfiltered {
+    fn filter(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        out.extend_from_slice(line);
+        Ok(())
+    }
+}
+
 /// Starts reading (and decompressing, and filtering) an artifact on a blocking thread; the
 /// chunks arrive on the receiver, a few in flight at most. The task returns the filter.
 pub fn start_feed<F: LineFilter>(feed: Feed<F>) -> (FeedRx, tokio::task::JoinHandle<Option<F>>) {

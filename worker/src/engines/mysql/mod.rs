@@ -71,6 +71,7 @@ impl Engine for Mysql {
                 full,
                 server: None,
                 database: None,
+                owner: None,
             }));
         }
         let (path, compression, format) = classify(artifact)?;

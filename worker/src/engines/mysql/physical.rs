@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 
 use rehearse_core::mariabackup::{Checkpoints, check_chain};
 
+use std::os::unix::fs::MetadataExt;
+
 use super::inspect;
 use super::{MariaServer, Mysql};
 use crate::artifact::LocalArtifact;
+use crate::engines::stream::{Compression, Feed, Unfiltered, start_feed};
 use crate::engines::{Env, Inspection, Provisioned, Restored, Session, Stop};
 
 /// The magic an xbstream starts with.
@@ -60,6 +63,8 @@ pub struct BackupSession<'a> {
     pub full: Full,
     pub server: Option<MariaServer>,
     pub database: Option<String>,
+    /// Who the server runs as (uid, gid), when the worker must hand it the files (as root).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl BackupSession<'_> {
@@ -84,11 +89,38 @@ impl Session for BackupSession<'_> {
         env: &Env<'_>,
         _artifact: &LocalArtifact,
     ) -> Result<Provisioned, Stop> {
-        if env.container.is_some() {
-            return Err(Stop::Cannot(
-                "mariadb-backup backups are prepared in the process runtime only, for now (run the worker with --runtime process or auto)".into(),
-            ));
+        if let Some((docker, image)) = &env.container {
+            // The image's server user owns the data dir: its uid is the owner of the data dir
+            // template the image made (a throwaway container, once per image).
+            let template = docker
+                .image_template(
+                    image,
+                    "mysql",
+                    &super::server::image_template_script(),
+                    "maria",
+                    env.cache_dir,
+                )
+                .await
+                .map_err(|e| Stop::Cannot(format!("the image's server user: {e}")))?;
+            let meta = std::fs::metadata(&template)
+                .map_err(|e| Stop::Cannot(format!("the image's server user: {e}")))?;
+            self.owner = nix::unistd::Uid::effective()
+                .is_root()
+                .then(|| (meta.uid(), meta.gid()));
+            let server = self
+                .server
+                .insert(MariaServer::create_docker(env.rt, docker).map_err(Stop::Cannot)?);
+            server
+                .start_container_waiting(image.clone(), &env.plan.sandbox, env.tags.clone())
+                .await
+                .map_err(|e| Stop::Cannot(format!("container from {image}: {e}")))?;
+            return Ok(Provisioned {
+                server_version: None,
+                runtime: "docker",
+                notes: vec![crate::runtime::container_note(image, &env.plan.sandbox)],
+            });
         }
+        self.owner = env.rt.user().map(|u| (u.uid, u.gid));
         let install = self.engine.install().map_err(Stop::Cannot)?;
         if install.backup.is_none() {
             return Err(Stop::Cannot(
@@ -104,40 +136,50 @@ impl Session for BackupSession<'_> {
     }
 
     async fn restore(&mut self, env: &Env<'_>) -> Result<Restored, Stop> {
-        let install = self.engine.install().map_err(Stop::Cannot)?;
-        let tool = install
-            .backup
-            .clone()
-            .ok_or_else(|| Stop::Cannot("mariadb-backup is not installed".into()))?;
-        let owner = env.rt.user().map(|u| (u.uid, u.gid));
+        // In the process runtime the host's mariadb-backup; in a container the image's.
+        let tool = match &env.container {
+            None => self
+                .engine
+                .install()
+                .ok()
+                .and_then(|i| i.backup.clone())
+                .ok_or_else(|| Stop::Cannot("mariadb-backup is not installed".into()))?,
+            Some(_) => PathBuf::from("mariadb-backup"),
+        };
+        let owner = self.owner;
         let server = self.server()?;
-        let dir = server.sandbox().dir().to_owned();
-        let data = dir.join("data");
+        let data = server.data_dir();
         let io = |e: std::io::Error| Stop::Cannot(format!("sandbox dir: {e}"));
         // The full backup, as a directory of its own in the sandbox (prepare rewrites it).
         match &self.full {
             Full::Dir(src) => copy_dir(src, &data).await?,
             Full::Xbstream(file) => {
-                std::fs::create_dir(&data).map_err(io)?;
+                std::fs::create_dir_all(&data).map_err(io)?;
                 crate::sandbox::give_tree(owner, &data).map_err(io)?;
-                let input = std::fs::File::open(file)
-                    .map_err(|e| Stop::Cannot(format!("open {}: {e}", file.display())))?;
-                let mbstream = tool.with_file_name("mbstream");
-                let out = env
-                    .rt
-                    .command(&mbstream, &dir)
-                    .arg("-x")
-                    .arg("-C")
-                    .arg(&data)
-                    .stdin(input)
-                    .kill_on_drop(true)
-                    .output()
+                // mbstream reads the stream in the sandbox, fed by the worker.
+                let (rx, feeding) = start_feed(Feed::<Unfiltered> {
+                    path: file.clone(),
+                    compression: Compression::None,
+                    filter: None,
+                });
+                let out = server
+                    .run_server_tool(
+                        "mbstream",
+                        tool.with_file_name("mbstream"),
+                        vec![
+                            "-x".into(),
+                            "-C".into(),
+                            server.beside_data("data").1.into(),
+                        ],
+                        Some(rx),
+                    )
                     .await
-                    .map_err(|e| Stop::Cannot(format!("run mbstream: {e}")))?;
-                if !out.status.success() {
-                    return Err(Stop::Failed(format!(
-                        "the xbstream does not extract (mbstream): {}",
-                        crate::tail::last_lines(&String::from_utf8_lossy(&out.stderr), 2)
+                    .map_err(Stop::Cannot)?;
+                let _ = feeding.await;
+                if !out.success() {
+                    return Err(Stop::Tool(format!(
+                        "the xbstream does not extract: {}",
+                        out.failure("mbstream")
                     )));
                 }
             }
@@ -160,16 +202,18 @@ impl Session for BackupSession<'_> {
         check_chain(&full, &chain).map_err(Stop::Failed)?;
         let mut incs = Vec::new();
         for (i, src) in copies.iter().enumerate() {
-            let to = dir.join(format!("inc-{}", i + 1));
-            copy_dir(src, &to).await?;
-            incs.push(to);
+            let (host, seen) = server.beside_data(&format!("inc-{}", i + 1));
+            copy_dir(src, &host).await?;
+            crate::sandbox::give_tree(owner, &host).map_err(io)?;
+            incs.push(seen);
         }
-        crate::sandbox::give_tree(owner, &dir).map_err(io)?;
+        crate::sandbox::give_tree(owner, &data).map_err(io)?;
+        let target = server.beside_data("data").1;
         let mut notes = Vec::new();
         if !full.is_prepared() {
-            prepare(env, &tool, &dir, &data, None).await?;
+            prepare(server, &tool, &target, None).await?;
             for (i, inc) in incs.iter().enumerate() {
-                prepare(env, &tool, &dir, &data, Some((i + 1, inc))).await?;
+                prepare(server, &tool, &target, Some((i + 1, inc))).await?;
             }
             notes.push(format!(
                 "mariadb-backup --prepare: the full backup (LSN {}){}",
@@ -189,7 +233,7 @@ impl Session for BackupSession<'_> {
             .server
             .as_mut()
             .ok_or_else(|| Stop::Cannot("the sandbox was not provisioned".into()))?;
-        server.start_on_data(env.rt).await.map_err(|e| {
+        server.start_prepared(env.rt).await.map_err(|e| {
             Stop::Tool(format!(
                 "the server did not start on the prepared backup: {e}"
             ))
@@ -230,10 +274,6 @@ impl Session for BackupSession<'_> {
         self.server.as_ref()?.sandbox().fault().await
     }
 
-    fn container_ready(&self) -> bool {
-        false
-    }
-
     fn has_sandbox(&self) -> bool {
         self.server.is_some()
     }
@@ -253,26 +293,26 @@ async fn copy_dir(src: &Path, to: &Path) -> Result<(), Stop> {
         .map_err(|e| Stop::Cannot(format!("copy {} into the sandbox: {e}", src.display())))
 }
 
-/// `mariadb-backup --prepare` of the data dir, or of one incremental into it.
+/// `mariadb-backup --prepare` of the data dir, or of one incremental into it (paths as the
+/// server's tools see them).
 async fn prepare(
-    env: &Env<'_>,
+    server: &MariaServer,
     tool: &Path,
-    dir: &Path,
-    data: &Path,
+    target: &Path,
     incremental: Option<(usize, &PathBuf)>,
 ) -> Result<(), Stop> {
-    let mut cmd = env.rt.command(tool, dir);
-    cmd.arg("--prepare")
-        .arg(format!("--target-dir={}", data.display()));
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--prepare".into(),
+        format!("--target-dir={}", target.display()).into(),
+    ];
     if let Some((_, inc)) = incremental {
-        cmd.arg(format!("--incremental-dir={}", inc.display()));
+        args.push(format!("--incremental-dir={}", inc.display()).into());
     }
-    let out = cmd
-        .kill_on_drop(true)
-        .output()
+    let out = server
+        .run_server_tool("mariadb-backup", tool.to_owned(), args, None)
         .await
-        .map_err(|e| Stop::Cannot(format!("run mariadb-backup: {e}")))?;
-    if out.status.success() {
+        .map_err(Stop::Cannot)?;
+    if out.success() {
         return Ok(());
     }
     let what = incremental.map_or_else(
@@ -281,6 +321,6 @@ async fn prepare(
     );
     Err(Stop::Tool(format!(
         "mariadb-backup --prepare of {what} failed: {}",
-        crate::tail::last_lines(&String::from_utf8_lossy(&out.stderr), 3)
+        crate::tail::last_lines(&out.stderr, 3)
     )))
 }

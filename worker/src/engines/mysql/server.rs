@@ -233,6 +233,104 @@ impl MariaServer {
         self.sandbox.host_socket_dir().join(SOCKET)
     }
 
+    fn in_container(&self) -> bool {
+        self.sandbox.runtime() == "docker"
+    }
+
+    /// The server's data dir on the host: the sandbox's `data/`, or in a container `data/data`
+    /// (the bind-mounted [`CONTAINER_DATA_DIR`] holds it).
+    pub fn data_dir(&self) -> PathBuf {
+        match self.in_container() {
+            true => self.sandbox.dir().join("data").join("data"),
+            false => self.sandbox.dir().join("data"),
+        }
+    }
+
+    /// A host path beside the data dir, and the same path as the server's tools see it.
+    pub fn beside_data(&self, name: &str) -> (PathBuf, PathBuf) {
+        match self.in_container() {
+            true => (
+                self.sandbox.dir().join("data").join(name),
+                Path::new(CONTAINER_DATA_DIR).join(name),
+            ),
+            false => {
+                let p = self.sandbox.dir().join(name);
+                (p.clone(), p)
+            }
+        }
+    }
+
+    /// Runs a server-side tool (mariadb-backup, mbstream) as the server's user: the sandbox
+    /// user, or the image's in the container; stdin from `feed`.
+    pub async fn run_server_tool(
+        &self,
+        name: &str,
+        host_program: PathBuf,
+        args: Vec<OsString>,
+        feed: Option<crate::runtime::FeedRx>,
+    ) -> Result<crate::runtime::ToolOutput, String> {
+        self.sandbox
+            .run(
+                Tool {
+                    name: name.to_owned(),
+                    host_program,
+                    args,
+                    untrusted: true,
+                    capture_stdout: false,
+                },
+                feed,
+            )
+            .await
+    }
+
+    /// A container for a physical backup: it waits for the worker to prepare the data dir and
+    /// write `start.sh`, then runs it; tools (mbstream, mariadb-backup) run in it meanwhile.
+    pub async fn start_container_waiting(
+        &mut self,
+        image: String,
+        limits: &SandboxSpec,
+        tags: Tags,
+    ) -> Result<(), String> {
+        let start = format!("{CONTAINER_DATA_DIR}/start.sh");
+        let script = format!("while [ ! -f {start} ]; do sleep 0.05; done; exec sh {start}");
+        self.sandbox
+            .start_container(ContainerSpec {
+                image,
+                user: "mysql".to_owned(),
+                cmd: vec!["sh".to_owned(), "-c".to_owned(), script],
+                limits: limits.clone(),
+                original_artifact: None,
+                artifact: None,
+                tags,
+                tmpfs: vec!["/run/mysqld".to_owned()],
+                exec_prelude: None,
+                template: None,
+            })
+            .await
+    }
+
+    /// Starts mariadbd on the prepared data dir: in the process runtime as a local process, in
+    /// the waiting container by writing its `start.sh`; then waits until it answers.
+    pub async fn start_prepared(&mut self, rt: &ProcessRuntime) -> Result<(), String> {
+        if !self.in_container() {
+            return self.start_on_data(rt).await;
+        }
+        let data = format!("{CONTAINER_DATA_DIR}/data");
+        let files = format!("{CONTAINER_DATA_DIR}/files");
+        let line = format!(
+            "mkdir -p {files} && exec mariadbd --no-defaults --datadir={data} --socket={CONTAINER_SOCKET_DIR}/{SOCKET} \
+             --pid-file={CONTAINER_DATA_DIR}/mysqld.pid --secure-file-priv={files} --tmpdir=/tmp {} \
+             --log-error={CONTAINER_DATA_DIR}/server.log\n",
+            SETTINGS.join(" ")
+        );
+        let host = self.sandbox.dir().join("data");
+        let tmp = host.join(".start.sh");
+        std::fs::write(&tmp, line)
+            .and_then(|()| std::fs::rename(&tmp, host.join("start.sh")))
+            .map_err(|e| format!("write start.sh: {e}"))?;
+        self.wait_ready().await
+    }
+
     /// Starts the server on the data dir already in the sandbox's `data/` (a template copy, or
     /// a prepared physical backup) and waits until it answers.
     pub async fn start_on_data(&mut self, rt: &ProcessRuntime) -> Result<(), String> {
