@@ -584,3 +584,60 @@ async fn a_random_target_is_resolved_reported_and_reached() {
         "replay stops before the target: {r:?}"
     );
 }
+
+#[tokio::test]
+async fn a_base_backup_in_s3_is_downloaded_as_a_directory_and_recovered() {
+    let fx = fixture().await;
+    let s3 = Moto::start_open(&["pgbackups"]);
+    for entry in fs::read_dir(&fx.tar_stream).expect("backup").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        s3.put(
+            "pgbackups",
+            &format!("base/2026-12-01/{name}"),
+            fs::read(entry.path()).expect("read"),
+        )
+        .await;
+    }
+    for name in segments(&fx.archive) {
+        s3.put(
+            "pgbackups",
+            &format!("wal/{name}"),
+            fs::read(fx.archive.join(&name)).expect("segment"),
+        )
+        .await;
+    }
+    let env = TestEnv::with_s3(s3.settings());
+    let plan = Plan::from_toml(&format!(
+        "[artifact]\nurl = \"s3://pgbackups/base/2026-12-01/\"\nengine = \"postgres\"\n\
+         [pitr]\nwal_archive = \"s3://pgbackups/wal/\"\n{}",
+        rows_check(BEFORE + 2 * BATCH)
+    ))
+    .expect("plan");
+    let report = env.verify(&plan).await;
+    assert_passed(&report);
+    assert!(
+        report
+            .artifact
+            .format
+            .as_deref()
+            .is_some_and(|f| f.starts_with("pg_basebackup tar")),
+        "{:?}",
+        report.artifact.format
+    );
+    assert!(
+        report.artifact.blake3.is_some(),
+        "the downloaded tree is hashed"
+    );
+
+    // Nothing under the prefix: failed in fetch, naming it.
+    let plan = Plan::from_toml(
+        "[artifact]\nurl = \"s3://pgbackups/base/1999-01-01/\"\nengine = \"postgres\"\n",
+    )
+    .expect("plan");
+    let report = env.verify(&plan).await;
+    assert_failed_in(
+        &report,
+        "fetch",
+        "nothing under s3://pgbackups/base/1999-01-01/",
+    );
+}

@@ -422,6 +422,9 @@ impl ArtifactSource for ObjectSource {
 
     async fn fetch(&self, url: &str, spill: Option<&Path>) -> Result<Fetched, String> {
         let dir = spill.ok_or("an object store artifact needs a spill dir")?;
+        if url.ends_with('/') {
+            return self.fetch_prefix(url, dir).await;
+        }
         let name = url
             .rsplit('/')
             .next()
@@ -458,6 +461,67 @@ impl ArtifactSource for ObjectSource {
             Some(got) => self.consume(url, got, None).await.map(|(h, _)| Some(h)),
             None => Ok(None),
         }
+    }
+}
+
+impl ObjectSource {
+    /// Every object under a prefix (a base backup, a backup directory), downloaded into one
+    /// directory of `spill` keyed by their paths below the prefix, each hashed on the way; the
+    /// checksum phase then hashes the tree as a whole.
+    async fn fetch_prefix(&self, url: &str, spill: &Path) -> Result<Fetched, String> {
+        use futures_util::TryStreamExt;
+        let prefix = self.key(url)?;
+        let name = url
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            .unwrap_or("artifact");
+        let root = spill.join(name);
+        std::fs::create_dir_all(&root).map_err(|e| format!("spill dir: {e}"))?;
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.describe(url, &e))?;
+        if objects.is_empty() {
+            return Err(format!("not found: nothing under {url}"));
+        }
+        for meta in objects {
+            let parts: Vec<String> = meta
+                .location
+                .prefix_match(&prefix)
+                .map(|p| p.map(|part| part.as_ref().to_owned()).collect())
+                .unwrap_or_default();
+            if parts.is_empty()
+                || parts
+                    .iter()
+                    .any(|p| p == "." || p == ".." || p.contains('/'))
+            {
+                return Err(format!(
+                    "{url}: the object {} cannot be laid out below the prefix",
+                    meta.location
+                ));
+            }
+            let dest = parts.iter().fold(root.clone(), |d, p| d.join(p));
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("spill dir: {e}"))?;
+            }
+            let object_url = join(url, &parts.join("/"));
+            let got = self
+                .get(&object_url)
+                .await?
+                .ok_or_else(|| format!("not found: {object_url}"))?;
+            let file = std::fs::File::create(&dest)
+                .map_err(|e| format!("spill {object_url} to {}: {e}", dest.display()))?;
+            self.consume(&object_url, got, Some((file, dest.display().to_string())))
+                .await?;
+        }
+        Ok(Fetched {
+            path: root,
+            hashed: None,
+        })
     }
 }
 
