@@ -641,3 +641,22 @@ async fn a_base_backup_in_s3_is_downloaded_as_a_directory_and_recovered() {
         "nothing under s3://pgbackups/base/1999-01-01/",
     );
 }
+
+#[tokio::test]
+async fn a_timeline_history_that_does_not_lead_to_the_backup_fails_with_the_servers_reason() {
+    let fx = fixture().await;
+    let env = env();
+    let archive = archive_copy(&env, &fx.archive, "forked", |_, name, bytes| {
+        Some((name.to_owned(), bytes))
+    });
+    // Timeline 2 forked off timeline 1 before the backup's checkpoint: not a child of it.
+    fs::write(
+        archive.join("00000002.history"),
+        "1\t0/1000000\tno recovery target specified\n",
+    )
+    .expect("history");
+    let report = env
+        .verify(&plan_for(&fx.plain_none, &pitr(&archive, "latest")))
+        .await;
+    assert_failed_in(&report, "restore", "not a child of this server's history");
+}
