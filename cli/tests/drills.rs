@@ -420,3 +420,59 @@ async fn finished_jobs_leave_memory_and_the_history_keeps_their_results() {
             .any(|t| t.name == "public.orders" && t.rows == 2000)
     );
 }
+
+/// `pick = "least_recently_tested"` rotates through a set of 3 backups: each run verifies the
+/// one no passed run has verified for longest (never verified first), from the drill's record.
+#[tokio::test(flavor = "multi_thread")]
+async fn least_recently_tested_rotates_through_a_set_of_three_backups() {
+    let f = Fleet::start(&[("eu-1", "eu", 1)]).await;
+    let plan: rehearse_core::plan::Plan =
+        rehearse_core::plan::Plan::from_toml(&f.plan).expect("demo plan");
+    let dump = plan.artifact.url.trim_start_matches("file://").to_owned();
+    let set = f.root.path().join("artifacts/set");
+    fs::create_dir_all(&set).expect("set dir");
+    for (i, name) in ["a.dump", "b.dump", "c.dump"].iter().enumerate() {
+        let to = set.join(name);
+        fs::copy(&dump, &to).expect("copy the dump");
+        // a is the oldest, c the newest.
+        let t = SystemTime::now() - Duration::from_secs(3600 * (3 - i as u64));
+        fs::File::options()
+            .write(true)
+            .open(&to)
+            .and_then(|file| file.set_modified(t))
+            .expect("mtime");
+    }
+    let name = "rotate";
+    let file = drill_file(
+        &f,
+        name,
+        "schedule = \"*/5 * * * * *\"\nwindow = \"4s\"\n",
+        &format!(
+            "[artifact]\nurl = \"{}\"\nengine = \"postgres\"\npick = \"least_recently_tested\"\n",
+            set.display()
+        ),
+    );
+    apply(&f, &file);
+    let runs = wait_runs(&f, name, "four passed runs", |r| {
+        count(r, RunOutcome::Passed) >= 4
+    })
+    .await;
+    let picked: Vec<String> = runs
+        .iter()
+        .filter(|r| r.outcome == RunOutcome::Passed)
+        .map(|r| {
+            r.results[0]
+                .artifact_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .take(4)
+        .collect();
+    assert_eq!(
+        picked,
+        ["a.dump", "b.dump", "c.dump", "a.dump"],
+        "never verified first (oldest first), then the one verified longest ago: {runs:#?}"
+    );
+}

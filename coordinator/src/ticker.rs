@@ -106,10 +106,16 @@ pub fn jobs(d: &Drill, tick_ms: i64, manual: bool, now_ms: u64) -> Vec<NewJob> {
         .plans
         .iter()
         .enumerate()
-        .map(|(i, plan)| NewJob {
-            id: drill::job_id(&d.spec.name, tick_ms, i, manual),
-            plan: plan.clone(),
-            at_ms: now_ms,
+        .map(|(i, plan)| {
+            let mut plan = plan.clone();
+            if plan.artifact.pick.as_deref() == Some("least_recently_tested") {
+                plan.artifact.tested = d.tested.clone();
+            }
+            NewJob {
+                id: drill::job_id(&d.spec.name, tick_ms, i, manual),
+                plan,
+                at_ms: now_ms,
+            }
         })
         .collect()
 }

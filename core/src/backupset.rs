@@ -17,6 +17,9 @@ pub struct Candidate {
 pub enum Pick {
     Latest,
     Random,
+    /// The backup no passed run has verified for longest (never verified first), from the
+    /// drill's record of what it verified: rotates through a set.
+    LeastRecentlyTested,
 }
 
 impl Pick {
@@ -24,6 +27,7 @@ impl Pick {
         match s {
             "latest" => Some(Pick::Latest),
             "random" => Some(Pick::Random),
+            "least_recently_tested" => Some(Pick::LeastRecentlyTested),
             _ => None,
         }
     }
@@ -32,6 +36,7 @@ impl Pick {
         match self {
             Pick::Latest => "latest",
             Pick::Random => "random",
+            Pick::LeastRecentlyTested => "least_recently_tested",
         }
     }
 }
@@ -61,6 +66,20 @@ pub fn choose(
     now_ms: i64,
     seed: u64,
 ) -> Result<Chosen, String> {
+    choose_tested(prefix, listed, pick, within, now_ms, seed, &|_| None)
+}
+
+/// [`choose`], with when each candidate was last verified by a passed run (`None`: never), for
+/// [`Pick::LeastRecentlyTested`].
+pub fn choose_tested(
+    prefix: &str,
+    listed: &[Candidate],
+    pick: Pick,
+    within: Option<Duration>,
+    now_ms: i64,
+    seed: u64,
+    tested: &dyn Fn(&Candidate) -> Option<i64>,
+) -> Result<Chosen, String> {
     let backups: Vec<&Candidate> = listed.iter().filter(|c| is_backup(c)).collect();
     let oldest_allowed = within.map(|w| now_ms.saturating_sub(w.as_millis() as i64));
     let mut eligible: Vec<&Candidate> = backups
@@ -87,6 +106,13 @@ pub fn choose(
     let i = match pick {
         Pick::Latest => 0,
         Pick::Random => (seed % eligible.len() as u64) as usize,
+        // Never verified first (the oldest of those first), then the one verified longest ago.
+        Pick::LeastRecentlyTested => (0..eligible.len())
+            .min_by_key(|&i| {
+                let c = eligible[i];
+                (tested(c).unwrap_or(i64::MIN), c.modified_ms, c.key.clone())
+            })
+            .unwrap_or(0),
     };
     Ok(Chosen {
         candidate: eligible[i].clone(),
@@ -175,5 +201,40 @@ mod tests {
                 Err(_) => prop_assert_eq!(eligible, 0),
             }
         }
+    }
+
+    #[test]
+    fn least_recently_tested_rotates_through_the_set() {
+        let set = set();
+        let mut tested: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut picked = Vec::new();
+        for run in 0..4 {
+            let got = choose_tested(
+                "s3://b/daily/",
+                &set,
+                Pick::LeastRecentlyTested,
+                None,
+                50 * DAY,
+                run,
+                &|c| tested.get(&c.key).copied(),
+            )
+            .expect("chosen");
+            tested.insert(got.candidate.key.clone(), 100 + run as i64);
+            picked.push(got.candidate.key);
+        }
+        // Never verified first, oldest first; then the one verified longest ago.
+        assert_eq!(
+            picked,
+            [
+                "daily/a.dump",
+                "daily/b.dump",
+                "daily/c.dump",
+                "daily/a.dump"
+            ]
+        );
+        assert_eq!(
+            Pick::parse("least_recently_tested"),
+            Some(Pick::LeastRecentlyTested)
+        );
     }
 }

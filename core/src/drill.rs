@@ -297,6 +297,10 @@ pub struct Drill {
     pub last_tick_ms: i64,
     #[serde(default)]
     pub paused: Option<Pause>,
+    /// When each backup (by URL) was last verified by a passed job of this drill: what
+    /// `pick = "least_recently_tested"` rotates by.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tested: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -729,6 +733,7 @@ mod tests {
             updated_at_ms: 0,
             last_tick_ms,
             paused: None,
+            tested: Default::default(),
         }
     }
 
@@ -840,6 +845,7 @@ mod tests {
             updated_at_ms: 0,
             last_tick_ms: 0,
             paused: None,
+            tested: Default::default(),
         };
         let s = minutely.spec.schedule().expect("schedule");
         // A tick whose start is jittered to the last half second before the next tick.
@@ -911,6 +917,7 @@ mod tests {
             updated_at_ms: 0,
             last_tick_ms: 0,
             paused: None,
+            tested: Default::default(),
         };
         let s = hourly.spec.schedule().expect("schedule");
         let tick = 3_600_000;

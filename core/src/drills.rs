@@ -99,6 +99,7 @@ impl JobStore {
                         updated_at_ms: at_ms,
                         last_tick_ms: at_ms as i64,
                         paused: None,
+                        tested: Default::default(),
                     },
                 );
             }
@@ -367,6 +368,13 @@ impl JobStore {
             (!reasons.is_empty()).then(|| format!("row counts drifted: {}", reasons.join("; ")))
         });
         let (outcome, reason) = drill::finish_run(&results, drifted);
+        if let Some(d) = self.drills.get_mut(&drill) {
+            for r in &results {
+                if r.verdict == Some(crate::report::Verdict::Passed) && !r.artifact_url.is_empty() {
+                    d.tested.insert(r.artifact_url.clone(), last_change as i64);
+                }
+            }
+        }
         if let Some(run) = self.run_mut(&drill, tick_ms, manual) {
             run.results = results;
             run.outcome = outcome;

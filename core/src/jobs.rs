@@ -278,12 +278,25 @@ impl Command {
                 .map(Command::min_version)
                 .max()
                 .unwrap_or(LEGACY),
+            // A drill carries plans: as new as the newest of them (a plan with `[pitr]` is 3).
+            Command::ApplyDrill { spec, .. } => spec
+                .plans
+                .iter()
+                .map(RawPlan::min_version)
+                .max()
+                .unwrap_or(2)
+                .max(2),
+            Command::DrillTick(tick) => tick
+                .jobs
+                .iter()
+                .map(|j| j.plan.min_version())
+                .max()
+                .unwrap_or(2)
+                .max(2),
             Command::SetVersion { .. }
-            | Command::ApplyDrill { .. }
             | Command::PauseDrill { .. }
             | Command::ResumeDrill { .. }
             | Command::DeleteDrill { .. }
-            | Command::DrillTick(_)
             | Command::CloseWindow { .. }
             | Command::ForgetJobs { .. } => 2,
             Command::Probe { .. } => TEST_PROBE,

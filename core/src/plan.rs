@@ -56,7 +56,7 @@ pub enum PlanError {
     ZeroAttempts,
     #[error("placement: region and not_region are both {0:?}, so no worker can run it")]
     ContradictoryPlacement(String),
-    #[error("artifact.pick: {0:?} is not a way to pick (latest, random)")]
+    #[error("artifact.pick: {0:?} is not a way to pick (latest, random, least_recently_tested)")]
     Pick(String),
     #[error("artifact.within needs artifact.pick: it limits which backups of a set are picked")]
     WithinWithoutPick,
@@ -258,6 +258,9 @@ pub struct ArtifactSpec {
     pub seed: Option<u64>,
     /// For a `mariadb-backup` full backup: its incrementals, applied in this order.
     pub incrementals: Vec<String>,
+    /// With `pick = "least_recently_tested"`: when each backup (by URL) was last verified by a
+    /// passed run. A drill's ticker fills it from the drill's record; a plan may give it too.
+    pub tested: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -356,6 +359,8 @@ impl RawPlan {
             .is_some_and(|s| s.data.is_some() || s.disk.is_some());
         let physical = self.pitr.is_some()
             || !self.artifact.incrementals.is_empty()
+            || !self.artifact.tested.is_empty()
+            || self.artifact.pick.as_deref() == Some("least_recently_tested")
             || self.promote.is_some()
             || self.targets.as_ref().is_some_and(|t| t.promote.is_some());
         if physical {
@@ -418,6 +423,8 @@ pub struct RawArtifact {
     pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incrementals: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tested: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -593,6 +600,7 @@ impl Plan {
                     .filter(|p| !p.is_empty()),
                 seed: raw.artifact.seed,
                 incrementals,
+                tested: raw.artifact.tested,
             },
             targets,
             checks,
@@ -625,6 +633,7 @@ impl Plan {
                 profile: self.artifact.profile.clone(),
                 seed: self.artifact.seed,
                 incrementals: self.artifact.incrementals.clone(),
+                tested: self.artifact.tested.clone(),
             },
             targets: has_targets.then(|| RawTargets {
                 rto: t.rto.map(fmt),

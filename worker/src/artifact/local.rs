@@ -59,9 +59,10 @@ impl ArtifactSource for LocalSource {
         within: Option<std::time::Duration>,
         now_ms: i64,
         seed: u64,
+        tested: &std::collections::BTreeMap<String, i64>,
     ) -> Result<super::Picked, String> {
-        let (url, within) = (url.to_owned(), within);
-        tokio::task::spawn_blocking(move || resolve(&url, pick, within, now_ms, seed))
+        let (url, within, tested) = (url.to_owned(), within, tested.clone());
+        tokio::task::spawn_blocking(move || resolve(&url, pick, within, now_ms, seed, &tested))
             .await
             .map_err(|e| format!("listing task failed: {e}"))?
     }
@@ -107,6 +108,7 @@ pub fn resolve(
     within: Option<std::time::Duration>,
     now_ms: i64,
     seed: u64,
+    tested: &std::collections::BTreeMap<String, i64>,
 ) -> Result<super::Picked, String> {
     let Some(pick) = pick else {
         return Ok(super::Picked {
@@ -116,7 +118,10 @@ pub fn resolve(
     };
     let dir = local_path(url)?;
     let listed = list(&dir, "backup set")?;
-    let chosen = backupset::choose(url, &listed, pick, within, now_ms, seed)?;
+    let url_of = |c: &Candidate| format!("file://{}", dir.join(&c.key).display());
+    let chosen = backupset::choose_tested(url, &listed, pick, within, now_ms, seed, &|c| {
+        tested.get(&url_of(c)).copied()
+    })?;
     Ok(super::Picked {
         url: format!("file://{}", dir.join(&chosen.candidate.key).display()),
         from: Some((chosen.candidates, chosen.listed)),

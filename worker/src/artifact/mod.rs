@@ -43,7 +43,8 @@ pub struct Fetched {
 /// artifact and never a credential.
 #[async_trait::async_trait]
 pub trait ArtifactSource: Send + Sync + std::fmt::Debug {
-    /// The URL as it is without `pick`; with it, the backup chosen from the set the URL names.
+    /// The URL as it is without `pick`; with it, the backup chosen from the set the URL names
+    /// (`tested`: when each backup URL was last verified, for `least_recently_tested`).
     async fn resolve(
         &self,
         url: &str,
@@ -51,6 +52,7 @@ pub trait ArtifactSource: Send + Sync + std::fmt::Debug {
         within: Option<Duration>,
         now_ms: i64,
         seed: u64,
+        tested: &BTreeMap<String, i64>,
     ) -> Result<Picked, String>;
 
     /// Whether [`ArtifactSource::fetch`] copies bytes (and so needs a spill dir).

@@ -397,6 +397,7 @@ impl ArtifactSource for ObjectSource {
         within: Option<Duration>,
         now_ms: i64,
         seed: u64,
+        tested: &std::collections::BTreeMap<String, i64>,
     ) -> Result<Picked, String> {
         let Some(pick) = pick else {
             return Ok(Picked {
@@ -405,7 +406,9 @@ impl ArtifactSource for ObjectSource {
             });
         };
         let listed = self.list(url).await?;
-        let chosen = backupset::choose(url, &listed, pick, within, now_ms, seed)?;
+        let chosen = backupset::choose_tested(url, &listed, pick, within, now_ms, seed, &|c| {
+            tested.get(&join(url, &c.key)).copied()
+        })?;
         Ok(Picked {
             url: join(url, &chosen.candidate.key),
             from: Some((chosen.candidates, chosen.listed)),

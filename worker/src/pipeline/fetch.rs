@@ -34,7 +34,10 @@ impl Verifier {
             Err(SourceError::Plan(reason)) => fail!(run, Phase::Fetch, reason),
             Err(SourceError::Worker(reason)) => cannot!(run, Phase::Fetch, reason),
         };
-        let picked = match source.resolve(&a.url, a.pick, a.within, now_ms, seed).await {
+        let picked = match source
+            .resolve(&a.url, a.pick, a.within, now_ms, seed, &a.tested)
+            .await
+        {
             Ok(p) => p,
             Err(reason) => fail!(run, Phase::Fetch, reason),
         };
@@ -43,10 +46,10 @@ impl Verifier {
             run.report.artifact.candidates = Some(eligible);
             run.report.notes.push(format!(
                 "picked the {} of {eligible} eligible backups ({listed} in {})",
-                if pick == Pick::Latest {
-                    "latest"
-                } else {
-                    "random pick"
+                match pick {
+                    Pick::Latest => "latest",
+                    Pick::Random => "random pick",
+                    Pick::LeastRecentlyTested => "least recently tested",
                 },
                 a.url
             ));
