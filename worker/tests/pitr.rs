@@ -660,3 +660,35 @@ async fn a_timeline_history_that_does_not_lead_to_the_backup_fails_with_the_serv
         .await;
     assert_failed_in(&report, "restore", "not a child of this server's history");
 }
+
+/// A segment the worker cannot hand over (here: gzip that does not decompress) ends the archive
+/// there: recovery stops instead of waiting for it, and the verdict names the segment.
+#[tokio::test]
+async fn a_segment_that_does_not_decompress_fails_naming_it_without_hanging() {
+    let fx = fixture().await;
+    let env = env();
+    let all = segments(&fx.archive);
+    let victim = all[all.len() - 2].clone();
+    let archive = archive_copy(&env, &fx.archive, "bad-gzip", |_, name, bytes| {
+        Some(if name == victim {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &bytes).expect("gzip");
+            let mut gz = gz.finish().expect("gzip");
+            let mid = gz.len() / 2;
+            gz[mid] ^= 0xff;
+            gz.truncate(gz.len() - 8);
+            (format!("{name}.gz"), gz)
+        } else {
+            (name.to_owned(), bytes)
+        })
+    });
+    let started = std::time::Instant::now();
+    let mut plan = plan_for(&fx.plain_none, &pitr(&archive, "latest"));
+    plan.timeout = Duration::from_secs(90);
+    let report = env.verify(&plan).await;
+    assert_failed_in(&report, "restore", &format!("WAL {victim}.gz is damaged"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "it waited"
+    );
+}

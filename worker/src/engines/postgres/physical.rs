@@ -121,7 +121,6 @@ pub struct Recovery {
     /// The target recovery stops at, resolved (a random one chosen).
     target: RecoveryTarget,
     standby: bool,
-    started: Option<Instant>,
     /// Who the server runs as (uid, gid): the sandbox user, or the image's server user;
     /// `None` when the worker is not root (everything is its own already).
     pub owner: Option<(u32, u32)>,
@@ -147,7 +146,6 @@ impl Recovery {
             segment_bytes: wal::DEFAULT_SEGMENT_BYTES,
             target: RecoveryTarget::Latest,
             standby: false,
-            started: None,
             owner: None,
         }
     }
@@ -407,7 +405,6 @@ impl Recovery {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
-        self.started = Some(Instant::now());
         Ok(settings)
     }
 
@@ -924,46 +921,56 @@ fn start_feeder(
     let segments: Vec<String> = chain.segments.iter().map(|(_, n)| n.clone()).collect();
     let flag = stop.clone();
     let task = tokio::spawn(async move {
-        let spill = wal_dir.join(".spill");
-        std::fs::create_dir_all(&spill).map_err(|e| format!("WAL spill dir: {e}"))?;
-        let mut digest = blake3::Hasher::new();
-        for name in &histories {
-            hand_over(&*source, &archive, name, (&wal_dir, &spill, owner), None).await?;
-        }
-        std::fs::write(wal_dir.join(".histories"), "").map_err(|e| format!("WAL dir: {e}"))?;
-        let handed = AtomicU64::new(0);
-        for name in &segments {
-            loop {
-                if flag.load(Ordering::Relaxed) {
-                    return Ok(Fed {
-                        digest: digest.finalize().to_hex().to_string(),
-                    });
-                }
-                let asked = std::fs::read_to_string(&asked_log)
-                    .map(|t| t.lines().count() as u64)
-                    .unwrap_or(0);
-                if handed.load(Ordering::Relaxed) < asked + AHEAD {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        let fed: Result<Fed, String> = async {
+            let spill = wal_dir.join(".spill");
+            std::fs::create_dir_all(&spill).map_err(|e| format!("WAL spill dir: {e}"))?;
+            let mut digest = blake3::Hasher::new();
+            for name in &histories {
+                hand_over(&*source, &archive, name, (&wal_dir, &spill, owner), None).await?;
             }
-            let hash = hand_over(
-                &*source,
-                &archive,
-                name,
-                (&wal_dir, &spill, owner),
-                Some(segment_bytes),
-            )
-            .await?;
-            digest.update(name.as_bytes());
-            digest.update(hash.as_bytes());
-            handed.fetch_add(1, Ordering::Relaxed);
+            std::fs::write(wal_dir.join(".histories"), "").map_err(|e| format!("WAL dir: {e}"))?;
+            let handed = AtomicU64::new(0);
+            for name in &segments {
+                loop {
+                    if flag.load(Ordering::Relaxed) {
+                        return Ok(Fed {
+                            digest: digest.finalize().to_hex().to_string(),
+                        });
+                    }
+                    let asked = std::fs::read_to_string(&asked_log)
+                        .map(|t| t.lines().count() as u64)
+                        .unwrap_or(0);
+                    if handed.load(Ordering::Relaxed) < asked + AHEAD {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let hash = hand_over(
+                    &*source,
+                    &archive,
+                    name,
+                    (&wal_dir, &spill, owner),
+                    Some(segment_bytes),
+                )
+                .await?;
+                digest.update(name.as_bytes());
+                digest.update(hash.as_bytes());
+                handed.fetch_add(1, Ordering::Relaxed);
+            }
+            std::fs::write(wal_dir.join(".done"), "").map_err(|e| format!("WAL dir: {e}"))?;
+            let _ = std::fs::remove_dir_all(&spill);
+            Ok(Fed {
+                digest: digest.finalize().to_hex().to_string(),
+            })
         }
-        std::fs::write(wal_dir.join(".done"), "").map_err(|e| format!("WAL dir: {e}"))?;
-        let _ = std::fs::remove_dir_all(&spill);
-        Ok(Fed {
-            digest: digest.finalize().to_hex().to_string(),
-        })
+        .await;
+        if fed.is_err() {
+            // Recovery must not wait for what will never come: the archive ends here (the
+            // verdict then names why).
+            let _ = std::fs::write(wal_dir.join(".histories"), "");
+            let _ = std::fs::write(wal_dir.join(".done"), "");
+        }
+        fed
     });
     Feeder { task, stop }
 }
