@@ -345,7 +345,11 @@ impl Report {
                 misses.push(match observed {
                     Some(o) => format!(
                         "{} {} exceeds the target {} by {}",
-                        name.to_uppercase(),
+                        if name == "promote" {
+                            "the promotion".to_owned()
+                        } else {
+                            name.to_uppercase()
+                        },
                         human_ms(o),
                         human_ms(target_ms),
                         human_ms(o - target_ms)
@@ -519,5 +523,29 @@ mod tests {
         assert_eq!(human_ms(2_400), "2.4s");
         assert_eq!(human_ms(192_000), "3m 12s");
         assert_eq!(human_ms(26 * 3_600_000 + 300_000), "26h 5m");
+    }
+
+    #[test]
+    fn a_slow_promotion_misses_its_target_in_words() {
+        let mut r = report();
+        r.recovery = Some(RecoveryReport {
+            promotion: Some(PromotionReport {
+                promoted_ms: 45_000,
+                ..PromotionReport::default()
+            }),
+            ..RecoveryReport::default()
+        });
+        let targets = Targets {
+            promote: Some(Duration::from_secs(30)),
+            ..Targets::default()
+        };
+        r.finish(&targets, 0, None);
+        assert_eq!(r.verdict, Verdict::Failed);
+        let reason = &r.failure.as_ref().expect("failure").reason;
+        assert_eq!(
+            reason,
+            "the promotion 45.0s exceeds the target 30.0s by 15.0s"
+        );
+        assert!(r.targets.iter().any(|t| t.name == "promote" && !t.ok));
     }
 }

@@ -39,15 +39,7 @@ async fn mysql_sample_passes(rt: RuntimeChoice, file: &str, format: &str) {
     assert_passed(&report);
     assert_eq!(report.runtime, runtime_name(rt));
     assert_eq!(report.artifact.format.as_deref(), Some(format));
-    let phases: Vec<Phase> = report.phases.iter().map(|p| p.name).collect();
-    assert_eq!(
-        phases,
-        Phase::ALL
-            .into_iter()
-            .filter(|p| *p != Phase::Promote)
-            .collect::<Vec<_>>(),
-        "every phase ran, in order (promote only with [promote])"
-    );
+    assert_every_phase(&report);
     assert_eq!(report.database.as_deref(), Some("restored"));
     assert!(
         report

@@ -19,15 +19,7 @@ async fn passes(file: &str, format_label: &str) -> rehearse_core::report::Report
     let report = env.verify(&plan(&artifact, &shop_checks())).await;
     assert_passed(&report);
     assert_eq!(report.artifact.format.as_deref(), Some(format_label));
-    let phases: Vec<Phase> = report.phases.iter().map(|p| p.name).collect();
-    assert_eq!(
-        phases,
-        Phase::ALL
-            .into_iter()
-            .filter(|p| *p != Phase::Promote)
-            .collect::<Vec<_>>(),
-        "every phase ran, in order (promote only with [promote])"
-    );
+    assert_every_phase(&report);
     assert!(report.checks.iter().all(|c| c.ok));
     assert_eq!(
         report.checks[0].observed.as_deref(),

@@ -273,6 +273,20 @@ pub fn shop_checks() -> String {
     )
 }
 
+/// Every phase of a verification ran, in order (`promote` only runs with `[promote]`).
+pub fn assert_every_phase(report: &Report) {
+    use rehearse_core::report::Phase;
+    let phases: Vec<Phase> = report.phases.iter().map(|p| p.name).collect();
+    assert_eq!(
+        phases,
+        Phase::ALL
+            .into_iter()
+            .filter(|p| *p != Phase::Promote)
+            .collect::<Vec<_>>(),
+        "every phase ran, in order"
+    );
+}
+
 pub fn assert_passed(report: &Report) {
     assert_eq!(
         report.verdict,
