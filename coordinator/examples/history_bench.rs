@@ -40,11 +40,18 @@ fn run(i: u64) -> Run {
             blake3: Some("ab".repeat(32)),
             rto_ms: Some(41_000),
             rpo_ms: Some(3_600_000),
-            phases: ["fetch", "checksum", "provision", "restore", "checks", "teardown"]
-                .iter()
-                .enumerate()
-                .map(|(k, p)| ((*p).to_owned(), 100 * k as u64 + 7))
-                .collect::<BTreeMap<_, _>>(),
+            phases: [
+                "fetch",
+                "checksum",
+                "provision",
+                "restore",
+                "checks",
+                "teardown",
+            ]
+            .iter()
+            .enumerate()
+            .map(|(k, p)| ((*p).to_owned(), 100 * k as u64 + 7))
+            .collect::<BTreeMap<_, _>>(),
             tables: (0..5)
                 .map(|t| TableRows {
                     name: format!("public.table_{t}"),
@@ -89,7 +96,9 @@ fn main() {
         while written < size {
             let mut batch = Batch::default();
             let n = (size - written).min(10_000);
-            batch.history = (written..written + n).map(|i| HistoryOp::Run(run(i))).collect();
+            batch.history = (written..written + n)
+                .map(|i| HistoryOp::Run(run(i)))
+                .collect();
             store.commit(&mut batch, true).expect("write history");
             written += n;
         }
@@ -105,8 +114,7 @@ fn main() {
         let snapshot_ms = began.elapsed().as_secs_f64() * 1000.0;
         let snapshot_mb = snapshot.get_data().len() as f64 / (1 << 20) as f64;
         drop(snapshot);
-        let file_mb = std::fs::metadata(dir.path().join("raft.redb"))
-            .map_or(0, |m| m.len()) as f64
+        let file_mb = std::fs::metadata(dir.path().join("raft.redb")).map_or(0, |m| m.len()) as f64
             / (1 << 20) as f64;
         println!(
             "{{\"records\": {size}, \"compaction_ms\": {compaction_ms:.1}, \"snapshot_ms\": {snapshot_ms:.0}, \"snapshot_mb\": {snapshot_mb:.0}, \"db_file_mb\": {file_mb:.0}, \"peak_rss_mb\": {:.0}}}",

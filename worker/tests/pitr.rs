@@ -252,6 +252,21 @@ fn archive_copy(
     to
 }
 
+/// The segment holding the first batch after the backups (the last but one).
+fn victim(fx: &Fixture) -> String {
+    let all = segments(&fx.archive);
+    all[all.len() - 2].clone()
+}
+
+/// A copy of the archive without [`victim`]; returns it and the segment left out.
+fn holed(env: &TestEnv, fx: &Fixture, name: &str) -> (PathBuf, String) {
+    let victim = victim(fx);
+    let archive = archive_copy(env, &fx.archive, name, |_, name, bytes| {
+        (name != victim).then(|| (name.to_owned(), bytes))
+    });
+    (archive, victim)
+}
+
 fn plan_for(backup: &Path, extra: &str) -> Plan {
     plan(
         backup,
@@ -390,12 +405,7 @@ async fn gzip_and_zstd_segments_are_decompressed_by_the_worker() {
 async fn a_deleted_segment_fails_in_restore_naming_the_gap() {
     let fx = fixture().await;
     let env = env();
-    let all = segments(&fx.archive);
-    // The segment holding the first batch after the backups (the last but one).
-    let victim = all[all.len() - 2].clone();
-    let archive = archive_copy(&env, &fx.archive, "holed", |_, name, bytes| {
-        (name != victim).then(|| (name.to_owned(), bytes))
-    });
+    let (archive, victim) = holed(&env, &fx, "holed");
     let report = env
         .verify(&plan_for(&fx.plain_none, &pitr(&archive, "latest")))
         .await;
@@ -408,8 +418,7 @@ async fn a_deleted_segment_fails_in_restore_naming_the_gap() {
 async fn a_flipped_byte_in_a_segment_fails_in_restore() {
     let fx = fixture().await;
     let env = env();
-    let all = segments(&fx.archive);
-    let victim = all[all.len() - 2].clone();
+    let victim = victim(&fx);
     let archive = archive_copy(&env, &fx.archive, "flipped", |_, name, mut bytes| {
         if name == victim {
             // Inside the first records after the long page header.
@@ -548,11 +557,7 @@ async fn in_the_docker_runtime_the_same_recovery_and_promotion_run_in_a_containe
     assert_eq!(p.new_timeline, p.old_timeline + 1, "{p:?}");
 
     // A damaged segment fails there too.
-    let all = segments(&fx.archive);
-    let victim = all[all.len() - 2].clone();
-    let holed = archive_copy(&env, &fx.archive, "holed-docker", |_, name, bytes| {
-        (name != victim).then(|| (name.to_owned(), bytes))
-    });
+    let (holed, victim) = holed(&env, &fx, "holed-docker");
     let report = env
         .verify(&plan_for(&fx.plain_none, &pitr(&holed, "latest")))
         .await;
@@ -667,8 +672,7 @@ async fn a_timeline_history_that_does_not_lead_to_the_backup_fails_with_the_serv
 async fn a_segment_that_does_not_decompress_fails_naming_it_without_hanging() {
     let fx = fixture().await;
     let env = env();
-    let all = segments(&fx.archive);
-    let victim = all[all.len() - 2].clone();
+    let victim = victim(&fx);
     let archive = archive_copy(&env, &fx.archive, "bad-gzip", |_, name, bytes| {
         Some(if name == victim {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -109,14 +109,7 @@ impl PgCluster {
         rt: &ProcessRuntime,
         docker: &DockerRuntime,
     ) -> Result<PgCluster, ClusterError> {
-        let sandbox = Sandbox::docker(rt, docker)?;
-        check_socket_path(&sandbox.host_socket_dir())?;
-        Ok(PgCluster {
-            sandbox,
-            installed: None,
-            version: String::new(),
-            psql_restrict: false,
-        })
+        PgCluster::without_installation(Sandbox::docker(rt, docker)?)
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -208,7 +201,11 @@ impl PgCluster {
     /// A process sandbox for a base backup: the installation is chosen once the backup's
     /// `PG_VERSION` has been read ([`PgCluster::use_installation`]).
     pub fn create_bare(rt: &ProcessRuntime) -> Result<PgCluster, ClusterError> {
-        let sandbox = Sandbox::process(rt)?;
+        PgCluster::without_installation(Sandbox::process(rt)?)
+    }
+
+    /// A cluster in `sandbox` whose server (and so its version) is not known yet.
+    fn without_installation(sandbox: Sandbox) -> Result<PgCluster, ClusterError> {
         check_socket_path(&sandbox.host_socket_dir())?;
         Ok(PgCluster {
             sandbox,
