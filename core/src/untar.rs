@@ -79,8 +79,18 @@ impl Extraction {
         }
     }
 
-    /// Admits the entry, or says why not. `Ok` is the normalised relative path to write.
+    /// Admits the entry, or says why not. `Ok` is the normalised relative path to write (empty
+    /// for the archive's root directory, `.`/`./`, which needs no writing).
     pub fn admit(&mut self, path: &str, kind: &Kind, size: u64) -> Result<String, String> {
+        // `tar -C dir .` starts with the root itself ("./"): nothing to write. `Ok("")` says so.
+        if matches!(kind, Kind::Dir)
+            && !path.starts_with('/')
+            && path.split('/').all(|p| p.is_empty() || p == ".")
+            && !path.is_empty()
+        {
+            self.entries += 1;
+            return Ok(String::new());
+        }
         let parts = normalise(path)?;
         let clean = parts.join("/");
         // Through a symlink the archive made: any proper prefix that is one.
@@ -168,6 +178,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_root_directory_entry_of_tar_c_dir_dot_is_admitted_and_writes_nothing() {
+        let mut x = Extraction::new(Limits::default());
+        assert_eq!(ok(&mut x, "./", Kind::Dir), "");
+        assert_eq!(ok(&mut x, ".", Kind::Dir), "");
+        assert_eq!(
+            ok(&mut x, "./attachments/a.pdf", Kind::File),
+            "attachments/a.pdf"
+        );
+        assert!(refused(&mut x, "./", Kind::File).contains("empty path"));
+        assert!(refused(&mut x, "", Kind::Dir).contains("empty path"));
+    }
+
     fn ok(x: &mut Extraction, path: &str, kind: Kind) -> String {
         x.admit(path, &kind, 10).expect("admitted")
     }
@@ -182,7 +205,7 @@ mod tests {
         assert_eq!(ok(&mut x, "./a/./b.txt", Kind::File), "a/b.txt");
         assert!(refused(&mut x, "/etc/passwd", Kind::File).contains("absolute"));
         assert!(refused(&mut x, "a/../../etc/passwd", Kind::File).contains(".."));
-        assert!(refused(&mut x, "./", Kind::Dir).contains("empty"));
+        assert!(refused(&mut x, "./", Kind::File).contains("empty"));
         assert!(
             refused(&mut x, "dev/null", Kind::Special("character device".into()))
                 .contains("character device")
@@ -258,6 +281,11 @@ mod tests {
             let mut links: Vec<String> = Vec::new();
             for (p, k) in &entries {
                 let Ok(clean) = x.admit(p, k, 1) else { continue };
+                if clean.is_empty() {
+                    // Only the root directory entry itself ("./") writes nothing.
+                    prop_assert!(matches!(k, Kind::Dir));
+                    continue;
+                }
                 prop_assert!(!clean.starts_with('/') && !clean.split('/').any(|c| c == ".." || c.is_empty()));
                 for l in &links {
                     prop_assert!(!clean.starts_with(&format!("{l}/")), "{} written through {}", clean, l);

@@ -125,6 +125,39 @@ async fn a_file_tree_passes_plain_gzip_and_zstd() {
     }
 }
 
+/// `tar -C dir .`, the usual way to archive a tree, starts with the entry "./": the root itself.
+/// It once failed the restore ("empty path"), a false alarm for a good backup.
+#[tokio::test]
+async fn a_tree_archived_from_its_own_directory_with_dot_passes() {
+    let env = env();
+    let tree = tempfile::tempdir().expect("tree");
+    fs::create_dir_all(tree.path().join("attachments")).expect("dir");
+    fs::write(tree.path().join("attachments/a.pdf"), b"%PDF one").expect("file");
+    let archive = env.file("dot.tar", b"");
+    let out = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(tree.path())
+        .arg(".")
+        .output()
+        .expect("run tar");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = env
+        .verify(&files_plan(
+            &archive,
+            "[files]\nrequired = [\"attachments/a.pdf\"]\n",
+        ))
+        .await;
+    assert_passed(&report);
+    let files = report.files.as_ref().expect("files reported");
+    assert_eq!((files.count, files.dirs), (1, 1), "{files:?}");
+}
+
 fn files_manifest_len(tree: &[u8]) -> u64 {
     // The manifest is the last entry; its size is in its header.
     let mut archive = tar::Archive::new(tree);

@@ -66,6 +66,10 @@ pub fn extract(
         };
         let size = entry.size();
         let clean = admitted.admit(&path, &kind, size)?;
+        if clean.is_empty() {
+            // The archive's root directory (`./`): it is `root` itself.
+            continue;
+        }
         let target = root.join(&clean);
         let mode = header.mode().unwrap_or(0o644) & 0o777;
         match kind {
