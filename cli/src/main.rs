@@ -14,6 +14,7 @@ mod coordinator;
 mod demo;
 mod demo_fleet;
 mod drill;
+mod exercise;
 mod jobs;
 mod verify;
 mod worker;
@@ -75,6 +76,10 @@ enum Command {
     /// and preview a schedule without a cluster.
     #[command(subcommand)]
     Drill(drill::DrillCommand),
+    /// DR exercises: start an application group's recovery on the cluster, get, list, approve
+    /// a gate, abort; or run one on this machine without a cluster.
+    #[command(subcommand)]
+    Exercise(exercise::ExerciseCommand),
 }
 
 /// Exit code 2, with a one-line reason.
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
             Command::Worker(args) => worker::worker(args, cancel.clone()).await,
             Command::Workers(args) => worker::workers(args).await,
             Command::Drill(cmd) => drill::run(cmd).await,
+            Command::Exercise(cmd) => exercise::run(cmd, &cancel).await,
         }
     });
     match result {

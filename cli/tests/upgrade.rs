@@ -1,7 +1,7 @@
 //! Rolling upgrades: the command encoding is versioned, a node never skips an entry it cannot
 //! read, and the leader proposes a newer command kind only once every member reads it. Real
 //! `rehearse coordinator` processes; "releases" are the same binary told which command version
-//! it reads (`--command-version`: 3 is this release, 4 adds a test-only command kind).
+//! it reads (`--command-version`: 4 is this release, 5 adds a test-only command kind).
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -88,48 +88,48 @@ async fn a_rolling_upgrade_raises_the_version_only_when_every_member_reads_it() 
     let mut c = TestCluster::new(loopback_addrs(3), 10_000);
     c.spawn_all();
     c.leader().await;
-    // This release everywhere: the cluster runs version 3, and a version-4 command is refused.
-    wait_version(&c, 3).await;
+    // This release everywhere: the cluster runs version 4, and a version-5 command is refused.
+    wait_version(&c, 4).await;
     let (code, err) = probe(&c);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("needs command version 4") && err.contains("the cluster runs 3"),
+        err.contains("needs command version 5") && err.contains("the cluster runs 4"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    // One node upgraded: it reads 4, the others 3, so nothing newer may be written yet.
+    // One node upgraded: it reads 5, the others 4, so nothing newer may be written yet.
     c.stop(1);
-    release(&mut c, 1, 4);
+    release(&mut c, 1, 5);
     c.spawn(1, false);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while member_versions(&c).await != [4, 3, 3] {
+    while member_versions(&c).await != [5, 4, 4] {
         assert!(Instant::now() < deadline, "{:?}", member_versions(&c).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(cluster_version(&c).await, 3);
+    assert_eq!(cluster_version(&c).await, 4);
     let (code, err) = probe(&c);
     assert_eq!(code, Some(2), "still refused with one node upgraded: {err}");
 
     // The rest upgraded: the leader raises the version, and the newer command commits.
     for id in [2, 3] {
         c.stop(id);
-        release(&mut c, id, 4);
+        release(&mut c, id, 5);
         c.spawn(id, false);
     }
-    wait_version(&c, 4).await;
+    wait_version(&c, 5).await;
     let (code, err) = probe(&c);
     assert_eq!(code, Some(0), "{err}");
 
     // Rolling node 3 back to the older release: it refuses to start on a cluster it cannot read.
     c.stop(3);
-    release(&mut c, 3, 3);
+    release(&mut c, 3, 4);
     c.spawn(3, false);
     let status = wait_exit(&mut c, 3);
     assert!(!status.success());
     let log = fs::read_to_string(c.log(3)).expect("log");
     assert!(
-        log.contains("runs command version 4; this node reads up to 3"),
+        log.contains("runs command version 5; this node reads up to 4"),
         "{log}"
     );
 }
@@ -138,17 +138,17 @@ async fn a_rolling_upgrade_raises_the_version_only_when_every_member_reads_it() 
 async fn an_older_node_stops_at_an_entry_it_cannot_read_and_never_skips_it() {
     let mut c = TestCluster::new(loopback_addrs(3), 10_000);
     for id in 1..=3 {
-        release(&mut c, id, 4);
+        release(&mut c, id, 5);
     }
     c.spawn_all();
     c.leader().await;
-    wait_version(&c, 4).await;
+    wait_version(&c, 5).await;
     let (code, err) = probe(&c);
     assert_eq!(code, Some(0), "{err}");
 
     // An older release joins (a learner from an empty data dir). The state it receives is whole,
     // so it catches up, warning that it is behind...
-    release(&mut c, 4, 3);
+    release(&mut c, 4, 4);
     let addr = c.add_node(4);
     c.client()
         .membership(pb::membership_request::Kind::AddLearner, 4, &addr)
@@ -156,7 +156,7 @@ async fn an_older_node_stops_at_an_entry_it_cannot_read_and_never_skips_it() {
         .expect("add learner");
     let commit = c.client().status().await.expect("status").commit;
     c.wait_caught_up(4, commit).await;
-    // ...and the next version-4 entry stops it there, loudly, instead of being skipped.
+    // ...and the next version-5 entry stops it there, loudly, instead of being skipped.
     let (code, err) = probe(&c);
     assert_eq!(code, Some(0), "{err}");
     let probe_index = c.client().status().await.expect("status").commit;
@@ -169,7 +169,7 @@ async fn an_older_node_stops_at_an_entry_it_cannot_read_and_never_skips_it() {
     );
     assert!(log.contains("cannot be applied by this node"), "{log}");
     assert!(
-        log.contains("command version 4; this node reads up to 3"),
+        log.contains("command version 5; this node reads up to 4"),
         "{log}"
     );
     assert!(log.contains("stopped without applying it"), "{log}");

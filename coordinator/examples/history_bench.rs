@@ -59,6 +59,7 @@ fn run(i: u64) -> Run {
                 })
                 .collect(),
             reason: None,
+            restore_point: None,
         }],
         missed: None,
         archived: true,

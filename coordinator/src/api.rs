@@ -509,4 +509,39 @@ impl Coordinator for Api {
     ) -> Result<Response<pb::DrillAnswer>, Status> {
         crate::drill_api::grpc::delete(&self.node, request.into_inner()).await
     }
+
+    async fn start_exercise(
+        &self,
+        request: Request<pb::ExerciseCall>,
+    ) -> Result<Response<pb::ExerciseAnswer>, Status> {
+        crate::exercise_api::grpc::start(&self.node, request.into_inner()).await
+    }
+
+    async fn list_exercises(
+        &self,
+        _request: Request<pb::ExerciseCall>,
+    ) -> Result<Response<pb::ExerciseAnswer>, Status> {
+        crate::exercise_api::grpc::list(&self.node).await
+    }
+
+    async fn get_exercise(
+        &self,
+        request: Request<pb::ExerciseCall>,
+    ) -> Result<Response<pb::ExerciseAnswer>, Status> {
+        crate::exercise_api::grpc::get(&self.node, request.into_inner()).await
+    }
+
+    async fn approve_gate(
+        &self,
+        request: Request<pb::ExerciseCall>,
+    ) -> Result<Response<pb::ExerciseAnswer>, Status> {
+        crate::exercise_api::grpc::approve(&self.node, request.into_inner()).await
+    }
+
+    async fn abort_exercise(
+        &self,
+        request: Request<pb::ExerciseCall>,
+    ) -> Result<Response<pb::ExerciseAnswer>, Status> {
+        crate::exercise_api::grpc::abort(&self.node, request.into_inner()).await
+    }
 }

@@ -88,6 +88,17 @@ impl NodeHandle {
         }
     }
 
+    /// Exercises: one by id (not found: an error), or all.
+    pub async fn exercises(
+        &self,
+        id: Option<String>,
+    ) -> Result<Vec<rehearse_core::exercise::Exercise>, ApiError> {
+        match self.read(Read::Exercises(id)).await? {
+            ReadAnswer::Exercises(e) => Ok(e),
+            _ => Err(ApiError::Unavailable("wrong answer kind".into())),
+        }
+    }
+
     pub async fn read(&self, read: Read) -> Result<ReadAnswer, ApiError> {
         self.call(|reply| Request::Read { read, reply }).await
     }

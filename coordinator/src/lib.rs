@@ -23,6 +23,7 @@
 pub mod api;
 pub mod drill_api;
 pub mod errors;
+pub mod exercise_api;
 pub mod fleet;
 pub mod handle;
 pub mod history;

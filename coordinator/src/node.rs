@@ -63,6 +63,8 @@ pub enum Read {
     Workers,
     /// One drill (by name), or all; each with its runs.
     Drills(Option<String>),
+    /// One exercise (by id), or all, oldest first.
+    Exercises(Option<String>),
 }
 
 #[derive(Debug)]
@@ -71,6 +73,7 @@ pub enum ReadAnswer {
     Jobs(Vec<Job>),
     /// With each worker's last heartbeat as the log has it.
     Workers(Vec<Worker>),
+    Exercises(Vec<rehearse_core::exercise::Exercise>),
     /// Drills with their runs (oldest first); a drill deleted but with history has `None`.
     Drills(
         Vec<(
@@ -513,8 +516,8 @@ impl Node {
         }
     }
 
-    /// The leader turns due drill ticks into log entries (see [`crate::ticker`]): every 100 ms,
-    /// one entry at a time.
+    /// The leader turns due drill ticks (see [`crate::ticker`]) and exercise gates past their
+    /// timeout into log entries: every 100 ms, one entry at a time.
     fn drill_duties(&mut self) {
         if self.ticks_in_flight.is_some()
             || self.last_drill_check.elapsed() < DRILL_CHECK
@@ -523,7 +526,12 @@ impl Node {
             return;
         }
         self.last_drill_check = Instant::now();
-        let due = self.ticker.due(&self.raw.store().jobs, now_ms());
+        let now = now_ms();
+        let mut due = self.ticker.due(&self.raw.store().jobs, now);
+        // Exercise gates past their timeout fail (see `rehearse_core::exercises`).
+        if self.version_gate(4).is_ok() && self.raw.store().jobs.overdue_gates(now) {
+            due.push(Command::ExpireGates { now_ms: now });
+        }
         if due.is_empty() {
             return;
         }
@@ -898,6 +906,13 @@ impl Node {
                 )),
                 Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
                 Read::Drills(name) => drills_answer(self.raw.store(), name),
+                Read::Exercises(None) => Ok(ReadAnswer::Exercises(
+                    jobs.exercises().into_iter().cloned().collect(),
+                )),
+                Read::Exercises(Some(id)) => match jobs.exercise(&id) {
+                    Some(e) => Ok(ReadAnswer::Exercises(vec![e.clone()])),
+                    None => Err(ApiError::NotFound(format!("no exercise {id:?}"))),
+                },
             };
             let _ = pending.reply.send(answer);
         }
@@ -1027,7 +1042,11 @@ impl Node {
             | Command::DeleteDrill { .. }
             | Command::ForgetJobs { .. } => return,
             // New jobs to place; closed windows cancel jobs that never had a worker.
-            Command::DrillTick(_) | Command::CloseWindow { .. } => {
+            Command::DrillTick(_)
+            | Command::CloseWindow { .. }
+            | Command::StartExercise(_)
+            | Command::ApproveGate { .. }
+            | Command::ExpireGates { .. } => {
                 self.placement_dirty = true;
                 return;
             }
@@ -1047,7 +1066,8 @@ impl Node {
             }
             Command::RegisterWorker(spec) => Some(vec![spec.name.clone()]),
             Command::Drain { .. } => Some(Vec::new()),
-            Command::ExpireWorkers { .. } => None,
+            // Cancels the exercise's running jobs, wherever they run.
+            Command::ExpireWorkers { .. } | Command::AbortExercise { .. } => None,
         };
         self.placement_dirty = true;
         self.fleet_dirty = true;
@@ -1226,8 +1246,12 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::ResumeDrill { at_ms, .. }
         | Command::DeleteDrill { at_ms, .. }
         | Command::CloseWindow { at_ms, .. }
-        | Command::ForgetJobs { at_ms, .. } => *at_ms = now,
+        | Command::ForgetJobs { at_ms, .. }
+        | Command::ApproveGate { at_ms, .. }
+        | Command::AbortExercise { at_ms, .. } => *at_ms = now,
         Command::DrillTick(tick) => tick.at_ms = now,
+        Command::StartExercise(start) => start.at_ms = now,
+        Command::ExpireGates { now_ms } => *now_ms = now,
         Command::Submit(_)
         | Command::Noop
         | Command::Drain { .. }

@@ -41,6 +41,14 @@ impl Pick {
     }
 }
 
+/// Which backups of a set may be picked: modified within the last `within` (from now), and
+/// before `before_ms` (a DR exercise's past disaster instant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub within: Option<Duration>,
+    pub before_ms: Option<i64>,
+}
+
 /// The chosen point, and how many there were to choose from (the report says both).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chosen {
@@ -66,7 +74,11 @@ pub fn choose(
     now_ms: i64,
     seed: u64,
 ) -> Result<Chosen, String> {
-    choose_tested(prefix, listed, pick, within, now_ms, seed, &|_| None)
+    let window = Window {
+        within,
+        before_ms: None,
+    };
+    choose_tested(prefix, listed, pick, window, now_ms, seed, &|_| None)
 }
 
 /// [`choose`], with when each candidate was last verified by a passed run (`None`: never), for
@@ -75,12 +87,30 @@ pub fn choose_tested(
     prefix: &str,
     listed: &[Candidate],
     pick: Pick,
-    within: Option<Duration>,
+    window: Window,
     now_ms: i64,
     seed: u64,
     tested: &dyn Fn(&Candidate) -> Option<i64>,
 ) -> Result<Chosen, String> {
-    let backups: Vec<&Candidate> = listed.iter().filter(|c| is_backup(c)).collect();
+    let within = window.within;
+    let all: Vec<&Candidate> = listed.iter().filter(|c| is_backup(c)).collect();
+    let backups: Vec<&Candidate> = all
+        .iter()
+        .copied()
+        .filter(|c| window.before_ms.is_none_or(|b| c.modified_ms <= b))
+        .collect();
+    if backups.is_empty()
+        && !all.is_empty()
+        && let Some(b) = window.before_ms
+    {
+        let at = chrono::DateTime::from_timestamp_millis(b)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        return Err(format!(
+            "no backup under {prefix} made before {at} ({} newer)",
+            all.len()
+        ));
+    }
     let oldest_allowed = within.map(|w| now_ms.saturating_sub(w.as_millis() as i64));
     let mut eligible: Vec<&Candidate> = backups
         .iter()
@@ -204,6 +234,31 @@ mod tests {
     }
 
     #[test]
+    fn before_bounds_the_points_and_says_so_when_none_is_left() {
+        let window = |before_day: i64| Window {
+            within: None,
+            before_ms: Some(before_day * DAY),
+        };
+        let got = choose_tested("p/", &set(), Pick::Latest, window(30), 50 * DAY, 0, &|_| {
+            None
+        })
+        .expect("chosen");
+        assert_eq!(
+            got.candidate.key, "daily/b.dump",
+            "c.dump is newer than the bound"
+        );
+        assert_eq!(got.candidates, 2);
+        let none = choose_tested("p/", &set(), Pick::Latest, window(0), 50 * DAY, 0, &|_| {
+            None
+        })
+        .expect_err("nothing before day 0");
+        assert!(
+            none.contains("made before 1970-01-01T00:00:00Z (3 newer)"),
+            "{none}"
+        );
+    }
+
+    #[test]
     fn least_recently_tested_rotates_through_the_set() {
         let set = set();
         let mut tested: std::collections::BTreeMap<String, i64> = Default::default();
@@ -213,7 +268,7 @@ mod tests {
                 "s3://b/daily/",
                 &set,
                 Pick::LeastRecentlyTested,
-                None,
+                Window::default(),
                 50 * DAY,
                 run,
                 &|c| tested.get(&c.key).copied(),

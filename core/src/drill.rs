@@ -121,13 +121,7 @@ impl DrillSpec {
             toml::from_str(text).map_err(|e| DrillError::Toml(e.message().to_owned()))?;
         let d = raw.drill;
         let invalid = |key: &'static str, reason: String| DrillError::Invalid { key, reason };
-        let name = d.name.trim().to_owned();
-        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-            return Err(invalid(
-                "name",
-                "must be 1 to 100 printable characters".into(),
-            ));
-        }
+        let name = checked_name(&d.name).map_err(|r| invalid("name", r))?;
         let timezone = d.timezone.unwrap_or_else(|| "UTC".to_owned());
         let schedule = Schedule::new(&d.schedule, &timezone)
             .map_err(|e| invalid("schedule", e.to_string()))?;
@@ -224,18 +218,46 @@ impl DrillSpec {
         Schedule::new(&self.schedule, &self.timezone)
     }
 
-    /// A stable hash of the definition (FNV-1a over its JSON, without the version itself).
+    /// A stable hash of the definition (without the version itself).
     fn digest(&self) -> String {
         let mut copy = self.clone();
         copy.version = String::new();
-        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        digest(&copy)
     }
+}
+
+/// A stable hash of a definition: FNV-1a over its JSON, as 16 hex digits.
+pub(crate) fn digest<T: Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A name as users give them (drills, exercises, steps): trimmed, 1 to 100 printable characters.
+pub(crate) fn checked_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+        return Err("must be 1 to 100 printable characters".into());
+    }
+    Ok(name.to_owned())
+}
+
+/// A name made fit for an id: lowercase ASCII letters and digits, `-` for the rest, at most 40.
+pub(crate) fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect()
 }
 
 fn checked(raw: RawPlan, source_name: &str) -> Result<RawPlan, DrillError> {
@@ -246,7 +268,7 @@ fn checked(raw: RawPlan, source_name: &str) -> Result<RawPlan, DrillError> {
     Ok(raw)
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -267,17 +289,7 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 /// The id of the `index`th job of the run of `drill` at `tick_ms` (`manual` runs apart): the
 /// same on every replica and for every leader, so a tick can never create a job twice.
 pub fn job_id(drill: &str, tick_ms: i64, index: usize, manual: bool) -> String {
-    let slug: String = drill
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
+    let slug = slug(drill);
     let mut h: u32 = 0x811c_9dc5;
     for b in drill.as_bytes() {
         h ^= u32::from(*b);
@@ -367,6 +379,10 @@ pub struct JobResult {
     pub tables: Vec<TableRows>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// RFC 3339: the newest data the restore held (freshness query), or the last commit a WAL
+    /// replay reached — what a DR exercise measures its RPO from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
 }
 
 impl JobResult {
@@ -394,8 +410,34 @@ impl JobResult {
                         .map(|f| format!("{}: {}", f.phase, f.reason))
                 })
                 .or_else(|| reason.map(str::to_owned)),
+            restore_point: report.and_then(|r| {
+                r.newest_data_at
+                    .as_deref()
+                    .or_else(|| r.recovery.as_ref()?.last_commit_at.as_deref())
+                    .and_then(parse_instant)
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            }),
         }
     }
+}
+
+/// A time as a database printed it, in ms since the epoch: RFC 3339, PostgreSQL's
+/// `2026-12-02 09:20:00.123+00`, or MariaDB's `2026-12-02 09:20:00` (read in UTC, as the
+/// freshness query runs with `time_zone = '+00:00'`).
+pub fn parse_instant(text: &str) -> Option<i64> {
+    let t = text.trim();
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Some(d.timestamp_millis());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+        if let Ok(d) = chrono::DateTime::parse_from_str(t, format) {
+            return Some(d.timestamp_millis());
+        }
+    }
+    chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|d| d.and_utc().timestamp_millis())
 }
 
 /// One run of a drill (or a record of missed ticks): its history entry.
@@ -960,6 +1002,20 @@ mod tests {
         assert_eq!(drift(&before, &before, "x", 0.1), None);
     }
 
+    #[test]
+    fn instants_as_databases_print_them() {
+        let want = Some(1_764_667_200_123);
+        assert_eq!(parse_instant("2025-12-02T09:20:00.123Z"), want);
+        assert_eq!(parse_instant("2025-12-02 09:20:00.123+00"), want);
+        assert_eq!(parse_instant("2025-12-02 10:20:00.123+01:00"), want);
+        assert_eq!(parse_instant("2025-12-02 09:20:00.123"), want);
+        assert_eq!(
+            parse_instant("2025-12-02 09:20:00"),
+            Some(1_764_667_200_000)
+        );
+        assert_eq!(parse_instant("yesterday"), None);
+    }
+
     fn result(verdict: Option<Verdict>) -> JobResult {
         JobResult {
             job: "j".into(),
@@ -971,6 +1027,7 @@ mod tests {
             phases: BTreeMap::new(),
             tables: Vec::new(),
             reason: Some("why".into()),
+            restore_point: None,
         }
     }
 

@@ -264,6 +264,26 @@ pub enum Command {
         before_ms: u64,
         at_ms: u64,
     },
+    /// Starts a DR exercise, with the jobs of its first steps (see [`crate::exercises`]).
+    StartExercise(Box<crate::exercises::Start>),
+    /// A person approves a gate of a running exercise.
+    ApproveGate {
+        id: String,
+        step: String,
+        by: String,
+        at_ms: u64,
+    },
+    /// Stops an exercise: its running jobs are cancelled, its steps not ended are aborted.
+    AbortExercise {
+        id: String,
+        by: String,
+        reason: String,
+        at_ms: u64,
+    },
+    /// Gates that waited past their timeout fail (the leader proposes it when one is due).
+    ExpireGates {
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -293,6 +313,10 @@ impl Command {
                 .max()
                 .unwrap_or(2)
                 .max(2),
+            Command::StartExercise(start) => start.spec.min_version(),
+            Command::ApproveGate { .. }
+            | Command::AbortExercise { .. }
+            | Command::ExpireGates { .. } => 4,
             Command::SetVersion { .. }
             | Command::PauseDrill { .. }
             | Command::ResumeDrill { .. }
@@ -355,6 +379,12 @@ pub struct JobStore {
     /// Which run a drill job belongs to: job id → (drill, tick, manual). Derived from `runs`.
     #[serde(skip)]
     pub(crate) drill_jobs: BTreeMap<String, (String, i64, bool)>,
+    /// DR exercises, by id (running ones and the last ended ones).
+    #[serde(default)]
+    pub(crate) exercises: BTreeMap<String, crate::exercise::Exercise>,
+    /// Which exercise a job belongs to: job id → exercise id. Derived from `exercises`.
+    #[serde(skip)]
+    pub(crate) exercise_jobs: BTreeMap<String, String>,
     /// History writes made by applied commands, not taken yet (see [`crate::history`]).
     #[serde(skip)]
     pub(crate) history_out: Vec<crate::history::HistoryOp>,
@@ -377,6 +407,8 @@ struct StoreData {
     drills: BTreeMap<String, crate::drill::Drill>,
     #[serde(default)]
     runs: BTreeMap<String, Vec<crate::drill::Run>>,
+    #[serde(default)]
+    exercises: BTreeMap<String, crate::exercise::Exercise>,
 }
 
 fn legacy_version() -> u32 {
@@ -392,6 +424,7 @@ impl From<StoreData> for JobStore {
             .map(|j| (j.created_index, j.id.clone()))
             .collect();
         let drill_jobs = crate::drills::index_jobs(&d.runs);
+        let exercise_jobs = crate::exercises::index_jobs(&d.exercises);
         JobStore {
             jobs: d.jobs,
             workers: d.workers,
@@ -400,6 +433,8 @@ impl From<StoreData> for JobStore {
             drills: d.drills,
             runs: d.runs,
             drill_jobs,
+            exercises: d.exercises,
+            exercise_jobs,
             history_out: Vec::new(),
             pending,
         }
@@ -437,6 +472,7 @@ impl JobStore {
     /// Also where a drill's run learns that one of its jobs ended.
     pub(crate) fn sync_pending(&mut self, id: &str) {
         self.drill_job_changed(id);
+        self.exercise_job_changed(id);
         let Some(job) = self.jobs.get(id) else {
             return;
         };
@@ -548,6 +584,23 @@ impl JobStore {
             } => Outcome::Done(self.close_window(drill, *tick_ms, *manual, reason, *at_ms)),
             Command::ForgetJobs { before_ms, at_ms } => {
                 self.forget_jobs(*before_ms, *at_ms);
+                Outcome::Nothing
+            }
+            Command::StartExercise(start) => Outcome::Done(self.start_exercise(index, start)),
+            Command::ApproveGate {
+                id,
+                step,
+                by,
+                at_ms,
+            } => Outcome::Done(self.approve_gate(index, id, step, by, *at_ms)),
+            Command::AbortExercise {
+                id,
+                by,
+                reason,
+                at_ms,
+            } => Outcome::Done(self.abort_exercise(id, by, reason, *at_ms)),
+            Command::ExpireGates { now_ms } => {
+                self.expire_gates(index, *now_ms);
                 Outcome::Nothing
             }
         }

@@ -41,6 +41,8 @@ pub mod chart;
 pub mod codec;
 pub mod drill;
 pub mod drills;
+pub mod exercise;
+pub mod exercises;
 pub mod expect;
 pub mod fault;
 pub mod fleet;

@@ -60,6 +60,10 @@ pub enum PlanError {
     Pick(String),
     #[error("artifact.within needs artifact.pick: it limits which backups of a set are picked")]
     WithinWithoutPick,
+    #[error("artifact.before needs artifact.pick: it limits which backups of a set are picked")]
+    BeforeWithoutPick,
+    #[error("artifact.before: {0}")]
+    Before(String),
     #[error("artifact.copies: a copy's URL is empty")]
     EmptyCopy,
     #[error("sandbox.{key}: {reason}")]
@@ -261,6 +265,8 @@ pub struct ArtifactSpec {
     /// With `pick = "least_recently_tested"`: when each backup (by URL) was last verified by a
     /// passed run. A drill's ticker fills it from the drill's record; a plan may give it too.
     pub tested: BTreeMap<String, i64>,
+    /// With `pick`: only backups made before this instant (ms since the epoch).
+    pub before_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -363,7 +369,9 @@ impl RawPlan {
             || self.artifact.pick.as_deref() == Some("least_recently_tested")
             || self.promote.is_some()
             || self.targets.as_ref().is_some_and(|t| t.promote.is_some());
-        if physical {
+        if self.artifact.before.is_some() {
+            4
+        } else if physical {
             3
         } else if checks || sandbox {
             2
@@ -425,6 +433,10 @@ pub struct RawArtifact {
     pub incrementals: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tested: BTreeMap<String, i64>,
+    /// With `pick`: only backups made before this instant (RFC 3339); a DR exercise with a
+    /// past disaster instant sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -505,6 +517,15 @@ impl Plan {
         if within.is_some() && pick.is_none() {
             return Err(PlanError::WithinWithoutPick);
         }
+        let before_ms = match raw.artifact.before.as_deref().map(str::trim) {
+            None => None,
+            Some(_) if pick.is_none() => return Err(PlanError::BeforeWithoutPick),
+            Some(t) => Some(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|e| PlanError::Before(format!("{t:?} is not an RFC 3339 time: {e}")))?
+                    .timestamp_millis(),
+            ),
+        };
         let copies: Vec<String> = raw
             .artifact
             .copies
@@ -601,6 +622,7 @@ impl Plan {
                 seed: raw.artifact.seed,
                 incrementals,
                 tested: raw.artifact.tested,
+                before_ms,
             },
             targets,
             checks,
@@ -634,6 +656,10 @@ impl Plan {
                 seed: self.artifact.seed,
                 incrementals: self.artifact.incrementals.clone(),
                 tested: self.artifact.tested.clone(),
+                before: self.artifact.before_ms.and_then(|t| {
+                    chrono::DateTime::from_timestamp_millis(t)
+                        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                }),
             },
             targets: has_targets.then(|| RawTargets {
                 rto: t.rto.map(fmt),

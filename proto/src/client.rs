@@ -275,6 +275,26 @@ impl Client {
         .await
     }
 
+    pub async fn exercise(
+        &mut self,
+        which: ExerciseRpc,
+        call: pb::ExerciseCall,
+    ) -> Result<pb::ExerciseAnswer, ClientError> {
+        self.call(|mut c| {
+            let call = call.clone();
+            async move {
+                match which {
+                    ExerciseRpc::Start => c.start_exercise(call).await,
+                    ExerciseRpc::List => c.list_exercises(call).await,
+                    ExerciseRpc::Get => c.get_exercise(call).await,
+                    ExerciseRpc::Approve => c.approve_gate(call).await,
+                    ExerciseRpc::Abort => c.abort_exercise(call).await,
+                }
+            }
+        })
+        .await
+    }
+
     /// Upgrade tests: commits a no-op of the test-only newest command kind.
     pub async fn probe(&mut self, note: &str) -> Result<(), ClientError> {
         let note = note.to_owned();
@@ -381,6 +401,16 @@ impl Client {
             .await?;
         Ok(r.workers)
     }
+}
+
+/// The exercise RPCs (one client method serves them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExerciseRpc {
+    Start,
+    List,
+    Get,
+    Approve,
+    Abort,
 }
 
 /// The drill RPCs (one client method serves them all).

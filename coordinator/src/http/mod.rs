@@ -6,6 +6,7 @@
 //! - `jobs`: `POST /v1/verifications` (a plan as TOML or JSON, `?wait=` long-poll),
 //!   `GET /v1/jobs/{id}` (`?wait=`), `GET /v1/jobs?state=`, `POST /v1/jobs/{id}/cancel`.
 //! - `drills`: list, get, history, apply, pause, resume, run, delete.
+//! - `exercises`: list, get, start, approve (a gate), abort.
 //! - `fleet`: `GET /v1/workers`, `GET /v1/cluster`.
 //! - `/healthz` (the process serves), `/readyz` (this node knows a leader).
 //! - `dashboard`: the HTML pages (`/`, `/drills/{name}`, `/jobs/{id}`, `/fleet`).
@@ -19,6 +20,7 @@
 mod dashboard;
 mod drills;
 mod error;
+mod exercises;
 mod fleet;
 mod jobs;
 
@@ -53,6 +55,7 @@ pub struct AppState {
     tags(
         (name = "jobs", description = "Verifications: submit a plan, wait for its verdict"),
         (name = "drills", description = "Scheduled drills and their history"),
+        (name = "exercises", description = "DR exercises: application groups recovered in order, on one clock"),
         (name = "fleet", description = "Workers and the coordinator cluster"),
     )
 )]
@@ -71,6 +74,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(drills::pause))
         .routes(routes!(drills::resume))
         .routes(routes!(drills::run))
+        .routes(routes!(exercises::list, exercises::start))
+        .routes(routes!(exercises::get_exercise))
+        .routes(routes!(exercises::approve))
+        .routes(routes!(exercises::abort))
         .routes(routes!(fleet::workers))
         .routes(routes!(fleet::cluster))
         .with_state(state.clone())

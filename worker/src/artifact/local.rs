@@ -56,13 +56,13 @@ impl ArtifactSource for LocalSource {
         &self,
         url: &str,
         pick: Option<Pick>,
-        within: Option<std::time::Duration>,
+        window: rehearse_core::backupset::Window,
         now_ms: i64,
         seed: u64,
         tested: &std::collections::BTreeMap<String, i64>,
     ) -> Result<super::Picked, String> {
-        let (url, within, tested) = (url.to_owned(), within, tested.clone());
-        tokio::task::spawn_blocking(move || resolve(&url, pick, within, now_ms, seed, &tested))
+        let (url, tested) = (url.to_owned(), tested.clone());
+        tokio::task::spawn_blocking(move || resolve(&url, pick, window, now_ms, seed, &tested))
             .await
             .map_err(|e| format!("listing task failed: {e}"))?
     }
@@ -105,7 +105,7 @@ impl ArtifactSource for LocalSource {
 pub fn resolve(
     url: &str,
     pick: Option<Pick>,
-    within: Option<std::time::Duration>,
+    window: rehearse_core::backupset::Window,
     now_ms: i64,
     seed: u64,
     tested: &std::collections::BTreeMap<String, i64>,
@@ -119,7 +119,7 @@ pub fn resolve(
     let dir = local_path(url)?;
     let listed = list(&dir, "backup set")?;
     let url_of = |c: &Candidate| format!("file://{}", dir.join(&c.key).display());
-    let chosen = backupset::choose_tested(url, &listed, pick, within, now_ms, seed, &|c| {
+    let chosen = backupset::choose_tested(url, &listed, pick, window, now_ms, seed, &|c| {
         tested.get(&url_of(c)).copied()
     })?;
     Ok(super::Picked {

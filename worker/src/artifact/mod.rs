@@ -15,9 +15,8 @@ pub mod object;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use rehearse_core::backupset::Pick;
+use rehearse_core::backupset::{self, Pick};
 use rehearse_core::plan::Blake3Digest;
 
 pub use local::LocalArtifact;
@@ -49,7 +48,7 @@ pub trait ArtifactSource: Send + Sync + std::fmt::Debug {
         &self,
         url: &str,
         pick: Option<Pick>,
-        within: Option<Duration>,
+        window: backupset::Window,
         now_ms: i64,
         seed: u64,
         tested: &BTreeMap<String, i64>,

@@ -394,7 +394,7 @@ impl ArtifactSource for ObjectSource {
         &self,
         url: &str,
         pick: Option<Pick>,
-        within: Option<Duration>,
+        window: backupset::Window,
         now_ms: i64,
         seed: u64,
         tested: &std::collections::BTreeMap<String, i64>,
@@ -406,7 +406,7 @@ impl ArtifactSource for ObjectSource {
             });
         };
         let listed = self.list(url).await?;
-        let chosen = backupset::choose_tested(url, &listed, pick, within, now_ms, seed, &|c| {
+        let chosen = backupset::choose_tested(url, &listed, pick, window, now_ms, seed, &|c| {
             tested.get(&join(url, &c.key)).copied()
         })?;
         Ok(Picked {

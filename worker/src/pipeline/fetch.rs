@@ -35,7 +35,17 @@ impl Verifier {
             Err(SourceError::Worker(reason)) => cannot!(run, Phase::Fetch, reason),
         };
         let picked = match source
-            .resolve(&a.url, a.pick, a.within, now_ms, seed, &a.tested)
+            .resolve(
+                &a.url,
+                a.pick,
+                rehearse_core::backupset::Window {
+                    within: a.within,
+                    before_ms: a.before_ms,
+                },
+                now_ms,
+                seed,
+                &a.tested,
+            )
             .await
         {
             Ok(p) => p,
