@@ -60,6 +60,7 @@ fn run(i: u64) -> Run {
                 .collect(),
             reason: None,
             restore_point: None,
+            profile: None,
         }],
         missed: None,
         archived: true,

@@ -383,6 +383,9 @@ pub struct JobResult {
     /// replay reached — what a DR exercise measures its RPO from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_point: Option<String>,
+    /// The sandbox profile the restore ran under ("fast", "faithful").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 impl JobResult {
@@ -418,6 +421,7 @@ impl JobResult {
                     .and_then(chrono::DateTime::from_timestamp_millis)
                     .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             }),
+            profile: report.and_then(|r| r.profile.clone()),
         }
     }
 }
@@ -1028,6 +1032,7 @@ mod tests {
             tables: Vec::new(),
             reason: Some("why".into()),
             restore_point: None,
+            profile: None,
         }
     }
 

@@ -56,6 +56,80 @@ pub struct SandboxSpec {
     pub data: DataStore,
     /// The most the restored data may take when `data` is `disk`.
     pub disk_bytes: u64,
+    /// How the server is configured for the restore (see [`Profile`]).
+    pub profile: Profile,
+    /// Server settings from the plan (a restricted set, see [`allowed_setting`]), applied last.
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// Parallel restore jobs (`None`: the worker's `--jobs`).
+    pub jobs: Option<usize>,
+}
+
+/// How the sandbox's server is configured. `fast` trades durability for speed (fsync off,
+/// minimal WAL, no autovacuum): right for frequent integrity drills. `faithful` restores with
+/// the engine's durable defaults and the plan's own settings, so the time measured is the time
+/// a real recovery would take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Fast,
+    Faithful,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Fast => "fast",
+            Profile::Faithful => "faithful",
+        }
+    }
+}
+
+/// Server settings a plan may give (`[sandbox] settings`): memory, parallelism, checkpoints and
+/// planner costs. Not the sandbox's boundary (sockets, networking, files, libraries, archive
+/// and recovery commands) and not what the profile decides (fsync, WAL level, full pages,
+/// doublewrite, flush at commit).
+pub fn allowed_setting(engine: &str, name: &str) -> bool {
+    const POSTGRES: &[&str] = &[
+        "shared_buffers",
+        "work_mem",
+        "maintenance_work_mem",
+        "effective_cache_size",
+        "max_wal_size",
+        "min_wal_size",
+        "wal_buffers",
+        "checkpoint_timeout",
+        "checkpoint_completion_target",
+        "max_worker_processes",
+        "max_parallel_workers",
+        "max_parallel_workers_per_gather",
+        "max_parallel_maintenance_workers",
+        "effective_io_concurrency",
+        "random_page_cost",
+        "wal_compression",
+        "temp_buffers",
+        "jit",
+    ];
+    const MARIADB: &[&str] = &[
+        "innodb_buffer_pool_size",
+        "innodb_log_file_size",
+        "innodb_log_buffer_size",
+        "innodb_io_capacity",
+        "innodb_read_io_threads",
+        "innodb_write_io_threads",
+        "innodb_sort_buffer_size",
+        "sort_buffer_size",
+        "key_buffer_size",
+        "tmp_table_size",
+        "max_heap_table_size",
+        "bulk_insert_buffer_size",
+        "max_allowed_packet",
+    ];
+    match engine {
+        "postgres" => POSTGRES.contains(&name),
+        "mysql" => MARIADB.contains(&name),
+        _ => false,
+    }
 }
 
 impl Default for SandboxSpec {
@@ -67,6 +141,9 @@ impl Default for SandboxSpec {
             pids: DEFAULT_PIDS,
             data: DataStore::Disk,
             disk_bytes: DEFAULT_DISK,
+            profile: Profile::Fast,
+            settings: Default::default(),
+            jobs: None,
         }
     }
 }
@@ -87,6 +164,12 @@ pub struct RawSandbox {
     pub data: Option<DataStore>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub settings: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<usize>,
 }
 
 impl SandboxSpec {
@@ -128,6 +211,24 @@ impl SandboxSpec {
                 "must be at least 64MiB (an empty database cluster needs about 40MiB)".into(),
             ));
         }
+        for (name, value) in &raw.settings {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(("settings", format!("{name:?} is not a setting name")));
+            }
+            if value.is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
+                return Err((
+                    "settings",
+                    format!("{name}: {value:?} is not a value (1 to 200 printable characters)"),
+                ));
+            }
+        }
+        if raw.jobs == Some(0) || raw.jobs.is_some_and(|j| j > 64) {
+            return Err(("jobs", "must be 1 to 64".into()));
+        }
         Ok(SandboxSpec {
             image,
             memory_bytes,
@@ -135,6 +236,9 @@ impl SandboxSpec {
             pids,
             data: raw.data.unwrap_or_default(),
             disk_bytes,
+            profile: raw.profile.unwrap_or_default(),
+            settings: raw.settings,
+            jobs: raw.jobs,
         })
     }
 
@@ -146,6 +250,9 @@ impl SandboxSpec {
             pids: Some(self.pids),
             data: Some(self.data),
             disk: Some(format_size(self.disk_bytes)),
+            profile: (self.profile != Profile::Fast).then_some(self.profile),
+            settings: self.settings.clone(),
+            jobs: self.jobs,
         })
     }
 }
@@ -249,8 +356,41 @@ mod tests {
             pids: Some(256),
             data: Some(DataStore::Tmpfs),
             disk: Some("2GiB".into()),
+            profile: Some(Profile::Faithful),
+            settings: [("work_mem".to_owned(), "64MB".to_owned())].into(),
+            jobs: Some(4),
         })
         .expect("valid");
+        assert_eq!(spec.profile, Profile::Faithful);
+        assert_eq!(
+            spec.to_raw().and_then(|r| r.profile),
+            Some(Profile::Faithful)
+        );
+        for (settings, why) in [
+            (
+                [("Work Mem".to_owned(), "1".to_owned())],
+                "is not a setting name",
+            ),
+            (
+                [("work_mem".to_owned(), "1\n2".to_owned())],
+                "is not a value",
+            ),
+        ] {
+            let err = SandboxSpec::from_raw(RawSandbox {
+                settings: settings.into(),
+                ..RawSandbox::default()
+            })
+            .expect_err("refused");
+            assert!(err.1.contains(why), "{err:?}");
+        }
+        assert!(allowed_setting("postgres", "work_mem"));
+        assert!(!allowed_setting("postgres", "listen_addresses"));
+        assert!(
+            !allowed_setting("postgres", "fsync"),
+            "the profile decides it"
+        );
+        assert!(!allowed_setting("mysql", "local_infile"));
+        assert!(!allowed_setting("files", "work_mem"));
         assert_eq!((spec.data, spec.disk_bytes), (DataStore::Tmpfs, 2 << 30));
         assert_eq!(
             bad(RawSandbox {

@@ -369,7 +369,11 @@ impl RawPlan {
             || self.artifact.pick.as_deref() == Some("least_recently_tested")
             || self.promote.is_some()
             || self.targets.as_ref().is_some_and(|t| t.promote.is_some());
-        if self.artifact.before.is_some() {
+        let profile = self
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.profile.is_some() || !s.settings.is_empty() || s.jobs.is_some());
+        if self.artifact.before.is_some() || profile {
             4
         } else if physical {
             3
@@ -586,6 +590,18 @@ impl Plan {
         }
         let sandbox = SandboxSpec::from_raw(raw.sandbox.unwrap_or_default())
             .map_err(|(key, reason)| PlanError::Sandbox { key, reason })?;
+        if let Some(name) = sandbox
+            .settings
+            .keys()
+            .find(|n| !crate::limits::allowed_setting(engine.as_str(), n))
+        {
+            return Err(PlanError::Sandbox {
+                key: "settings",
+                reason: format!(
+                    "{name:?} is not a setting a plan may give for {engine} (memory, parallelism, checkpoints and planner costs may be set; the sandbox's boundary and what the profile decides may not)"
+                ),
+            });
+        }
         let files = files_spec(engine, raw.files, &checks, &targets)?;
         let (pitr, promote) = physical_spec(engine, raw.pitr, raw.promote, &targets)?;
         let incrementals: Vec<String> = raw
@@ -864,6 +880,27 @@ name = "orders"
 sql = "SELECT count(*) FROM orders"
 expect = ">= 1000"
 "#;
+
+    #[test]
+    fn sandbox_settings_are_checked_against_the_engine() {
+        let base = "[artifact]\nurl = \"/b/x.dump\"\nengine = \"postgres\"\n";
+        let ok = Plan::from_toml(&format!(
+            "{base}[sandbox]\nprofile = \"faithful\"\njobs = 2\nsettings = {{ shared_buffers = \"1GB\" }}\n"
+        ))
+        .expect("valid");
+        assert_eq!(ok.sandbox.profile, crate::limits::Profile::Faithful);
+        assert_eq!(ok.to_raw().min_version(), 4);
+        let err = Plan::from_toml(&format!(
+            "{base}[sandbox]\nsettings = {{ listen_addresses = \"*\" }}\n"
+        ))
+        .expect_err("refused")
+        .to_string();
+        assert!(
+            err.contains("\"listen_addresses\" is not a setting a plan may give for postgres"),
+            "{err}"
+        );
+        assert!(Plan::from_toml(&format!("{base}[sandbox]\nprofile = \"slow\"\n")).is_err());
+    }
 
     #[test]
     fn full_plan_parses() {

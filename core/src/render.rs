@@ -18,9 +18,13 @@ pub fn human(r: &Report) -> String {
         .as_deref()
         .map(|n| format!("{n}  "))
         .unwrap_or_default();
+    let profile = match r.profile.as_deref() {
+        Some(p) if p != "fast" => format!(", {p} profile"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         s,
-        "{verdict}  {title}{} ({}, {} sandbox)",
+        "{verdict}  {title}{} ({}, {} sandbox{profile})",
         r.artifact.url, r.engine, r.runtime
     );
     if let Some(f) = &r.failure {

@@ -230,6 +230,9 @@ pub struct Report {
     pub artifact: ArtifactReport,
     pub engine: String,
     pub runtime: String,
+    /// The sandbox profile the restore ran under: "fast" or "faithful" (`[sandbox] profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// RFC 3339, UTC: when the verification started (RPO is measured from here).
     pub started_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,6 +275,7 @@ impl Report {
             },
             engine: engine.to_owned(),
             runtime: runtime.to_owned(),
+            profile: None,
             started_at,
             server_version: None,
             database: None,

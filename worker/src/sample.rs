@@ -66,7 +66,7 @@ impl<'a> SampleDatabase<'a> {
             .cluster
             .insert(PgCluster::create(verifier.runtime(), installed).map_err(|e| e.to_string())?);
         cluster
-            .start(verifier.runtime(), &verifier.options().cache_dir, None)
+            .start(verifier.runtime(), &verifier.options().cache_dir, None, &[])
             .await
             .map_err(|e| e.to_string())?;
         let admin = connect(&cluster.socket_dir(), "postgres").await?;

@@ -371,3 +371,56 @@ async fn a_plan_timeout_mid_restore_removes_the_container() {
     let report = env.verify(&plan).await;
     assert_failed_in(&report, Phase::Restore.as_str(), "timed out");
 }
+
+/// `[sandbox] profile`: `fast` restores with durability off, `faithful` with the engine's durable
+/// defaults and the plan's own settings — asked of the restored server itself, in both runtimes.
+async fn profiles_reach_the_server(rt: RuntimeChoice) {
+    let fx = fixtures().await;
+    let env = env_for(rt).await;
+    let pg = |profile: &str, fsync: &str| {
+        plan(
+            &fx.join("custom.dump"),
+            &format!(
+                "[[checks]]\nname = \"fsync\"\nsql = \"SHOW fsync\"\nexpect = \"= '{fsync}'\"\n\
+                 [[checks]]\nname = \"work_mem\"\nsql = \"SHOW work_mem\"\nexpect = \"= '7MB'\"\n\
+                 [sandbox]\nprofile = \"{profile}\"\njobs = 1\nsettings = {{ work_mem = \"7MB\" }}\n"
+            ),
+        )
+    };
+    for (profile, fsync) in [("fast", "off"), ("faithful", "on")] {
+        let report = env.verify(&pg(profile, fsync)).await;
+        assert_passed(&report);
+        assert_eq!(report.profile.as_deref(), Some(profile));
+    }
+    // The profile decides durability: a fast restore does not run with fsync on.
+    let report = env.verify(&pg("fast", "on")).await;
+    assert_failed_in(&report, "checks", "fsync");
+
+    let my = mysql_fixtures().await;
+    for (profile, flush) in [("fast", "0"), ("faithful", "1")] {
+        let report = env
+            .verify(&engine_plan(
+                "mysql",
+                &my.join("shop.sql"),
+                &format!(
+                    "[[checks]]\nname = \"flush at commit\"\nsql = \"SELECT @@innodb_flush_log_at_trx_commit\"\nexpect = \"= {flush}\"\n\
+                     [[checks]]\nname = \"sort buffer\"\nsql = \"SELECT @@sort_buffer_size\"\nexpect = \"= 1048576\"\n\
+                     [sandbox]\nprofile = \"{profile}\"\nsettings = {{ sort_buffer_size = \"1M\" }}\n"
+                ),
+            ))
+            .await;
+        assert_passed(&report);
+        assert_eq!(report.profile.as_deref(), Some(profile));
+    }
+    env.assert_clean();
+}
+
+#[tokio::test]
+async fn profiles_reach_the_server_in_process() {
+    profiles_reach_the_server(PROCESS).await;
+}
+
+#[tokio::test]
+async fn profiles_reach_the_server_in_docker() {
+    profiles_reach_the_server(DOCKER).await;
+}

@@ -282,6 +282,9 @@ impl Verifier {
             humantime::format_rfc3339_seconds(started).to_string(),
         );
         report.name = plan.name.clone();
+        if plan.artifact.engine != rehearse_core::plan::Engine::Files {
+            report.profile = Some(plan.sandbox.profile.as_str().to_owned());
+        }
         let mut run = Run {
             report,
             clock: Clock {
@@ -422,7 +425,7 @@ impl Verifier {
             rt: &self.rt,
             container,
             cache_dir: &self.opts.cache_dir,
-            jobs: self.opts.jobs,
+            jobs: plan.sandbox.jobs.unwrap_or(self.opts.jobs),
             tags: run.tags.clone(),
             digest: run.report.artifact.blake3.clone().unwrap_or_default(),
             spares: self.opts.spare_templates,

@@ -123,6 +123,7 @@ impl Session for MysqlSession<'_> {
             let server = self
                 .server
                 .insert(MariaServer::create(env.rt, install).map_err(Stop::Cannot)?);
+            server.set_profile(&env.plan.sandbox);
             server
                 .start(
                     env.rt,
@@ -140,6 +141,7 @@ impl Session for MysqlSession<'_> {
         let server = self
             .server
             .insert(MariaServer::create_docker(env.rt, docker).map_err(Stop::Cannot)?);
+        server.set_profile(&env.plan.sandbox);
         // The dump is streamed in by the worker: nothing to mount.
         let template = env
             .image_template(

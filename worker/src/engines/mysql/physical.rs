@@ -110,6 +110,8 @@ impl Session for BackupSession<'_> {
             let server = self
                 .server
                 .insert(MariaServer::create_docker(env.rt, docker).map_err(Stop::Cannot)?);
+            server.set_profile(&env.plan.sandbox);
+            server.set_profile(&env.plan.sandbox);
             server
                 .start_container_waiting(image.clone(), &env.plan.sandbox, env.tags.clone())
                 .await
@@ -127,7 +129,9 @@ impl Session for BackupSession<'_> {
                 "mariadb-backup is not installed on this worker (Debian: apt-get install mariadb-backup)".into(),
             ));
         }
-        self.server = Some(MariaServer::create(env.rt, install).map_err(Stop::Cannot)?);
+        let mut server = MariaServer::create(env.rt, install).map_err(Stop::Cannot)?;
+        server.set_profile(&env.plan.sandbox);
+        self.server = Some(server);
         Ok(Provisioned {
             server_version: Some(install.version.clone()),
             runtime: "process",

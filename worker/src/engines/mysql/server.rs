@@ -122,7 +122,16 @@ pub struct MariaServer {
     install: Option<MariaInstall>,
     /// The server's version, e.g. "10.11.19-MariaDB-0+deb12u1".
     pub version: String,
+    /// Flags after [`SETTINGS`] for the plan's `[sandbox]` (see [`MariaServer::set_profile`]).
+    extra: Vec<String>,
 }
+
+/// MariaDB's own defaults for what [`SETTINGS`] changes for speed (the `faithful` profile).
+const DURABLE: [&str; 3] = [
+    "--innodb-flush-log-at-trx-commit=1",
+    "--innodb-doublewrite=1",
+    "--innodb-buffer-pool-size=128M",
+];
 
 impl MariaServer {
     pub fn create(rt: &ProcessRuntime, install: &MariaInstall) -> Result<MariaServer, String> {
@@ -132,6 +141,7 @@ impl MariaServer {
             sandbox,
             install: Some(install.clone()),
             version: install.version.clone(),
+            extra: Vec::new(),
         })
     }
 
@@ -145,7 +155,23 @@ impl MariaServer {
             sandbox,
             install: None,
             version: String::new(),
+            extra: Vec::new(),
         })
+    }
+
+    /// The plan's `[sandbox]`: the durable defaults under the `faithful` profile, then its own
+    /// `settings` (checked against `rehearse_core::limits::allowed_setting` when the plan was
+    /// read); later flags win in mariadbd.
+    pub fn set_profile(&mut self, spec: &SandboxSpec) {
+        self.extra.clear();
+        if spec.profile == rehearse_core::limits::Profile::Faithful {
+            self.extra.extend(DURABLE.iter().map(|f| (*f).to_owned()));
+        }
+        self.extra.extend(
+            spec.settings
+                .iter()
+                .map(|(k, v)| format!("--{}={v}", k.replace('_', "-"))),
+        );
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -321,7 +347,12 @@ impl MariaServer {
             "mkdir -p {files} && exec mariadbd --no-defaults --datadir={data} --socket={CONTAINER_SOCKET_DIR}/{SOCKET} \
              --pid-file={CONTAINER_DATA_DIR}/mysqld.pid --secure-file-priv={files} --tmpdir=/tmp {} \
              --log-error={CONTAINER_DATA_DIR}/server.log\n",
-            SETTINGS.join(" ")
+            SETTINGS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(self.extra.iter().map(|e| shell_quote(e)))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let host = self.sandbox.dir().join("data");
         let tmp = host.join(".start.sh");
@@ -357,6 +388,7 @@ impl MariaServer {
             ))
             .arg(format!("--tmpdir={}", dir.join("tmp").display()))
             .args(SETTINGS)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -396,6 +428,7 @@ impl MariaServer {
         );
         let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), script, "sh".to_owned()];
         cmd.extend(SETTINGS.map(String::from));
+        cmd.extend(self.extra.iter().cloned());
         self.sandbox
             .start_container(ContainerSpec {
                 image,
@@ -642,4 +675,9 @@ impl LineFilter for rehearse_core::mysqldump::Mysql8Filter {
         self.feed(line, out);
         Ok(())
     }
+}
+
+/// `'…'` for a shell line.
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
 }

@@ -135,10 +135,13 @@ impl Session for BaseSession<'_> {
         }
         let mut notes = vec![self.recovery.verify_manifest(cluster, env.rt).await?];
         step("manifest verified");
-        let settings = self
-            .recovery
-            .prepare(cluster, env.rt, env.plan, env.sources)
-            .await?;
+        // The profile's settings first: what recovery needs (hot-standby limits, WAL level) wins.
+        let mut settings = cluster::profile_settings(&env.plan.sandbox);
+        settings.extend(
+            self.recovery
+                .prepare(cluster, env.rt, env.plan, env.sources)
+                .await?,
+        );
         step("prepared");
         if let Err(e) = cluster.start_on_data(env.rt, &settings).await {
             return Err(self

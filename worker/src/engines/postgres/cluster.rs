@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use rehearse_core::limits::SandboxSpec;
+use rehearse_core::limits::{Profile, SandboxSpec};
 use tracing::debug;
 
 use super::SUPERUSER;
@@ -62,6 +62,38 @@ const SETTINGS: [(&str, &str); 16] = [
     ("timezone", "UTC"),
     ("max_connections", "32"),
 ];
+
+/// PostgreSQL's own defaults for what [`SETTINGS`] changes for speed: the `faithful` profile
+/// puts them back (a later `-c` wins), so the restore runs as a production server's would.
+const DURABLE: [(&str, &str); 11] = [
+    ("fsync", "on"),
+    ("synchronous_commit", "on"),
+    ("full_page_writes", "on"),
+    ("wal_level", "replica"),
+    ("max_wal_senders", "10"),
+    ("autovacuum", "on"),
+    ("checkpoint_timeout", "5min"),
+    ("max_wal_size", "1GB"),
+    ("maintenance_work_mem", "64MB"),
+    ("shared_buffers", "128MB"),
+    ("jit", "on"),
+];
+
+/// The settings on top of [`SETTINGS`] for the plan's `[sandbox]`: the durable defaults under
+/// the `faithful` profile, then the plan's own `settings` (checked against
+/// `rehearse_core::limits::allowed_setting` when the plan was read).
+pub fn profile_settings(spec: &SandboxSpec) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if spec.profile == Profile::Faithful {
+        out.extend(
+            DURABLE
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+    }
+    out.extend(spec.settings.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -380,13 +412,15 @@ impl PgCluster {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Takes a spare copy of the template (or copies it), starts the server, waits until it
-    /// accepts connections; then has the next spare copied in the background.
+    /// Takes a spare copy of the template (or copies it), starts the server with `extra` on
+    /// top of the sandbox's settings, waits until it accepts connections; then has the next
+    /// spare copied in the background.
     pub async fn start(
         &mut self,
         rt: &ProcessRuntime,
         cache_dir: &Path,
         spares: Option<&Arc<Spares>>,
+        extra: &[(String, String)],
     ) -> Result<(), ClusterError> {
         let installed = self
             .installed
@@ -404,7 +438,7 @@ impl PgCluster {
         if let Some(spares) = spares {
             spares.refill(rt, &template, cache_dir);
         }
-        self.spawn(rt, &installed, &[])?;
+        self.spawn(rt, &installed, extra)?;
         self.wait_ready().await
     }
 
@@ -499,6 +533,10 @@ impl PgCluster {
         for (key, most) in [("shared_buffers", 256), ("maintenance_work_mem", 512)] {
             cmd.push("-c".into());
             cmd.push(format!("{key}={}MB", quarter_mb.clamp(16, most)));
+        }
+        for (key, value) in profile_settings(limits) {
+            cmd.push("-c".into());
+            cmd.push(format!("{key}={value}"));
         }
         self.sandbox
             .start_container(ContainerSpec {

@@ -134,6 +134,7 @@ impl Session for PgSession<'_> {
                     env.rt,
                     env.cache_dir,
                     env.spares.then_some(&self.engine.spares),
+                    &cluster::profile_settings(&env.plan.sandbox),
                 )
                 .await
                 .map_err(|e| Stop::Cannot(format!("sandbox could not start: {e}")))?;
