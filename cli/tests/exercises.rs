@@ -236,6 +236,52 @@ async fn an_application_group_recovers_in_the_secondary_region_in_order_across_a
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&good_id) && text.contains("passed"), "{text}");
     assert!(text.contains(&bad_id) && text.contains("failed"), "{text}");
+
+    // A drill may run an exercise: quarterly here, run by hand once; the run ends with it.
+    exercise_file(
+        &dir,
+        "uploads only",
+        "region = \"us\"\n[[step]]\nname = \"uploads\"\nplan = \"files.toml\"\n",
+        &[],
+    );
+    fs::write(
+        dir.join("dr.drill.toml"),
+        "[drill]\nname = \"quarterly DR\"\nschedule = \"0 9 1 */3 *\"\nexercise = \"uploads-only.exercise.toml\"\n",
+    )
+    .expect("drill file");
+    let out = f.rehearse(&[
+        "drill",
+        "apply",
+        &dir.join("dr.drill.toml").to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "drill apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = f.rehearse(&["drill", "run", "quarterly DR"]);
+    assert!(
+        out.status.success(),
+        "drill run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exercise_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(exercise_id.starts_with("ex-drill-"), "{exercise_id}");
+    let r = wait(&f, &exercise_id, "ended", |r| r.state.is_final()).await;
+    assert_eq!(r.verdict, Some(Verdict::Passed), "{r:#?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = f.rehearse(&["drill", "history", "quarterly DR", "--output", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains(&exercise_id) && text.contains("\"passed\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drill's run never ended: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn run(i: u64) -> Run {
     let drill = format!("drill-{:04}", i % 1000);
     let tick_ms = 1_700_000_000_000 + (i / 1000) as i64 * 60_000;
     Run {
+        exercise: None,
         drill: drill.clone(),
         tick_ms,
         manual: false,

@@ -146,8 +146,14 @@ pub async fn run(node: &NodeHandle, name: &str) -> Result<DrillAnswer, ApiError>
         return Err(ApiError::NotFound(format!("no drill {name:?}")));
     };
     let command = crate::ticker::manual_run(&drill, now_ms());
+    // The run's jobs; for a drill of an exercise, the exercise's id.
     let jobs = match &command {
-        Command::DrillTick(t) => t.jobs.iter().map(|j| j.id.clone()).collect(),
+        Command::DrillTick(t) => t
+            .jobs
+            .iter()
+            .map(|j| j.id.clone())
+            .chain(t.exercise.iter().map(|e| e.id.clone()))
+            .collect(),
         _ => Vec::new(),
     };
     let mut answer = change(node, name, command, 1).await?;

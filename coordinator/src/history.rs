@@ -186,6 +186,7 @@ mod tests {
 
     fn run(drill: &str, tick_ms: i64) -> Run {
         Run {
+            exercise: None,
             drill: drill.into(),
             tick_ms,
             manual: false,

@@ -88,6 +88,9 @@ impl Ticker {
                     } else {
                         Vec::new()
                     },
+                    exercise: fire
+                        .then(|| exercise_start(d, tick_ms, false, now_ms))
+                        .flatten(),
                     skipped,
                     missed,
                     version: d.spec.version.clone(),
@@ -120,6 +123,21 @@ pub fn jobs(d: &Drill, tick_ms: i64, manual: bool, now_ms: u64) -> Vec<NewJob> {
         .collect()
 }
 
+/// A run's exercise, for a drill of an exercise: its id derived from (drill, tick).
+pub fn exercise_start(
+    d: &Drill,
+    tick_ms: i64,
+    manual: bool,
+    now_ms: u64,
+) -> Option<Box<rehearse_core::exercises::Start>> {
+    let spec = d.spec.exercise.as_ref()?;
+    Some(Box::new(rehearse_core::exercises::Start {
+        id: format!("ex-{}", drill::job_id(&d.spec.name, tick_ms, 0, manual)),
+        spec: (**spec).clone(),
+        at_ms: now_ms,
+    }))
+}
+
 /// A manual run of `d` now (`rehearse drill run`).
 pub fn manual_run(d: &Drill, now_ms: u64) -> Command {
     let tick_ms = now_ms as i64;
@@ -129,6 +147,7 @@ pub fn manual_run(d: &Drill, now_ms: u64) -> Command {
         manual: true,
         start_ms: tick_ms,
         jobs: jobs(d, tick_ms, true, now_ms),
+        exercise: exercise_start(d, tick_ms, true, now_ms),
         skipped: None,
         missed: None,
         version: d.spec.version.clone(),

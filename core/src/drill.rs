@@ -69,6 +69,9 @@ pub struct RawDrill {
     pub plan: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plans: Vec<String>,
+    /// A DR exercise file instead of plans: each run is one exercise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exercise: Option<String>,
 }
 
 /// What a tick does while the previous run of the drill still runs (a restore is never killed).
@@ -96,6 +99,9 @@ pub struct DrillSpec {
     pub keep_ms: u64,
     /// The plans each run verifies, one job each.
     pub plans: Vec<RawPlan>,
+    /// Or the DR exercise each run starts (`exercise = "dr.toml"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exercise: Option<Box<crate::exercise::ExerciseSpec>>,
     /// A hash of everything above: each run records the definition it ran.
     pub version: String,
 }
@@ -108,6 +114,8 @@ pub enum DrillError {
     Invalid { key: &'static str, reason: String },
     #[error("plan {source_name}: {reason}")]
     Plan { source_name: String, reason: String },
+    #[error("exercise {source_name}: {reason}")]
+    Exercise { source_name: String, reason: String },
 }
 
 impl DrillSpec {
@@ -171,10 +179,33 @@ impl DrillSpec {
         if let Some(inline) = raw.plan {
             plans.push(checked(inline, "[plan]")?);
         }
-        if plans.is_empty() {
+        let exercise = match d.exercise {
+            None => None,
+            Some(_) if !plans.is_empty() => {
+                return Err(invalid(
+                    "exercise",
+                    "a drill runs plans or an exercise, not both".into(),
+                ));
+            }
+            Some(file) => {
+                let bad = |reason: String| DrillError::Exercise {
+                    source_name: file.clone(),
+                    reason,
+                };
+                let text = read_plan(&file).map_err(&bad)?;
+                // The exercise's plan files are relative to the exercise file.
+                let dir = file.rsplit_once('/').map(|(d, _)| format!("{d}/"));
+                let spec = crate::exercise::ExerciseSpec::from_toml(&text, |name| {
+                    read_plan(&format!("{}{name}", dir.as_deref().unwrap_or("")))
+                })
+                .map_err(|e| bad(e.to_string()))?;
+                Some(Box::new(spec))
+            }
+        };
+        if plans.is_empty() && exercise.is_none() {
             return Err(invalid(
                 "plan",
-                "give plan = \"file.toml\", plans = [...], or an inline [plan] table".into(),
+                "give plan = \"file.toml\", plans = [...], an inline [plan] table, or exercise = \"dr.toml\"".into(),
             ));
         }
         let mut spec = DrillSpec {
@@ -187,6 +218,7 @@ impl DrillSpec {
             drift,
             keep_ms: millis(keep),
             plans,
+            exercise,
             version: String::new(),
         };
         spec.version = spec.digest();
@@ -200,14 +232,23 @@ impl DrillSpec {
             key: "schedule",
             reason: e.to_string(),
         })?;
-        if self.name.trim().is_empty() || self.plans.is_empty() || self.window_ms < 1000 {
+        let work = usize::from(!self.plans.is_empty()) + usize::from(self.exercise.is_some());
+        if self.name.trim().is_empty() || work != 1 || self.window_ms < 1000 {
             return Err(DrillError::Invalid {
                 key: "name",
-                reason: "a drill needs a name, a window of at least 1s and a plan".into(),
+                reason: "a drill needs a name, a window of at least 1s, and plans or an exercise"
+                    .into(),
             });
         }
         for (i, plan) in self.plans.iter().enumerate() {
             checked(plan.clone(), &format!("#{}", i + 1))?;
+        }
+        if let Some(e) = self.exercise.take() {
+            let name = e.name.clone();
+            self.exercise = Some(Box::new(e.checked().map_err(|e| DrillError::Exercise {
+                source_name: name,
+                reason: e.to_string(),
+            })?));
         }
         self.version = self.digest();
         Ok(self)
@@ -465,6 +506,9 @@ pub struct Run {
     pub version: String,
     #[serde(default)]
     pub jobs: Vec<String>,
+    /// The exercise this run started (a drill of an exercise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exercise: Option<String>,
     #[serde(default)]
     pub results: Vec<JobResult>,
     /// For a `missed` record: how many ticks, first and last.
@@ -1060,6 +1104,7 @@ mod tests {
 
     fn run(outcome: RunOutcome, finished_at_ms: u64) -> Run {
         Run {
+            exercise: None,
             drill: "shop".into(),
             tick_ms: 0,
             manual: false,

@@ -30,6 +30,9 @@ pub struct Tick {
     pub start_ms: i64,
     /// The run's jobs (empty when it does not fire).
     pub jobs: Vec<NewJob>,
+    /// For a drill of an exercise: the exercise the run starts (id from drill and tick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exercise: Option<Box<crate::exercises::Start>>,
     /// Why this tick does not fire.
     pub skipped: Option<String>,
     /// Earlier ticks nobody acted on: (count, first, last).
@@ -37,6 +40,21 @@ pub struct Tick {
     /// The definition it ran.
     pub version: String,
     pub at_ms: u64,
+}
+
+/// Exercise id → the run that started it (drills of an exercise).
+pub(crate) fn index_exercises(
+    runs: &BTreeMap<String, Vec<Run>>,
+) -> BTreeMap<String, (String, i64, bool)> {
+    runs.values()
+        .flatten()
+        .filter(|r| r.outcome == RunOutcome::Running)
+        .filter_map(|r| {
+            r.exercise
+                .clone()
+                .map(|e| (e, (r.drill.clone(), r.tick_ms, r.manual)))
+        })
+        .collect()
 }
 
 /// Job id → the run it belongs to.
@@ -168,6 +186,7 @@ impl JobStore {
             return Err("that manual run exists already".into());
         }
         let record = |outcome, reason: Option<String>, tick_ms, missed, jobs: Vec<String>| Run {
+            exercise: None,
             drill: tick.drill.clone(),
             tick_ms,
             manual: tick.manual,
@@ -201,6 +220,15 @@ impl JobStore {
                 None,
                 Vec::new(),
             ));
+        } else if let Some(start) = &tick.exercise {
+            let mut run = record(RunOutcome::Running, None, tick.tick_ms, None, Vec::new());
+            run.exercise = Some(start.id.clone());
+            runs.push(run);
+            self.drill_exercises.insert(
+                start.id.clone(),
+                (tick.drill.clone(), tick.tick_ms, tick.manual),
+            );
+            self.start_exercise(index, start)?;
         } else if !tick.jobs.is_empty() {
             let ids: Vec<String> = tick.jobs.iter().map(|j| j.id.clone()).collect();
             runs.push(record(
@@ -318,6 +346,42 @@ impl JobStore {
             .find(|r| r.tick_ms == tick_ms && r.manual == manual)
     }
 
+    /// An exercise a drill's run started has ended: the run ends with its verdict, and the
+    /// results of its plan steps.
+    pub(crate) fn drill_exercise_ended(&mut self, exercise: &str) {
+        let Some((drill, tick_ms, manual)) = self.drill_exercises.get(exercise).cloned() else {
+            return;
+        };
+        let Some(ex) = self.exercises.get(exercise) else {
+            return;
+        };
+        if !ex.state.is_final() {
+            return;
+        }
+        let report = ex.report();
+        let results: Vec<JobResult> = ex
+            .steps
+            .iter()
+            .filter_map(|s| s.attempts.last()?.end.as_ref().map(|e| e.result.clone()))
+            .collect();
+        let at_ms = ex.finished_at_ms.unwrap_or(ex.started_at_ms);
+        let (outcome, reason) = match report.verdict {
+            Some(crate::report::Verdict::Passed) => (RunOutcome::Passed, None),
+            Some(crate::report::Verdict::Failed) => (RunOutcome::Failed, report.reason),
+            _ => (RunOutcome::Error, report.reason),
+        };
+        self.drill_exercises.remove(exercise);
+        if let Some(run) = self.run_mut(&drill, tick_ms, manual)
+            && run.outcome == RunOutcome::Running
+        {
+            run.outcome = outcome;
+            run.reason = reason;
+            run.results = results;
+            run.finished_at_ms = Some(at_ms);
+        }
+        self.settle(&drill);
+    }
+
     /// A job changed state: if it belongs to a drill's run and the run's jobs have all ended,
     /// the run ends — with their results copied in, and drift checked against the last passed
     /// run of the same drill.
@@ -404,6 +468,7 @@ mod tests {
     fn tick(s: &JobStore, tick_ms: i64, at_ms: u64) -> Command {
         let d = s.drill("shop").expect("drill");
         Command::DrillTick(Box::new(Tick {
+            exercise: None,
             drill: "shop".into(),
             tick_ms,
             manual: false,
@@ -485,6 +550,88 @@ mod tests {
             },
         );
         (s, 2)
+    }
+
+    #[test]
+    fn a_drill_of_an_exercise_starts_one_exercise_per_run_and_ends_with_it() {
+        let spec = DrillSpec::from_toml(
+            "[drill]\nname = \"dr\"\nschedule = \"0 9 1 */3 *\"\nexercise = \"dr/x.toml\"\n",
+            |name| match name {
+                "dr/x.toml" => Ok("[exercise]\nname = \"x\"\nregion = \"eu\"\n[[step]]\nname = \"db\"\nplan = \"db.toml\"\ncritical = true\n".into()),
+                "dr/db.toml" => Ok(PLAN.into()),
+                other => Err(format!("no {other}")),
+            },
+        )
+        .expect("spec");
+        assert!(spec.plans.is_empty() && spec.exercise.is_some());
+        let (mut s, mut i) = store();
+        i += 1;
+        s.apply(
+            i,
+            &Command::ApplyDrill {
+                spec: Box::new(spec),
+                at_ms: 0,
+            },
+        );
+        let d = s.drill("dr").expect("drill").clone();
+        let start = crate::exercises::Start {
+            id: "ex-dr-1".into(),
+            spec: *d.spec.exercise.clone().expect("exercise"),
+            at_ms: 5_000,
+        };
+        let t = Command::DrillTick(Box::new(Tick {
+            drill: "dr".into(),
+            tick_ms: 5_000,
+            manual: true,
+            start_ms: 5_000,
+            jobs: Vec::new(),
+            exercise: Some(Box::new(start)),
+            skipped: None,
+            missed: None,
+            version: d.spec.version.clone(),
+            at_ms: 5_000,
+        }));
+        assert_eq!(t.min_version(), 4);
+        i += 1;
+        assert_eq!(s.apply(i, &t), Outcome::Done(Ok(())));
+        assert!(s.drill_running("dr"));
+        assert_eq!(s.runs("dr")[0].exercise.as_deref(), Some("ex-dr-1"));
+        // The run survives a snapshot (its exercise is found again) and ends with the exercise.
+        let mut s: JobStore =
+            serde_json::from_str(&serde_json::to_string(&s).expect("encode")).expect("decode");
+        let job = "ex-dr-1-s0-a1";
+        i += 1;
+        s.apply(
+            i,
+            &Command::Assign {
+                assignments: vec![(job.into(), "w".into())],
+                at_ms: 6_000,
+            },
+        );
+        let token = i;
+        i += 1;
+        let mut bad = verdict(Verdict::Passed, 5);
+        bad.fail("restore", "the dump is cut short");
+        bad.finish(&Default::default(), 0, None);
+        s.apply(
+            i,
+            &Command::Report {
+                job: job.into(),
+                token,
+                report: bad,
+                at_ms: 7_000,
+            },
+        );
+        let run = &s.runs("dr")[0];
+        assert_eq!(run.outcome, RunOutcome::Failed);
+        assert!(
+            run.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("\"db\" failed")),
+            "{run:?}"
+        );
+        assert_eq!(run.results.len(), 1);
+        assert!(!s.drill_running("dr"));
     }
 
     #[test]

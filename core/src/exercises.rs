@@ -181,8 +181,18 @@ impl JobStore {
         self.settle_exercises();
     }
 
-    /// Keeps the running exercises and the last [`KEEP_ENDED`] ended ones.
+    /// Ends the drill runs whose exercise has ended; keeps the running exercises and the last
+    /// [`KEEP_ENDED`] ended ones.
     fn settle_exercises(&mut self) {
+        let ended: Vec<String> = self
+            .drill_exercises
+            .keys()
+            .filter(|id| self.exercises.get(*id).is_none_or(|e| e.state.is_final()))
+            .cloned()
+            .collect();
+        for id in ended {
+            self.drill_exercise_ended(&id);
+        }
         let mut ended: Vec<(u64, String)> = self
             .exercises
             .values()

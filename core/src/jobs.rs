@@ -303,6 +303,7 @@ impl Command {
                 .plans
                 .iter()
                 .map(RawPlan::min_version)
+                .chain(spec.exercise.iter().map(|e| e.min_version()))
                 .max()
                 .unwrap_or(2)
                 .max(2),
@@ -310,6 +311,7 @@ impl Command {
                 .jobs
                 .iter()
                 .map(|j| j.plan.min_version())
+                .chain(tick.exercise.iter().map(|e| e.spec.min_version()))
                 .max()
                 .unwrap_or(2)
                 .max(2),
@@ -379,6 +381,10 @@ pub struct JobStore {
     /// Which run a drill job belongs to: job id → (drill, tick, manual). Derived from `runs`.
     #[serde(skip)]
     pub(crate) drill_jobs: BTreeMap<String, (String, i64, bool)>,
+    /// Which drill run started an exercise: exercise id → (drill, tick, manual), while the run
+    /// runs. Derived from `runs`.
+    #[serde(skip)]
+    pub(crate) drill_exercises: BTreeMap<String, (String, i64, bool)>,
     /// DR exercises, by id (running ones and the last ended ones).
     #[serde(default)]
     pub(crate) exercises: BTreeMap<String, crate::exercise::Exercise>,
@@ -425,6 +431,7 @@ impl From<StoreData> for JobStore {
             .collect();
         let drill_jobs = crate::drills::index_jobs(&d.runs);
         let exercise_jobs = crate::exercises::index_jobs(&d.exercises);
+        let drill_exercises = crate::drills::index_exercises(&d.runs);
         JobStore {
             jobs: d.jobs,
             workers: d.workers,
@@ -433,6 +440,7 @@ impl From<StoreData> for JobStore {
             drills: d.drills,
             runs: d.runs,
             drill_jobs,
+            drill_exercises,
             exercises: d.exercises,
             exercise_jobs,
             history_out: Vec::new(),
