@@ -1,6 +1,7 @@
 //! `rehearse demo --fleet`: after the single verification, the same dump as a scheduled drill on
 //! an in-process fleet — three coordinators (two regions), a worker in each region — ticking
-//! every 10 seconds until a few runs have passed, each run printed as it lands.
+//! every 10 seconds until a few runs have passed, each run printed as it lands; then the same
+//! dump as a DR exercise recovered in region `us`, its gate approved by the demo.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use rehearse_coordinator::CoordinatorConfig;
 use rehearse_core::drill::{DrillSpec, DrillView, RunOutcome};
-use rehearse_proto::client::{Client, DrillRpc};
+use rehearse_core::exercise::{ExerciseReport, StepKind, StepState};
+use rehearse_proto::client::{Client, DrillRpc, ExerciseRpc};
 use rehearse_proto::v1 as pb;
 use rehearse_worker::agent::AgentConfig;
 use rehearse_worker::runtime::RuntimeChoice;
@@ -184,9 +186,11 @@ async fn drive(
         shown = ended.len();
     }
     eprintln!(
-        "\nrehearse demo: {passed} drill runs passed; status {}. Stopping the fleet.",
+        "\nrehearse demo: {passed} drill runs passed; status {}.",
         status(&mut client, &spec.name).await
     );
+    exercise(dir, plan_file, &mut client, stop).await?;
+    eprintln!("\nrehearse demo: stopping the fleet.");
     Ok(())
 }
 
@@ -221,4 +225,83 @@ async fn status(client: &mut Client, name: &str) -> String {
         .ok()
         .and_then(|v| v.first().and_then(|d| d.status))
         .map_or_else(|| "unknown".into(), |s| s.as_str().to_owned())
+}
+
+/// The same dump as a DR exercise recovered in region `us`: the database step and a gate the
+/// demo approves itself, on the cluster; prints the report.
+async fn exercise(
+    dir: &Path,
+    plan_file: &Path,
+    client: &mut Client,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let file = dir.join("shop.exercise.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[exercise]\nname = \"shop DR to us\"\nregion = \"us\"\nrto = \"10m\"\nrpo = \"26h\"\n\
+             [[step]]\nname = \"db\"\nplan = \"{}\"\ncritical = true\n\
+             [[step]]\nname = \"approve cutover\"\nkind = \"gate\"\nafter = [\"db\"]\n",
+            plan_file
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ),
+    )
+    .context("write the demo exercise")?;
+    let spec = crate::exercise::read_spec(&file)?;
+    let call = |id: &str| pb::ExerciseCall {
+        id: id.to_owned(),
+        ..pb::ExerciseCall::default()
+    };
+    let answer = client
+        .exercise(
+            ExerciseRpc::Start,
+            pb::ExerciseCall {
+                spec_json: serde_json::to_string(&spec).context("encode exercise")?,
+                ..pb::ExerciseCall::default()
+            },
+        )
+        .await
+        .context("start the demo exercise")?;
+    let id = serde_json::from_str::<ExerciseReport>(&answer.json)
+        .context("the coordinator's answer")?
+        .id;
+    eprintln!(
+        "\nrehearse demo: a DR exercise: the shop database recovered in region us (faithful profile),\n\
+         then a gate the demo approves as a person would ({}):\n    \
+         rehearse exercise approve {id} --step \"approve cutover\" --by demo\n",
+        file.display()
+    );
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+            () = stop.cancelled() => return Ok(()),
+        }
+        let Ok(answer) = client.exercise(ExerciseRpc::Get, call(&id)).await else {
+            continue;
+        };
+        let report: ExerciseReport =
+            serde_json::from_str(&answer.json).context("the coordinator's answer")?;
+        if report.state.is_final() {
+            eprint!("{}", report.human());
+            return Ok(());
+        }
+        let waiting = report
+            .steps
+            .iter()
+            .any(|s| s.kind == StepKind::Gate && s.state == StepState::Running);
+        if waiting {
+            client
+                .exercise(
+                    ExerciseRpc::Approve,
+                    pb::ExerciseCall {
+                        step: "approve cutover".into(),
+                        by: "demo".into(),
+                        ..call(&id)
+                    },
+                )
+                .await
+                .context("approve the demo gate")?;
+        }
+    }
 }

@@ -179,6 +179,10 @@ fn demo_fleet_runs_the_dump_as_a_drill_and_cleans_up() {
         "{err}"
     );
     assert!(err.contains("1 drill runs passed; status ok"), "{err}");
+    // Then the same dump as a DR exercise in region us, its gate approved by the demo.
+    assert!(err.contains("exercise \"shop DR to us\""), "{err}");
+    assert!(err.contains("critical path: db → approve cutover"), "{err}");
+    assert!(err.contains(": PASSED"), "{err}");
     let left: Vec<_> = fleet_dirs().difference(&before).cloned().collect();
     assert!(left.is_empty(), "the fleet's dir was left behind: {left:?}");
 }

@@ -119,7 +119,7 @@ fn step<'a>(r: &'a ExerciseReport, name: &str) -> &'a rehearse_core::exercise::S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_group_recovers_in_the_secondary_region_in_order_across_a_leader_kill() {
-    let mut f = Fleet::start(&[("eu-1", "eu", 2), ("us-1", "us", 2)]).await;
+    let mut f = Fleet::start_http(&[("eu-1", "eu", 2), ("us-1", "us", 2)]).await;
     let dir = f.root.path().join("exercises");
     let files_plan = uploads(f.root.path());
     // A dump cut in half: the backup is bad, the verdict must be `failed`.
@@ -231,6 +231,49 @@ async fn an_application_group_recovers_in_the_secondary_region_in_order_across_a
     );
     assert!(r.targets.iter().all(|t| t.ok), "{:#?}", r.targets);
     assert!(r.deviations.iter().any(|d| d.contains("approved by ann")));
+    assert!(
+        r.leader_changes >= 1,
+        "the kill elected a new leader: {r:#?}"
+    );
+    assert!(r.deviations.iter().any(|d| d.contains("leader changed")));
+
+    // Over HTTP from a node still up (a follower redirects to the leader): the report as JSON,
+    // and the dashboard's page with the steps on one clock, the critical path drawn heavy.
+    let base = f
+        .http
+        .iter()
+        .find(|(id, _)| **id != leader)
+        .map(|(_, url)| url.clone())
+        .expect("a live node");
+    let json: serde_json::Value = reqwest::get(format!("{base}/v1/exercises/{good_id}"))
+        .await
+        .expect("GET exercise")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(json["verdict"], "passed", "{json}");
+    let html = reqwest::get(format!("{base}/exercises/{good_id}"))
+        .await
+        .expect("GET page")
+        .text()
+        .await
+        .expect("HTML");
+    assert!(
+        html.contains(r#"class="step critical gate" data-step="approve cutover""#),
+        "{html}"
+    );
+    assert!(html.contains(r#"data-step="db""#) && html.contains(r#"data-step="uploads""#));
+    assert!(html.contains("approved by ann"), "{html}");
+    let overview = reqwest::get(format!("{base}/"))
+        .await
+        .expect("GET /")
+        .text()
+        .await
+        .expect("HTML");
+    assert!(
+        overview.contains(&format!("/exercises/{good_id}")),
+        "{overview}"
+    );
 
     let out = f.rehearse(&["exercise", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -922,8 +922,14 @@ impl Node {
         for entry in entries {
             let ctx = ctx_of(&entry.context);
             if entry.data.is_empty() {
-                // The empty entry a new leader appends, or an empty conf change.
-                self.raw.mut_store().jobs.skip(entry.index);
+                // The empty entry a new leader appends (running exercises count it), or an
+                // empty conf change.
+                let jobs = &mut self.raw.mut_store().jobs;
+                if entry.get_entry_type() == EntryType::EntryNormal {
+                    jobs.new_leader(entry.index);
+                } else {
+                    jobs.skip(entry.index);
+                }
                 continue;
             }
             match entry.get_entry_type() {

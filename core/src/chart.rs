@@ -279,6 +279,104 @@ pub fn timeline(title: &str, phases: &[(String, u64, bool)]) -> String {
     out
 }
 
+/// One step of an exercise on its clock: offsets from the exercise's start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    pub step: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// passed, failed, error, halted, aborted, running, waiting.
+    pub state: String,
+    pub gate: bool,
+    /// On the critical path (drawn with a heavy outline).
+    pub critical: bool,
+}
+
+fn state_colour(state: &str) -> &'static str {
+    match state {
+        "passed" => "#2ca02c",
+        "failed" => "#d62728",
+        "error" => "#ff7f0e",
+        "running" => "#1f77b4",
+        _ => "#b3b3b3",
+    }
+}
+
+/// An exercise's steps as a Gantt chart on one clock, one row each, the critical path drawn
+/// heavy, gates hatched, with the RTO target as a dashed vertical line.
+pub fn gantt(title: &str, spans: &[Span], target_ms: Option<u64>) -> String {
+    let row = 26.0;
+    let h = TOP + BOTTOM + row * spans.len().max(1) as f64;
+    let label_w = 160.0;
+    let plot_w = WIDTH - label_w - RIGHT;
+    let max = spans
+        .iter()
+        .map(|s| s.end_ms)
+        .chain(target_ms)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64
+        * 1.05;
+    let x_of = |ms: u64| label_w + plot_w * (ms as f64 / max);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {h}" width="{WIDTH}" height="{h}" role="img" aria-label="{t}" font-family="sans-serif" font-size="11"><title>{t}</title><defs><pattern id="gate" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="3" height="6" fill="#ffffff" opacity="0.5"/></pattern></defs>"##,
+        t = escape(title)
+    );
+    for (i, s) in spans.iter().enumerate() {
+        let y = TOP + row * i as f64;
+        let (x0, x1) = (x_of(s.start_ms), x_of(s.end_ms.max(s.start_ms)));
+        let width = (x1 - x0).max(2.0);
+        let _ = write!(
+            out,
+            r##"<g class="step{}{}" data-step="{n}" data-state="{st}"><title>{n}: {st}, {a} → {b} ({d}){}</title><text x="4" y="{ty:.1}" fill="#111">{n}</text><rect x="{x0:.1}" y="{ry:.1}" width="{width:.1}" height="{rh}" fill="{c}" stroke="#111" stroke-width="{sw}"/>{hatch}</g>"##,
+            if s.critical { " critical" } else { "" },
+            if s.gate { " gate" } else { "" },
+            if s.critical {
+                ", on the critical path"
+            } else {
+                ""
+            },
+            n = escape(&s.step),
+            st = escape(&s.state),
+            a = escape(&duration(s.start_ms)),
+            b = escape(&duration(s.end_ms)),
+            d = escape(&duration(s.end_ms.saturating_sub(s.start_ms))),
+            ty = y + row / 2.0 + 4.0,
+            ry = y + 4.0,
+            rh = row - 8.0,
+            c = state_colour(&s.state),
+            sw = if s.critical { 2.5 } else { 0.5 },
+            hatch = if s.gate {
+                format!(
+                    r#"<rect x="{x0:.1}" y="{:.1}" width="{width:.1}" height="{}" fill="url(#gate)"/>"#,
+                    y + 4.0,
+                    row - 8.0
+                )
+            } else {
+                String::new()
+            },
+        );
+    }
+    if let Some(t) = target_ms {
+        let x = x_of(t);
+        let _ = write!(
+            out,
+            r##"<g class="target"><line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{y2:.1}" stroke="#d62728" stroke-dasharray="6 4" stroke-width="1.5"/><text x="{x:.1}" y="{ty:.1}" text-anchor="end" fill="#d62728">RTO target {d}</text></g>"##,
+            y2 = h - BOTTOM,
+            ty = h - BOTTOM + 14.0,
+            d = escape(&duration(t))
+        );
+    }
+    let _ = write!(
+        out,
+        r##"<text x="{label_w}" y="{ty:.1}" fill="#555">0</text></svg>"##,
+        ty = h - BOTTOM + 14.0
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +387,32 @@ mod tests {
             segments: ms.iter().map(|(p, m)| ((*p).into(), *m)).collect(),
             passed,
         }
+    }
+
+    #[test]
+    fn a_gantt_has_a_row_per_step_with_the_critical_path_marked() {
+        let span = |step: &str, a, b, critical, gate| Span {
+            step: step.into(),
+            start_ms: a,
+            end_ms: b,
+            state: "passed".into(),
+            gate,
+            critical,
+        };
+        let svg = gantt(
+            "x",
+            &[
+                span("db", 0, 4_000, true, false),
+                span("files <1>", 0, 1_000, false, false),
+                span("cutover", 4_000, 9_000, true, true),
+            ],
+            Some(60_000),
+        );
+        assert_eq!(svg.matches(r#"class="step"#).count(), 3);
+        assert_eq!(svg.matches(r#"class="step critical"#).count(), 2);
+        assert!(svg.contains(r#"class="step critical gate" data-step="cutover""#));
+        assert!(svg.contains("files &lt;1&gt;"), "escaped");
+        assert!(svg.contains("RTO target 1.0 min"));
     }
 
     #[test]

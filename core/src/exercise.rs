@@ -511,6 +511,9 @@ pub struct Exercise {
     pub steps: Vec<StepRun>,
     #[serde(default)]
     pub aborted: Option<Abort>,
+    /// New leaders the log recorded while it ran (a leader elected appends an empty entry).
+    #[serde(default)]
+    pub leader_changes: u32,
 }
 
 impl Exercise {
@@ -543,6 +546,7 @@ impl Exercise {
             finished_at_ms: None,
             steps,
             aborted: None,
+            leader_changes: 0,
         }
     }
 
@@ -1014,6 +1018,12 @@ impl Exercise {
                 profile: last.and_then(|e| e.result.profile.clone()),
             });
         }
+        if self.leader_changes > 0 {
+            deviations.push(format!(
+                "the coordinators' leader changed {} time(s) while it ran",
+                self.leader_changes
+            ));
+        }
         let (verdict, reason) = self.verdict(&targets, &points);
         ExerciseReport {
             id: self.id.clone(),
@@ -1036,6 +1046,7 @@ impl Exercise {
             critical_path: path.iter().map(|&i| self.steps[i].name.clone()).collect(),
             steps,
             deviations,
+            leader_changes: self.leader_changes,
             aborted: self.aborted.clone(),
         }
     }
@@ -1110,6 +1121,21 @@ pub struct ExerciseTarget {
     pub note: Option<String>,
 }
 
+impl ExerciseTarget {
+    /// "met (4.3s)", "MISSED (5h 2m)", with the note after a `;`; durations by `fmt`.
+    pub fn outcome(&self, fmt: impl Fn(u64) -> String) -> String {
+        format!(
+            "{} ({}){}",
+            if self.ok { "met" } else { "MISSED" },
+            self.observed_ms.map_or("-".to_owned(), fmt),
+            self.note
+                .as_deref()
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepView {
     pub name: String,
@@ -1168,6 +1194,7 @@ pub struct ExerciseReport {
     pub critical_path: Vec<String>,
     pub steps: Vec<StepView>,
     pub deviations: Vec<String>,
+    pub leader_changes: u32,
     pub aborted: Option<Abort>,
 }
 
@@ -1222,15 +1249,10 @@ impl ExerciseReport {
         for t in &self.targets {
             let _ = writeln!(
                 out,
-                "  target {} {}: {} ({}){}",
+                "  target {} {}: {}",
                 t.name,
                 human(t.target_ms),
-                if t.ok { "met" } else { "MISSED" },
-                opt(t.observed_ms),
-                t.note
-                    .as_deref()
-                    .map(|n| format!("; {n}"))
-                    .unwrap_or_default()
+                t.outcome(human)
             );
         }
         if !self.critical_path.is_empty() {

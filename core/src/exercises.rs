@@ -54,6 +54,20 @@ impl JobStore {
         self.exercises.get(id)
     }
 
+    /// The empty entry a newly elected leader appends, at `index`: running exercises count it
+    /// (every replica sees the same entries, so every replica counts the same).
+    pub fn new_leader(&mut self, index: u64) {
+        if index <= self.applied() {
+            return;
+        }
+        self.skip(index);
+        for e in self.exercises.values_mut() {
+            if !e.state.is_final() {
+                e.leader_changes += 1;
+            }
+        }
+    }
+
     /// Gates past their timeout at `now_ms` (the leader proposes `ExpireGates` for them).
     pub fn overdue_gates(&self, now_ms: u64) -> bool {
         self.exercises
@@ -350,6 +364,36 @@ mod tests {
         let ex = s.exercise("ex").expect("exercise");
         assert_eq!(ex.state, crate::exercise::ExerciseState::Aborted);
         assert!(s.workers["w"].running.is_empty(), "the slot is free again");
+    }
+
+    #[test]
+    fn running_exercises_count_the_leaders_elected_while_they_run() {
+        let mut s = store();
+        s.apply(2, &start("ex"));
+        s.new_leader(3);
+        s.new_leader(3);
+        assert_eq!(
+            s.exercise("ex").map(|e| e.leader_changes),
+            Some(1),
+            "an index counts once"
+        );
+        s.apply(
+            4,
+            &Command::AbortExercise {
+                id: "ex".into(),
+                by: "o".into(),
+                reason: String::new(),
+                at_ms: 9,
+            },
+        );
+        s.new_leader(5);
+        let r = s.exercise("ex").expect("exercise").report();
+        assert_eq!(r.leader_changes, 1, "an ended exercise counts no more");
+        assert!(
+            r.deviations
+                .iter()
+                .any(|d| d.contains("leader changed 1 time"))
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! inline SVG from `rehearse_core::chart`, no JavaScript and no external asset — pages print and
 //! work offline. Pages: `/` (drills with status, backup sets never tested, recent jobs), `/drills/
 //! {name}` (RTO per phase and RPO per run against their targets, the runs), `/jobs/{id}` (phase
-//! timeline, checks, row counts, attempts), `/fleet` (workers and coordinators). A follower
+//! timeline, checks, row counts, attempts), `/exercises/{id}` (the steps on one clock with the
+//! critical path, RTO/RPO against the targets, deviations), `/fleet` (workers and coordinators). A follower
 //! redirects to the leader like the API does. Read-only; open to whoever reaches the listener
 //! (tokens are not built yet: bind `--http-listen` to a private address).
 
@@ -64,6 +65,15 @@ struct DrillRow {
     next_run: String,
 }
 
+struct ExerciseRow {
+    id: String,
+    href: String,
+    name: String,
+    state: String,
+    rto: String,
+    started: String,
+}
+
 struct JobRow {
     id: String,
     href: String,
@@ -80,6 +90,7 @@ struct Overview {
     now: String,
     drills: Vec<DrillRow>,
     untested: Vec<String>,
+    exercises: Vec<ExerciseRow>,
     jobs: Vec<JobRow>,
     workers: String,
 }
@@ -165,6 +176,7 @@ pub async fn overview(State(state): State<AppState>, uri: Uri) -> Result<Respons
         _ => Vec::new(),
     };
     let status = state.node.status().await.map_err(&err)?;
+    let exercises = crate::exercise_api::list(&state.node).await.map_err(&err)?;
     // A backup set is "never tested" while no run of a drill over it has passed.
     let mut untested: Vec<String> = views
         .iter()
@@ -189,6 +201,22 @@ pub async fn overview(State(state): State<AppState>, uri: Uri) -> Result<Respons
         now: stamp(now_ms() as i64),
         drills: views.iter().map(drill_row).collect(),
         untested,
+        exercises: exercises
+            .iter()
+            .rev()
+            .take(RECENT_JOBS)
+            .map(|r| ExerciseRow {
+                id: r.id.clone(),
+                href: format!("/exercises/{}", segment(&r.id)),
+                name: r.name.clone(),
+                state: r
+                    .verdict
+                    .map_or(r.state.as_str(), |v| v.as_str())
+                    .to_owned(),
+                rto: r.rto_ms.map_or("—".into(), chart::duration),
+                started: stamp(r.started_at_ms as i64),
+            })
+            .collect(),
         jobs: jobs.iter().rev().take(RECENT_JOBS).map(job_row).collect(),
         workers: format!("{} workers, {ready} ready", workers.len()),
     };
@@ -566,6 +594,140 @@ pub async fn fleet(State(state): State<AppState>, uri: Uri) -> Result<Response, 
                 version: m.command_version,
             })
             .collect(),
+    };
+    Ok(render(page))
+}
+
+struct StepRow {
+    name: String,
+    gate: bool,
+    critical: bool,
+    state: String,
+    after: String,
+    took: String,
+    worker: String,
+    jobs: Vec<String>,
+    age: String,
+    note: String,
+}
+
+#[derive(Template)]
+#[template(path = "exercise.html")]
+struct ExercisePage {
+    id: String,
+    name: String,
+    verdict: String,
+    summary: String,
+    reason: String,
+    rto: String,
+    machine_rto: String,
+    gate_wait: String,
+    rpo: String,
+    skew: String,
+    targets: Vec<(String, String)>,
+    critical_path: String,
+    gantt_svg: String,
+    steps: Vec<StepRow>,
+    deviations: Vec<String>,
+}
+
+/// An exercise's page: its steps on one clock (the critical path drawn heavy), RTO and RPO
+/// against the targets, deviations.
+pub async fn exercise(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Response, HttpError> {
+    let r = crate::exercise_api::get(&state.node, &id)
+        .await
+        .map_err(api_err(&state, &uri))?;
+    let opt = |v: Option<u64>| v.map_or("—".into(), chart::duration);
+    let now = now_ms();
+    let spans: Vec<chart::Span> = r
+        .steps
+        .iter()
+        .filter_map(|s| {
+            let start = s.started_at_ms?;
+            Some(chart::Span {
+                step: s.name.clone(),
+                start_ms: start.saturating_sub(r.started_at_ms),
+                end_ms: s.ended_at_ms.unwrap_or(now).saturating_sub(r.started_at_ms),
+                state: s.state.as_str().to_owned(),
+                gate: s.kind == rehearse_core::exercise::StepKind::Gate,
+                critical: r.critical_path.contains(&s.name),
+            })
+        })
+        .collect();
+    let rto_target = r
+        .targets
+        .iter()
+        .find(|t| t.name == "rto")
+        .map(|t| t.target_ms);
+    let page = ExercisePage {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        verdict: r
+            .verdict
+            .map_or(r.state.as_str(), |v| v.as_str())
+            .to_owned(),
+        summary: format!(
+            "region {} · disaster {}{} · started {} · definition {}",
+            r.region.as_deref().unwrap_or("any"),
+            stamp(r.disaster_ms),
+            if r.disaster_now { " (its start)" } else { "" },
+            stamp(r.started_at_ms as i64),
+            r.version
+        ),
+        reason: r.reason.clone().unwrap_or_default(),
+        rto: opt(r.rto_ms),
+        machine_rto: opt(r.machine_rto_ms),
+        gate_wait: chart::duration(r.gate_wait_ms),
+        rpo: opt(r.rpo_ms),
+        skew: opt(r.restore_point_skew_ms),
+        targets: r
+            .targets
+            .iter()
+            .map(|t| {
+                (
+                    format!("{} {}", t.name, chart::duration(t.target_ms)),
+                    t.outcome(chart::duration),
+                )
+            })
+            .collect(),
+        critical_path: if r.critical_path.is_empty() {
+            "—".into()
+        } else {
+            r.critical_path.join(" → ")
+        },
+        gantt_svg: chart::gantt(&format!("exercise {}: steps", r.name), &spans, rto_target),
+        steps: r
+            .steps
+            .iter()
+            .map(|s| StepRow {
+                name: s.name.clone(),
+                gate: s.kind == rehearse_core::exercise::StepKind::Gate,
+                critical: s.critical,
+                state: s.state.as_str().to_owned(),
+                after: s.after.join(", "),
+                took: opt(s.duration_ms),
+                worker: s.worker.clone().unwrap_or_default(),
+                jobs: s.jobs.clone(),
+                age: opt(s.restore_point_age_ms),
+                note: s
+                    .approval
+                    .as_ref()
+                    .map(|a| {
+                        format!(
+                            "approved by {} after {}",
+                            a.by,
+                            chart::duration(a.waited_ms)
+                        )
+                    })
+                    .or_else(|| s.reason.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        deviations: r.deviations.clone(),
     };
     Ok(render(page))
 }

@@ -9,7 +9,8 @@
 //! - `exercises`: list, get, start, approve (a gate), abort.
 //! - `fleet`: `GET /v1/workers`, `GET /v1/cluster`.
 //! - `/healthz` (the process serves), `/readyz` (this node knows a leader).
-//! - `dashboard`: the HTML pages (`/`, `/drills/{name}`, `/jobs/{id}`, `/fleet`).
+//! - `dashboard`: the HTML pages (`/`, `/drills/{name}`, `/jobs/{id}`, `/exercises/{id}`,
+//!   `/fleet`).
 //!
 //! A follower does not serve reads or writes itself: it answers `307 Temporary Redirect` to the
 //! leader's `--http-advertise` address (which each node sends with its raft traffic; used only
@@ -98,6 +99,10 @@ pub fn router(state: AppState) -> Router {
             get(dashboard::drill).with_state(state.clone()),
         )
         .route("/jobs/{id}", get(dashboard::job).with_state(state.clone()))
+        .route(
+            "/exercises/{id}",
+            get(dashboard::exercise).with_state(state.clone()),
+        )
         .route("/fleet", get(dashboard::fleet).with_state(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready).with_state(state))
