@@ -141,6 +141,7 @@ pub(crate) fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {
             profile: None,
         }),
         promote: args.promote.then(RawPromote::default),
+        export: None,
     };
     Ok(Plan::from_raw(raw)?)
 }

@@ -182,6 +182,11 @@ async fn an_application_group_recovers_in_the_secondary_region_in_order_across_a
         step(&r, "db").restore_point_ms.is_some(),
         "the demo plan's freshness query"
     );
+    assert_eq!(
+        step(&r, "db").profile.as_deref(),
+        Some("faithful"),
+        "exercises restore faithfully"
+    );
 
     // The leader dies while the gate waits; the exercise lives in the replicated state.
     let leader = f.cluster.leader().await;
@@ -365,29 +370,42 @@ fn exercise_run_recovers_a_group_on_this_machine_without_a_cluster() {
     );
     let db_plan = fs::read_to_string(artifacts.join("plan.toml")).expect("plan");
     let files_plan = uploads(root.path());
+    // Every customer up to `n` has an invoice in the file store; the tree holds two.
+    let group = |n: u32| {
+        format!(
+            "rto = \"1h\"\n\
+             [[step]]\nname = \"db\"\nplan = \"db.toml\"\ncritical = true\n\
+             [[step]]\nname = \"uploads\"\nplan = \"files.toml\"\n\
+             [[step]]\nname = \"go\"\nkind = \"gate\"\nafter = [\"db\", \"uploads\"]\n\
+             [[consistency]]\nname = \"every invoice exists\"\n\
+             sql = {{ step = \"db\", query = \"SELECT 'attachments/invoice-' || id || '.pdf' FROM customers WHERE id <= {n}\" }}\n\
+             files = {{ step = \"uploads\" }}\n"
+        )
+    };
     let file = exercise_file(
         &root.path().join("ex"),
         "local DR",
-        "rto = \"1h\"\n\
-         [[step]]\nname = \"db\"\nplan = \"db.toml\"\ncritical = true\n\
-         [[step]]\nname = \"uploads\"\nplan = \"files.toml\"\n\
-         [[step]]\nname = \"go\"\nkind = \"gate\"\nafter = [\"db\", \"uploads\"]\n",
+        &group(2),
         &[("db.toml", &db_plan), ("files.toml", &files_plan)],
     );
-    let out = rehearse(&[
-        "exercise",
-        "run",
-        &file.to_string_lossy(),
-        "--output",
-        "json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "exercise run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: ExerciseReport = serde_json::from_slice(&out.stdout).expect("report");
+    // `exercise run FILE --output json`, its exit code checked.
+    let run_json = |code: i32| -> ExerciseReport {
+        let out = rehearse(&[
+            "exercise",
+            "run",
+            &file.to_string_lossy(),
+            "--output",
+            "json",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "exercise run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("report")
+    };
+    let r = run_json(0);
     assert_eq!(r.verdict, Some(Verdict::Passed), "{r:#?}");
     assert!(r.steps.iter().all(|s| s.state == StepState::Passed));
     assert!(
@@ -396,9 +414,27 @@ fn exercise_run_recovers_a_group_on_this_machine_without_a_cluster() {
             .as_ref()
             .is_some_and(|a| a.by.contains("exercise run"))
     );
+    assert_eq!(step(&r, "db").profile.as_deref(), Some("faithful"));
+    assert_eq!(r.consistency[0].ok, Some(true), "{:#?}", r.consistency);
+    assert_eq!(
+        step(&r, "uploads").after,
+        ["db"],
+        "checked after the database answered"
+    );
     assert!(
         r.rto_ms
             .is_some_and(|rto| rto >= step(&r, "db").duration_ms.unwrap_or(0))
+    );
+
+    // A file store older than the database: the third customer's invoice is not in the tree.
+    exercise_file(&root.path().join("ex"), "local DR", &group(3), &[]);
+    let r = run_json(1);
+    assert_eq!(r.consistency[0].ok, Some(false));
+    assert!(
+        r.reason.as_deref().is_some_and(|x| x
+            .contains("consistency check \"every invoice exists\" failed")
+            && x.contains("attachments/invoice-3.pdf")),
+        "{r:#?}"
     );
 
     // The same group with the database dump cut in half: failed, exit 1, the gate never opens.

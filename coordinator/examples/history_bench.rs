@@ -62,6 +62,8 @@ fn run(i: u64) -> Run {
             reason: None,
             restore_point: None,
             profile: None,
+            exported: None,
+            consistency: Vec::new(),
         }],
         missed: None,
         archived: true,

@@ -427,6 +427,12 @@ pub struct JobResult {
     /// The sandbox profile the restore ran under ("fast", "faithful").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The plan's `export` rows (a DR exercise's consistency checks read them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported: Option<crate::report::Exported>,
+    /// The `consistency NAME` checks of a files step: (name, ok, reason).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consistency: Vec<(String, bool, Option<String>)>,
 }
 
 impl JobResult {
@@ -463,6 +469,18 @@ impl JobResult {
                     .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             }),
             profile: report.and_then(|r| r.profile.clone()),
+            exported: report.and_then(|r| r.exported.clone()),
+            consistency: report
+                .map(|r| {
+                    r.checks
+                        .iter()
+                        .filter_map(|c| {
+                            let name = c.name.strip_prefix("consistency ")?;
+                            Some((name.to_owned(), c.ok, c.reason.clone()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -1077,6 +1095,8 @@ mod tests {
             reason: Some("why".into()),
             restore_point: None,
             profile: None,
+            exported: None,
+            consistency: Vec::new(),
         }
     }
 

@@ -40,7 +40,41 @@ pub struct RawExerciseFile {
     #[serde(default, rename = "step", skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<RawStep>,
     #[serde(default, rename = "consistency", skip_serializing_if = "Vec::is_empty")]
-    pub consistency: Vec<toml::Table>,
+    pub consistency: Vec<RawConsistency>,
+}
+
+/// `[[consistency]]`: every value the query returns in one step's restored database must be a
+/// path in another step's restored file tree.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsistency {
+    pub name: String,
+    pub sql: RawSqlSide,
+    pub files: RawFilesSide,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlSide {
+    pub step: String,
+    pub query: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilesSide {
+    pub step: String,
+}
+
+/// A validated consistency check between two plan steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsistencySpec {
+    pub name: String,
+    /// The step whose database answers the query (postgres or mysql).
+    pub sql_step: usize,
+    pub query: String,
+    /// The step whose file tree must hold every returned path (files); it runs after `sql_step`.
+    pub files_step: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -130,6 +164,8 @@ pub struct ExerciseSpec {
     pub rpo_ms: Option<u64>,
     pub disaster: Disaster,
     pub steps: Vec<StepSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consistency: Vec<ConsistencySpec>,
     /// A hash of everything above: the report names the definition it ran.
     pub version: String,
 }
@@ -163,18 +199,6 @@ impl ExerciseSpec {
         let raw: RawExerciseFile =
             toml::from_str(text).map_err(|e| ExerciseError::Toml(e.message().to_owned()))?;
         let invalid = |key: &'static str, reason: String| ExerciseError::Invalid { key, reason };
-        if let Some(c) = raw.consistency.first() {
-            let name = c
-                .get("name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("(unnamed)");
-            return Err(invalid(
-                "consistency",
-                format!(
-                    "check {name:?}: [[consistency]] checks across steps are not supported by this release; remove them (docs/exercises.md)"
-                ),
-            ));
-        }
         let e = raw.exercise;
         let name = drill::checked_name(&e.name).map_err(|r| invalid("name", r))?;
         let region = e
@@ -264,6 +288,30 @@ impl ExerciseSpec {
                 after,
             });
         }
+        let mut consistency = Vec::new();
+        for c in raw.consistency {
+            let find = |step: &str| {
+                names.get(step.trim()).copied().ok_or_else(|| {
+                    invalid(
+                        "consistency",
+                        format!("check {:?}: {step:?} is no step", c.name),
+                    )
+                })
+            };
+            let sql_step = find(&c.sql.step)?;
+            let files_step = find(&c.files.step)?;
+            consistency.push(ConsistencySpec {
+                name: drill::checked_name(&c.name)
+                    .map_err(|r| invalid("consistency", format!("name {r}")))?,
+                sql_step,
+                query: c.sql.query.trim().to_owned(),
+                files_step,
+            });
+            // The tree is checked once the database has answered.
+            if !steps[files_step].after.contains(&sql_step) && files_step != sql_step {
+                steps[files_step].after.push(sql_step);
+            }
+        }
         let mut spec = ExerciseSpec {
             name,
             region,
@@ -271,8 +319,10 @@ impl ExerciseSpec {
             rpo_ms,
             disaster,
             steps,
+            consistency,
             version: String::new(),
         };
+        spec.check_consistency()?;
         spec.check_graph()?;
         spec.version = spec.digest();
         Ok(spec)
@@ -307,8 +357,53 @@ impl ExerciseSpec {
             }
         }
         self.check_graph()?;
+        self.check_consistency()?;
         self.version = self.digest();
         Ok(self)
+    }
+
+    /// Each check joins a database step and a files step (one query per database step), the
+    /// files step after the other.
+    fn check_consistency(&self) -> Result<(), ExerciseError> {
+        let engine = |i: usize| {
+            self.steps
+                .get(i)
+                .and_then(|s| s.plan.as_ref())
+                .map(|p| p.artifact.engine.trim().to_owned())
+        };
+        for c in &self.consistency {
+            let bad = |reason: String| ExerciseError::Invalid {
+                key: "consistency",
+                reason: format!("check {:?}: {reason}", c.name),
+            };
+            if c.query.is_empty() {
+                return Err(bad("sql.query is empty".into()));
+            }
+            if !matches!(engine(c.sql_step).as_deref(), Some("postgres" | "mysql")) {
+                return Err(bad(
+                    "sql.step must be a step restoring a database (postgres or mysql)".into(),
+                ));
+            }
+            if engine(c.files_step).as_deref() != Some("files") {
+                return Err(bad(
+                    "files.step must be a step restoring a file tree (engine = \"files\")".into(),
+                ));
+            }
+            if !self.steps[c.files_step].after.contains(&c.sql_step) {
+                return Err(bad("its files step must come after its sql step".into()));
+            }
+            if self
+                .consistency
+                .iter()
+                .any(|o| o.sql_step == c.sql_step && o.query != c.query)
+            {
+                return Err(bad(format!(
+                    "step {:?} is asked two different queries; one query per step",
+                    self.steps[c.sql_step].name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a cycle, naming the steps on it.
@@ -615,6 +710,24 @@ impl Exercise {
         if plan.name.is_none() {
             plan.name = Some(format!("{} / {}", self.spec.name, s.name));
         }
+        for c in &self.spec.consistency {
+            if c.sql_step == step {
+                plan.export = Some(c.query.clone());
+            }
+            if c.files_step == step
+                && let Some(exported) = self
+                    .last_result(c.sql_step)
+                    .and_then(|r| r.exported.as_ref())
+            {
+                plan.files
+                    .get_or_insert_with(Default::default)
+                    .consistency
+                    .push(crate::plan::RawPathSet {
+                        name: c.name.clone(),
+                        paths: exported.rows.clone(),
+                    });
+            }
+        }
         Some(plan)
     }
 
@@ -844,6 +957,65 @@ impl Exercise {
         self.reason = report.reason;
     }
 
+    /// The result of the step's last job, once it ended.
+    fn last_result(&self, step: usize) -> Option<&JobResult> {
+        Some(&self.steps.get(step)?.attempts.last()?.end.as_ref()?.result)
+    }
+
+    /// Each consistency check: passed, failed (why), or not run (why).
+    fn consistency(&self) -> Vec<ConsistencyView> {
+        self.spec
+            .consistency
+            .iter()
+            .map(|c| {
+                let found = self
+                    .last_result(c.files_step)
+                    .and_then(|r| r.consistency.iter().find(|(n, _, _)| *n == c.name));
+                let truncated = self
+                    .last_result(c.sql_step)
+                    .and_then(|r| r.exported.as_ref())
+                    .is_some_and(|e| e.truncated);
+                let (ok, reason) = match found {
+                    Some((_, ok, reason)) => (Some(*ok), reason.clone()),
+                    None if self.steps[c.sql_step].state.is_final()
+                        && self.steps[c.sql_step].state != StepState::Passed =>
+                    {
+                        (
+                            None,
+                            Some(format!(
+                                "not run: the step {:?} did not pass",
+                                self.steps[c.sql_step].name
+                            )),
+                        )
+                    }
+                    None if self.steps[c.files_step].state.is_final() => (
+                        None,
+                        Some(format!(
+                            "not run: the step {:?} did not check it",
+                            self.steps[c.files_step].name
+                        )),
+                    ),
+                    None => (None, Some("not run yet".into())),
+                };
+                let reason = match (reason, truncated) {
+                    (r, true) => Some(format!(
+                        "{}only the first {} values were compared",
+                        r.map(|r| format!("{r}; ")).unwrap_or_default(),
+                        crate::plan::EXPORT_LIMIT
+                    )),
+                    (r, false) => r,
+                };
+                ConsistencyView {
+                    name: c.name.clone(),
+                    sql_step: self.steps[c.sql_step].name.clone(),
+                    files_step: self.steps[c.files_step].name.clone(),
+                    ok,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
     /// The restore point a step's (last) job used, when its report could tell one.
     fn restore_point(&self, i: usize) -> Option<i64> {
         let end = self.steps[i].attempts.last()?.end.as_ref()?;
@@ -1024,7 +1196,8 @@ impl Exercise {
                 self.leader_changes
             ));
         }
-        let (verdict, reason) = self.verdict(&targets, &points);
+        let consistency = self.consistency();
+        let (verdict, reason) = self.verdict(&targets, &points, &consistency);
         ExerciseReport {
             id: self.id.clone(),
             name: self.spec.name.clone(),
@@ -1045,6 +1218,7 @@ impl Exercise {
             targets,
             critical_path: path.iter().map(|&i| self.steps[i].name.clone()).collect(),
             steps,
+            consistency,
             deviations,
             leader_changes: self.leader_changes,
             aborted: self.aborted.clone(),
@@ -1058,6 +1232,7 @@ impl Exercise {
         &self,
         targets: &[ExerciseTarget],
         points: &[(usize, i64)],
+        consistency: &[ConsistencyView],
     ) -> (Option<Verdict>, Option<String>) {
         if !self.steps.iter().all(|s| s.state.is_final()) {
             return (None, None);
@@ -1066,6 +1241,17 @@ impl Exercise {
             return (
                 Some(Verdict::Error),
                 Some(format!("aborted by {}: {}", a.by, a.reason)),
+            );
+        }
+        // The classic DR failure first: a database and a file store from different days.
+        if let Some(c) = consistency.iter().find(|c| c.ok == Some(false)) {
+            return (
+                Some(Verdict::Failed),
+                Some(format!(
+                    "consistency check {:?} failed: {}",
+                    c.name,
+                    c.reason.as_deref().unwrap_or("")
+                )),
             );
         }
         let first = |st: StepState| self.steps.iter().find(|s| s.state == st);
@@ -1136,6 +1322,16 @@ impl ExerciseTarget {
     }
 }
 
+/// One consistency check's result: `ok` is `None` when it did not run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsistencyView {
+    pub name: String,
+    pub sql_step: String,
+    pub files_step: String,
+    pub ok: Option<bool>,
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepView {
     pub name: String,
@@ -1193,6 +1389,7 @@ pub struct ExerciseReport {
     pub targets: Vec<ExerciseTarget>,
     pub critical_path: Vec<String>,
     pub steps: Vec<StepView>,
+    pub consistency: Vec<ConsistencyView>,
     pub deviations: Vec<String>,
     pub leader_changes: u32,
     pub aborted: Option<Abort>,
@@ -1288,6 +1485,24 @@ impl ExerciseReport {
                 let _ = writeln!(out, "      {r}");
             }
         }
+        for c in &self.consistency {
+            let _ = writeln!(
+                out,
+                "  consistency {:?} ({} → {}): {}{}",
+                c.name,
+                c.sql_step,
+                c.files_step,
+                match c.ok {
+                    Some(true) => "ok",
+                    Some(false) => "FAILED",
+                    None => "not run",
+                },
+                c.reason
+                    .as_deref()
+                    .map(|r| format!(" — {r}"))
+                    .unwrap_or_default()
+            );
+        }
         if !self.deviations.is_empty() {
             let _ = writeln!(out, "  deviations:");
             for d in &self.deviations {
@@ -1362,6 +1577,8 @@ timeout = "30m"
                 reason: (state != "passed").then(|| format!("restore: it {state}")),
                 restore_point: None,
                 profile: Some("faithful".into()),
+                exported: None,
+                consistency: Vec::new(),
             },
             at_ms,
         }
@@ -1393,7 +1610,19 @@ timeout = "30m"
             e(&SHOP.replace("kind = \"gate\"", "kind = \"gate\"\nplan = \"db.toml\""))
                 .contains("a gate has no plan")
         );
-        assert!(e(&format!("{SHOP}[[consistency]]\nname = \"x\"\n")).contains("not supported"));
+        let check = |sql: &str, files: &str| {
+            format!(
+                "{SHOP}[[consistency]]\nname = \"x\"\nsql = {{ step = \"{sql}\", query = \"SELECT p FROM t\" }}\nfiles = {{ step = \"{files}\" }}\n"
+            )
+        };
+        assert!(e(&check("db", "nope")).contains("\"nope\" is no step"));
+        assert!(
+            e(&check("db", "uploads")).contains("files.step must be a step restoring a file tree")
+        );
+        assert!(
+            e(&check("approve cutover", "db"))
+                .contains("sql.step must be a step restoring a database")
+        );
         assert!(
             e(&SHOP.replace(
                 "plan = \"db.toml\"\ncritical",
@@ -1448,6 +1677,65 @@ timeout = "30m"
                 .any(|d| d.contains("approved by ann after waiting"))
         );
         assert!(x.approve("approve cutover", "bob", 500).is_err(), "ended");
+    }
+
+    #[test]
+    fn a_consistency_check_hands_the_databases_paths_to_the_file_tree_step() {
+        let text = r#"
+[exercise]
+name = "x"
+[[step]]
+name = "db"
+plan = "db.toml"
+[[step]]
+name = "uploads"
+[step.plan.artifact]
+url = "/b/uploads.tar"
+engine = "files"
+[[consistency]]
+name = "every attachment exists"
+sql = { step = "db", query = "SELECT path FROM attachments" }
+files = { step = "uploads" }
+"#;
+        let spec = spec(text).expect("spec");
+        assert_eq!(
+            spec.steps[1].after,
+            [0],
+            "the tree is checked after the database answers"
+        );
+        let mut x = Exercise::new("ex".into(), spec, 0);
+        let first = x.advance(0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            first[0].plan.export.as_deref(),
+            Some("SELECT path FROM attachments")
+        );
+        let mut db = end("passed", 10);
+        db.result.exported = Some(crate::report::Exported {
+            sql: "SELECT path FROM attachments".into(),
+            rows: vec!["a/1.pdf".into(), "a/2.pdf".into()],
+            truncated: false,
+        });
+        let next = x.job_ended("ex-s0-a1", db);
+        let sets = &next[0].plan.files.as_ref().expect("files").consistency;
+        assert_eq!(sets[0].name, "every attachment exists");
+        assert_eq!(sets[0].paths, ["a/1.pdf", "a/2.pdf"]);
+        Plan::from_raw(next[0].plan.clone()).expect("the adapted plan is valid");
+        let mut files = end("failed", 20);
+        files.result.consistency = vec![(
+            "every attachment exists".into(),
+            false,
+            Some("1 of 2 paths are not in the archive: a/2.pdf".into()),
+        )];
+        x.job_ended("ex-s1-a1", files);
+        let r = x.report();
+        assert_eq!(r.verdict, Some(Verdict::Failed));
+        assert_eq!(r.consistency[0].ok, Some(false));
+        assert!(
+            r.reason.as_deref().is_some_and(|r| r
+                .starts_with("consistency check \"every attachment exists\" failed: 1 of 2 paths")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -165,7 +165,13 @@ pub struct Plan {
     pub pitr: Option<PitrSpec>,
     /// Recover as a standby and promote it on the clock (`[promote]`).
     pub promote: Option<PromoteSpec>,
+    /// A query whose first column (every row, up to [`EXPORT_LIMIT`]) goes into the report's
+    /// `exported`: what a DR exercise's consistency check compares with another step.
+    pub export: Option<String>,
 }
+
+/// The most rows `export` copies into a report.
+pub const EXPORT_LIMIT: usize = 10_000;
 
 /// The `[pitr]` section: where the WAL archive is and how far to replay it.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +241,9 @@ pub struct PromoteSpec {
 pub struct FilesSpec {
     /// Relative paths that must exist after extraction.
     pub required: Vec<String>,
+    /// Named sets of paths that must all exist, each reported as one check
+    /// (`consistency NAME`): a DR exercise's consistency checks.
+    pub consistency: Vec<(String, Vec<String>)>,
     /// A `b3sum`-format manifest inside the archive; every file it lists must match.
     pub manifest: Option<String>,
     pub limits: crate::untar::Limits,
@@ -333,6 +342,9 @@ pub struct RawPlan {
     pub pitr: Option<RawPitr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promote: Option<RawPromote>,
+    /// A query whose first column, every row, goes into the report (`exported`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -373,7 +385,12 @@ impl RawPlan {
             .sandbox
             .as_ref()
             .is_some_and(|s| s.profile.is_some() || !s.settings.is_empty() || s.jobs.is_some());
-        if self.artifact.before.is_some() || profile {
+        let consistency = self.export.is_some()
+            || self
+                .files
+                .as_ref()
+                .is_some_and(|f| !f.consistency.is_empty());
+        if self.artifact.before.is_some() || profile || consistency {
             4
         } else if physical {
             3
@@ -398,6 +415,17 @@ pub struct RawFiles {
     /// Entries the archive may hold (default 1000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_entries: Option<u64>,
+    /// Named sets of paths that must all be in the archive (a DR exercise fills them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consistency: Vec<RawPathSet>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathSet {
+    pub name: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -603,6 +631,19 @@ impl Plan {
             });
         }
         let files = files_spec(engine, raw.files, &checks, &targets)?;
+        let export = match raw.export.map(|q| q.trim().to_owned()) {
+            Some(q) if q.is_empty() => {
+                return Err(PlanError::EngineMismatch(
+                    "export: the query is empty".into(),
+                ));
+            }
+            Some(_) if engine == Engine::Files => {
+                return Err(PlanError::EngineMismatch(
+                    "export is a SQL query; engine = \"files\" has no database".into(),
+                ));
+            }
+            other => other,
+        };
         let (pitr, promote) = physical_spec(engine, raw.pitr, raw.promote, &targets)?;
         let incrementals: Vec<String> = raw
             .artifact
@@ -649,6 +690,7 @@ impl Plan {
             files,
             pitr,
             promote,
+            export,
         })
     }
 
@@ -708,6 +750,15 @@ impl Plan {
                 let default = crate::untar::Limits::default();
                 RawFiles {
                     required: self.files.required.clone(),
+                    consistency: self
+                        .files
+                        .consistency
+                        .iter()
+                        .map(|(name, paths)| RawPathSet {
+                            name: name.clone(),
+                            paths: paths.clone(),
+                        })
+                        .collect(),
                     manifest: self.files.manifest.clone(),
                     max_bytes: (self.files.limits.max_bytes != default.max_bytes)
                         .then(|| crate::limits::format_size(self.files.limits.max_bytes)),
@@ -723,6 +774,7 @@ impl Plan {
             promote: self.promote.map(|p| RawPromote {
                 canary: Some(p.canary),
             }),
+            export: self.export.clone(),
         }
     }
 
@@ -833,6 +885,18 @@ fn files_spec(
             .to_owned()
     };
     let required: Vec<String> = raw.required.iter().map(|p| clean(p)).collect();
+    // Paths a database returned are data, not the plan's own: one that could not be inside the
+    // archive simply is not there (the check says so), it is not a plan error.
+    let consistency: Vec<(String, Vec<String>)> = raw
+        .consistency
+        .iter()
+        .map(|set| {
+            (
+                set.name.clone(),
+                set.paths.iter().map(|p| clean(p)).collect(),
+            )
+        })
+        .collect();
     if let Some(bad) = required
         .iter()
         .chain(raw.manifest.iter())
@@ -845,6 +909,7 @@ fn files_spec(
     }
     Ok(FilesSpec {
         required,
+        consistency,
         manifest: raw.manifest.map(|m| clean(&m)),
         limits,
     })

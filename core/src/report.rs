@@ -111,6 +111,17 @@ pub struct CopyReport {
     pub reason: Option<String>,
 }
 
+/// What the plan's `export` query returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exported {
+    pub sql: String,
+    /// The first column of each row (NULL rows left out), at most `plan::EXPORT_LIMIT`.
+    pub rows: Vec<String>,
+    /// More rows than the limit came back (the first ones are kept).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseReport {
     pub name: Phase,
@@ -258,6 +269,9 @@ pub struct Report {
     /// What recovering a base backup replayed (and, with `[promote]`, the promotion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryReport>,
+    /// The plan's `export` query's first column (a DR exercise's consistency check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported: Option<Exported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
     /// Things a reader should know that are not failures (e.g. roles created, isolation used).
@@ -289,6 +303,7 @@ impl Report {
             integrity: None,
             files: None,
             recovery: None,
+            exported: None,
             failure: None,
             notes: Vec::new(),
         }

@@ -230,6 +230,7 @@ pub fn demo_plan(dump: &Path, orders: u32, blake3: Option<String>) -> Plan {
         files: None,
         pitr: None,
         promote: None,
+        export: None,
     };
     // The plan is built from constants above; a failure here is a bug in this function.
     Plan::from_raw(raw).unwrap_or_else(|e| panic!("demo plan is invalid: {e}"))

@@ -30,6 +30,8 @@ pub struct Inspection {
     pub newest: Option<(i64, String)>,
     pub tables: Vec<TableRows>,
     pub integrity: Option<IntegrityReport>,
+    /// The plan's `export` query's rows.
+    pub exported: Option<rehearse_core::report::Exported>,
     /// The reason the checks phase failed, if it did.
     pub failure: Option<String>,
     pub notes: Vec<String>,

@@ -512,6 +512,7 @@ fn finish_checks(run: &mut Run<'_>, found: Inspection) {
     run.report.checks = found.checks;
     run.report.tables = found.tables;
     run.report.integrity = found.integrity;
+    run.report.exported = found.exported;
     run.report.notes.extend(found.notes);
     if let Some((ms, text)) = found.newest {
         run.newest_ms = Some(ms);

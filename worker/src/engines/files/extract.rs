@@ -6,9 +6,44 @@ use std::path::Path;
 use rehearse_core::plan::FilesSpec;
 use rehearse_core::report::CheckReport;
 
-/// The files engine's checks: required paths, then the manifest.
+/// The files engine's checks: a DR exercise's path sets, required paths, then the manifest.
 pub fn check(root: &Path, spec: &FilesSpec) -> Vec<CheckReport> {
     let mut out = Vec::new();
+    for (name, paths) in &spec.consistency {
+        let missing: Vec<&String> = paths
+            .iter()
+            .filter(|p| {
+                // Paths come from the restored database: data, never a way out of the tree.
+                let outside = p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..");
+                outside || fs::symlink_metadata(root.join(p.as_str())).is_err()
+            })
+            .collect();
+        let shown: Vec<&str> = missing.iter().take(5).map(|p| p.as_str()).collect();
+        out.push(CheckReport {
+            name: format!("consistency {name}"),
+            sql: String::new(),
+            expect: format!("all {} paths present", paths.len()),
+            observed: Some(format!(
+                "{} of {} present",
+                paths.len() - missing.len(),
+                paths.len()
+            )),
+            ok: missing.is_empty(),
+            reason: (!missing.is_empty()).then(|| {
+                format!(
+                    "{} of {} paths are not in the archive: {}{}",
+                    missing.len(),
+                    paths.len(),
+                    shown.join(", "),
+                    if missing.len() > shown.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                )
+            }),
+        });
+    }
     for required in &spec.required {
         let present = fs::symlink_metadata(root.join(required)).is_ok();
         out.push(CheckReport {

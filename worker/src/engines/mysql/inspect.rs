@@ -31,6 +31,28 @@ pub async fn inspect(server: &MariaServer, database: &str, plan: &Plan) -> Inspe
             Err(e) => found.fail(format!("freshness query failed: {e}")),
         }
     }
+    if let Some(sql) = &plan.export {
+        let rows = server
+            .query_xml(Some(database), sql)
+            .await
+            .and_then(|xml| mysqlxml::rows(&xml).map_err(|e| format!("unreadable result: {e}")));
+        match rows {
+            Ok(rows) => {
+                let mut firsts: Vec<String> = rows
+                    .into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .collect();
+                let truncated = firsts.len() > rehearse_core::plan::EXPORT_LIMIT;
+                firsts.truncate(rehearse_core::plan::EXPORT_LIMIT);
+                found.exported = Some(rehearse_core::report::Exported {
+                    sql: sql.clone(),
+                    rows: firsts,
+                    truncated,
+                });
+            }
+            Err(e) => found.fail(format!("export query failed: {e}")),
+        }
+    }
     if plan.builtin.row_counts {
         match row_counts(server).await {
             Ok(tables) => found.tables = tables,

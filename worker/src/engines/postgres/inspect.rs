@@ -109,7 +109,11 @@ pub async fn inspect(
             Some(sql) => freshness(&client, sql).await,
             None => Ok(None),
         };
-        (reports, newest)
+        let exported = match &plan.export {
+            Some(sql) => Some(export(&client, sql).await),
+            None => None,
+        };
+        (reports, newest, exported)
     };
     let counts = async {
         if !plan.builtin.row_counts {
@@ -141,7 +145,8 @@ pub async fn inspect(
             None
         }
     };
-    let ((checks, newest), counts, integrity) = tokio::join!(plan_checks, counts, integrity);
+    let ((checks, newest, exported), counts, integrity) =
+        tokio::join!(plan_checks, counts, integrity);
     let mut found = Inspection::default();
     for check in &checks {
         if let Some(reason) = &check.reason {
@@ -152,6 +157,11 @@ pub async fn inspect(
     match newest {
         Ok(newest) => found.newest = newest,
         Err(e) => found.fail(format!("freshness query failed: {e}")),
+    }
+    match exported {
+        Some(Ok(e)) => found.exported = Some(e),
+        Some(Err(e)) => found.fail(format!("export query failed: {e}")),
+        None => {}
     }
     match counts {
         Some(Ok(tables)) => found.tables = tables,
@@ -174,6 +184,29 @@ pub async fn inspect(
         None => {}
     }
     Ok(found)
+}
+
+/// The export query's first column, every row (NULLs left out), up to the limit.
+async fn export(client: &Client, sql: &str) -> Result<rehearse_core::report::Exported, String> {
+    let messages = client.simple_query(sql).await.map_err(|e| db_message(&e))?;
+    let mut rows = Vec::new();
+    let mut truncated = false;
+    for m in messages {
+        if let SimpleQueryMessage::Row(row) = m
+            && let Some(v) = row.get(0)
+        {
+            if rows.len() == rehearse_core::plan::EXPORT_LIMIT {
+                truncated = true;
+                break;
+            }
+            rows.push(v.to_owned());
+        }
+    }
+    Ok(rehearse_core::report::Exported {
+        sql: sql.to_owned(),
+        rows,
+        truncated,
+    })
 }
 
 /// Runs the freshness query wrapped so the server does the time arithmetic: a `timestamptz`,
