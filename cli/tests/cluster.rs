@@ -527,3 +527,99 @@ async fn the_cli_commands_speak_json() {
     assert_eq!(code, Some(2));
     assert!(err.contains("no job job-nope"), "{err}");
 }
+
+/// grpc.health.v1 as a load balancer or a Kubernetes gRPC probe asks it: SERVING on every node
+/// of a cluster with a leader, NOT_SERVING on a node cut from its quorum.
+#[tokio::test]
+async fn the_grpc_health_check_serves_only_while_the_node_knows_a_leader() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut c = TestCluster::new(loopback_addrs(3), 10_000);
+    c.spawn_all();
+    let leader = c.leader().await;
+    let status = |addr: String, service: &'static str| async move {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let mut client = HealthClient::new(channel);
+        let r = client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()?;
+        Some(r.into_inner().status)
+    };
+    let wait = |addr: String, want: ServingStatus| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = status(addr.clone(), "").await;
+            if got == Some(want as i32) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{addr}: {got:?}, want {want:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for addr in c.addrs.values() {
+        wait(addr.clone(), ServingStatus::Serving).await;
+        assert_eq!(
+            status(addr.clone(), "rehearse.v1.Coordinator").await,
+            Some(ServingStatus::Serving as i32)
+        );
+    }
+    // The leader and one follower gone: the last node has no quorum, so no leader.
+    let survivor = *c
+        .addrs
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    for id in c.addrs.keys().copied().collect::<Vec<_>>() {
+        if id != survivor {
+            c.kill(id);
+        }
+    }
+    wait(c.addrs[&survivor].clone(), ServingStatus::NotServing).await;
+}
+
+/// `--log-format json`: every log line is one JSON object a log shipper can read.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let mut c = TestCluster::new(loopback_addrs(1), 10_000);
+    c.extra = vec![
+        "--log-format".into(),
+        "json".into(),
+        "--log".into(),
+        "info".into(),
+    ];
+    c.spawn_all();
+    c.leader().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = fs::read_to_string(c.log(1)).unwrap_or_default();
+        if log.contains("coordinator started") {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(
+                    v["level"].is_string() && v["timestamp"].is_string(),
+                    "{line}"
+                );
+            }
+            let started = log
+                .lines()
+                .find(|l| l.contains("coordinator started"))
+                .expect("line");
+            let v: serde_json::Value = serde_json::from_str(started).expect("JSON");
+            assert_eq!(v["message"], "coordinator started");
+            assert_eq!(v["id"], 1, "fields are top-level: {started}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no start line: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -331,6 +331,36 @@ pub async fn run(
             }
         });
     }
+    // grpc.health.v1: SERVING only while this node knows a leader (a node cut from its quorum
+    // answers NOT_SERVING), for the whole server ("") and the Coordinator service.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    {
+        let (handle, stop) = (handle.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let serving = matches!(handle.status().await, Ok(s) if s.leader != 0);
+                if last != Some(serving) {
+                    let status = if serving {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    for name in [
+                        "",
+                        <CoordinatorServer<api::Api> as tonic::server::NamedService>::NAME,
+                    ] {
+                        health.set_service_status(name, status).await;
+                    }
+                    last = Some(serving);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+        });
+    }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         builder = builder
@@ -338,6 +368,7 @@ pub async fn run(
             .map_err(|e| CoordinatorError::Config(format!("TLS: {e}")))?;
     }
     let server = builder
+        .add_service(health_service)
         .add_service(
             CoordinatorServer::new(api::Api {
                 node: handle.clone(),

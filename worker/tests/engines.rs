@@ -367,7 +367,9 @@ async fn a_plan_timeout_mid_restore_removes_the_container() {
     let env = env_for(DOCKER).await;
     let slow = "CREATE TABLE t (id int);\nSELECT pg_sleep(60);\n";
     let mut plan = engine_plan("postgres", &env.file("slow.sql", slow.as_bytes()), "");
-    plan.timeout = std::time::Duration::from_secs(4);
+    // Long enough that a loaded machine still provisions within it: the timeout must land in
+    // the restore (the pg_sleep), not before.
+    plan.timeout = std::time::Duration::from_secs(12);
     let report = env.verify(&plan).await;
     assert_failed_in(&report, Phase::Restore.as_str(), "timed out");
 }
