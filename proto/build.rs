@@ -5,11 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &["proto/rehearse.proto"],
-        &["proto"],
-    )?;
+    // The descriptor set the coordinators serve for gRPC server reflection (grpcurl).
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("rehearse.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_with_config(config, &["proto/rehearse.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/rehearse.proto");
     Ok(())
 }

@@ -572,6 +572,40 @@ async fn the_grpc_health_check_serves_only_while_the_node_knows_a_leader() {
             Some(ServingStatus::Serving as i32)
         );
     }
+    // Server reflection lists the services, as grpcurl asks for them.
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", c.addrs[&leader]))
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let first = answers
+            .message()
+            .await
+            .expect("answer")
+            .expect("one message");
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("not a service list: {first:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in ["rehearse.v1.Coordinator", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == want), "{names:?}");
+        }
+    }
     // The leader and one follower gone: the last node has no quorum, so no leader.
     let survivor = *c
         .addrs

@@ -361,6 +361,12 @@ pub async fn run(
             }
         });
     }
+    // Server reflection (grpcurl): the client API and the health service.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rehearse_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Serve(format!("gRPC reflection: {e}")))?;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         builder = builder
@@ -369,6 +375,7 @@ pub async fn run(
     }
     let server = builder
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(
             CoordinatorServer::new(api::Api {
                 node: handle.clone(),

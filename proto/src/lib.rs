@@ -19,6 +19,9 @@ pub mod v1 {
     tonic::include_proto!("rehearse.v1");
 }
 
+/// The encoded descriptors of `rehearse.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rehearse");
+
 /// Metadata key carrying the leader on a "not leader" answer (`ID=ADDR`).
 pub const LEADER_METADATA: &str = "rehearse-leader";
 
