@@ -319,7 +319,7 @@ async fn run_local(
                 at_ms: now_ms(),
             },
             Err(VerifyError::Interrupted) => {
-                running.abort_all();
+                // The other steps saw the same cancel: let each tear its sandbox down.
                 while running.join_next().await.is_some() {}
                 return Err(VerifyError::Interrupted.into());
             }
