@@ -6,7 +6,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rehearse_coordinator::client::Client;
+use rehearse_coordinator::client::{Client, ClientError};
 
 mod common;
 use common::{PLAN, TestCluster, loopback_addrs};
@@ -143,6 +143,68 @@ async fn a_node_behind_the_compaction_point_catches_up_by_snapshot() {
     let ids = all_ids(&mut c.client_of(&[behind, other])).await;
     for id in &acked {
         assert!(ids.contains(id), "{id} missing after snapshot catch-up");
+    }
+}
+
+/// A snapshot carries the state only; the node that installed it copies the history (here the
+/// summaries of jobs that left the state) from a peer, and then has all of it: shown by making it
+/// the only node left.
+#[tokio::test]
+async fn a_node_caught_up_by_snapshot_copies_the_history_from_a_peer() {
+    let mut c = TestCluster::new(loopback_addrs(3), 8);
+    c.extra = vec!["--job-retention".into(), "1s".into()];
+    c.spawn_all();
+    let leader = c.leader().await;
+    let behind = (1..=3).find(|id| *id != leader).expect("follower");
+    c.kill(behind);
+    let mut client = c.client();
+    let acked = submit_n(&mut client, 30).await;
+    for id in &acked {
+        client.cancel(id).await.expect("cancel");
+    }
+    // Cancelled jobs leave the state after the retention (checked every 5 s); their summaries
+    // stay in the history.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all_ids(&mut client).await.is_empty() {
+        assert!(Instant::now() < deadline, "jobs never left the state");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    c.spawn(behind, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = fs::read_to_string(c.log(behind)).expect("log");
+        if log.contains("history copied from peers") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no history copy: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        log.contains("installed snapshot from leader"),
+        "caught up without a snapshot: {log}"
+    );
+    // Only it is left: every summary is there, from the copy.
+    for id in 1..=3 {
+        c.stop(id);
+    }
+    c.spawn_with(behind, false, &["--force-new-cluster"]);
+    let mut survivor = c.client_of(&[behind]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &acked {
+        let err = loop {
+            match survivor.get_job(id).await {
+                Err(ClientError::NotFound(m)) => break m,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "job {id}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(job) => panic!("job {id} is still in the state: {job:?}"),
+            }
+        };
+        assert!(
+            err.contains("has left the coordinator's memory") && err.contains("cancelled"),
+            "{id}: {err}"
+        );
     }
 }
 
@@ -363,18 +425,7 @@ async fn a_survivor_of_a_lost_majority_can_be_forced_into_a_new_cluster() {
     c.kill(1);
     c.kill(2);
     c.stop(3);
-    let mut cmd = c.command(3, false);
-    cmd.arg("--force-new-cluster");
-    let log = fs::OpenOptions::new()
-        .append(true)
-        .open(c.log(3))
-        .expect("log");
-    let child = cmd
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    c.procs.insert(3, child);
+    c.spawn_with(3, false, &["--force-new-cluster"]);
     let mut survivor = c.client_of(&[3]);
     let after = survivor
         .submit(PLAN)

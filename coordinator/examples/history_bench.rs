@@ -1,9 +1,10 @@
 //! Benchmark for issue 14: what a large drill history costs the coordinator's storage. Fills the
 //! history table of one real `RaftStore` (redb on disk) with ended runs — each with one job's
 //! result: verdict, artifact, blake3, RTO, per-phase times, five tables' row counts — and at
-//! each size measures what a compaction writes (the applied state, without the history) and
-//! what a snapshot for a follower costs (the state plus the whole history), and the process's
-//! peak RSS.
+//! each size measures what a compaction writes (the applied state, without the history), what a
+//! snapshot for a follower costs (the state; the history travels apart), how long a follower takes
+//! to copy the history in pages (store to store, as the `Peer.History` call pages it, without the
+//! network), and the process's peak RSS.
 //!
 //!   cargo run --release -p rehearse-coordinator --example history_bench -- [RECORDS]
 //!
@@ -15,6 +16,7 @@ use std::time::Instant;
 
 use raft::Storage;
 use rehearse_coordinator::storage::{Batch, Identity, RaftStore};
+use rehearse_coordinator::transport::HISTORY_PAGE;
 use rehearse_core::drill::{JobResult, Run, RunOutcome};
 use rehearse_core::history::HistoryOp;
 use rehearse_core::report::{TableRows, Verdict};
@@ -113,16 +115,51 @@ fn main() {
         store.persist_state(&mut batch);
         store.commit(&mut batch, true).expect("persist state");
         let compaction_ms = began.elapsed().as_secs_f64() * 1000.0;
-        // A snapshot for a follower carries the whole history.
+        // A snapshot for a follower carries the state; the follower then copies the history.
         let began = Instant::now();
         let snapshot = store.snapshot(0, 0).expect("snapshot");
         let snapshot_ms = began.elapsed().as_secs_f64() * 1000.0;
         let snapshot_mb = snapshot.get_data().len() as f64 / (1 << 20) as f64;
+        let follower_dir = tempfile::tempdir().expect("dir");
+        let mut follower = RaftStore::open(
+            follower_dir.path(),
+            &Identity {
+                cluster: "bench".into(),
+                id: 2,
+            },
+            Some(&[1]),
+        )
+        .expect("follower");
+        let began = Instant::now();
+        let mut batch = Batch::default();
+        follower
+            .apply_snapshot(&mut batch, &snapshot)
+            .expect("install");
+        follower.commit(&mut batch, true).expect("install");
+        let install_ms = began.elapsed().as_secs_f64() * 1000.0;
         drop(snapshot);
+        let began = Instant::now();
+        let mut copied = 0usize;
+        while let Some(copying) = follower.history_copy.clone() {
+            let (records, done) = store
+                .history_page(
+                    copying.table,
+                    copying.after.as_deref(),
+                    HISTORY_PAGE as usize,
+                )
+                .expect("page");
+            copied += records.len();
+            let mut batch = Batch::default();
+            follower.copy_history_page(&mut batch, copying.table, records, done);
+            follower.commit(&mut batch, true).expect("copy");
+        }
+        let copy_s = began.elapsed().as_secs_f64();
+        assert_eq!(copied as u64, size, "every record copied");
+        drop(follower);
         let file_mb = std::fs::metadata(dir.path().join("raft.redb")).map_or(0, |m| m.len()) as f64
             / (1 << 20) as f64;
         println!(
-            "{{\"records\": {size}, \"compaction_ms\": {compaction_ms:.1}, \"snapshot_ms\": {snapshot_ms:.0}, \"snapshot_mb\": {snapshot_mb:.0}, \"db_file_mb\": {file_mb:.0}, \"peak_rss_mb\": {:.0}}}",
+            "{{\"records\": {size}, \"compaction_ms\": {compaction_ms:.1}, \"snapshot_ms\": {snapshot_ms:.1}, \"snapshot_mb\": {snapshot_mb:.3}, \"install_ms\": {install_ms:.1}, \"history_copy_s\": {copy_s:.1}, \"db_file_mb\": {file_mb:.0}, \"peak_rss_mb\": {:.0}}}",
             peak_rss_mb()
         );
     }

@@ -152,6 +152,45 @@ impl NodeHandle {
             .map_err(|_| tonic::Status::unavailable("coordinator is shutting down"))
     }
 
+    /// A page of this node's history for a peer that copies it.
+    pub async fn history_page(
+        &self,
+        table: crate::history::Table,
+        after: Option<String>,
+        limit: usize,
+        min_applied: u64,
+    ) -> Result<crate::history::Page, ApiError> {
+        self.call(|reply| Request::HistoryPage {
+            table,
+            after,
+            limit,
+            min_applied,
+            reply,
+        })
+        .await
+    }
+
+    /// Writes a page copied from a peer.
+    pub async fn copy_history(
+        &self,
+        table: crate::history::Table,
+        page: crate::history::Page,
+    ) -> Result<(), ApiError> {
+        self.call(|reply| Request::CopyHistory { table, page, reply })
+            .await
+    }
+
+    /// Where this node's history copy stands, with its applied index (None: nothing to copy).
+    pub async fn history_copying(
+        &self,
+    ) -> Result<Option<(crate::history::Copying, u64)>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::HistoryCopying { reply: tx })
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
     pub fn shutdown(&self) {
         let _ = self.tx.send(Request::Shutdown);
     }

@@ -1,7 +1,17 @@
 //! The history tables: ended drill runs and the summaries of jobs that left the state, in redb
 //! tables of their own beside the Raft log (see `rehearse_core::history`). The applied state
-//! persisted at each compaction no longer carries them, so it stays the size of what is live; a
-//! snapshot sent to a follower carries them (a follower must have the whole history).
+//! persisted at each compaction does not carry them, so it stays the size of what is live; nor
+//! does a snapshot sent to a follower: the follower empties its tables on installing one and then
+//! copies them from a peer in pages ([`Copying`], the `Peer.History` call), so a snapshot stays
+//! the size of the state however long the history grows.
+//!
+//! Why the copy converges although the peer keeps applying while pages travel: a page is read at
+//! the peer's applied index `j` and written only while the copying node's applied index is `<= j`
+//! (otherwise it is asked again). Every history write after the copier's index is then applied by
+//! the copier itself: those up to `j` again (a write is an insert by key or a prune by range, so a
+//! repeat changes nothing), those after `j` for the first time. No entry's effect is lost, and none
+//! is undone by an older page. The state machine never reads these tables (what it decides on,
+//! such as a drill's last passed run, lives in the state), so a node still copying decides alike.
 
 use redb::{Database, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use rehearse_core::drill::Run;
@@ -23,13 +33,150 @@ fn read_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("history: {e}"))
 }
 
-/// The whole history, as a snapshot carries it.
+/// The whole history, as a snapshot from a release before the copy in pages carries it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct History {
     #[serde(default)]
     pub runs: Vec<Run>,
     #[serde(default)]
     pub jobs: Vec<JobSummary>,
+}
+
+/// The two history tables, as the `Peer.History` call numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Table {
+    Runs,
+    Jobs,
+}
+
+impl Table {
+    pub fn from_wire(n: u32) -> Option<Table> {
+        match n {
+            0 => Some(Table::Runs),
+            1 => Some(Table::Jobs),
+            _ => None,
+        }
+    }
+
+    pub fn wire(self) -> u32 {
+        match self {
+            Table::Runs => 0,
+            Table::Jobs => 1,
+        }
+    }
+
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Table::Runs => RUNS,
+            Table::Jobs => JOBS,
+        }
+    }
+}
+
+/// Where a node that installed a snapshot stands in copying the history from a peer (persisted,
+/// so a restart resumes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Copying {
+    pub table: Table,
+    /// The last key copied in `table` (None: from its first).
+    pub after: Option<String>,
+}
+
+impl Copying {
+    pub fn start() -> Copying {
+        Copying {
+            table: Table::Runs,
+            after: None,
+        }
+    }
+
+    /// Where the copy stands after a page: `None` once the last table is done.
+    pub fn next(&self, last_key: Option<&str>, done: bool) -> Option<Copying> {
+        match (done, self.table) {
+            (false, table) => Some(Copying {
+                table,
+                after: last_key.map(str::to_owned).or_else(|| self.after.clone()),
+            }),
+            (true, Table::Runs) => Some(Copying {
+                table: Table::Jobs,
+                after: None,
+            }),
+            (true, Table::Jobs) => None,
+        }
+    }
+}
+
+/// One record as it is stored: its key and its JSON bytes.
+pub type Record = (String, Vec<u8>);
+
+/// A page of a history table as a peer read it.
+#[derive(Debug)]
+pub struct Page {
+    /// The peer's applied index when it read the page.
+    pub applied: u64,
+    pub records: Vec<Record>,
+    /// The table has no records after these.
+    pub done: bool,
+}
+
+/// Up to `limit` records of `table` after `after`, and whether they reach the table's end.
+pub fn page(
+    db: &Database,
+    table: Table,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Record>, bool), StoreError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let t = match txn.open_table(table.def()) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), true)),
+        Err(e) => return Err(read_err(e)),
+    };
+    let range = match after {
+        Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+        None => t.range::<&str>(..),
+    }
+    .map_err(read_err)?;
+    let mut out = Vec::new();
+    for item in range {
+        if out.len() == limit.max(1) {
+            return Ok((out, false));
+        }
+        let (k, v) = item.map_err(read_err)?;
+        out.push((k.value().to_owned(), v.value().to_vec()));
+    }
+    Ok((out, true))
+}
+
+/// Writes a copied page as it came (the peer's bytes, checked to be records of that table).
+pub fn write_page(
+    txn: &WriteTransaction,
+    table: Table,
+    records: &[Record],
+) -> Result<(), StoreError> {
+    let mut t = txn.open_table(table.def()).map_err(write_err)?;
+    for (key, value) in records {
+        let readable = match table {
+            Table::Runs => serde_json::from_slice::<Run>(value).is_ok(),
+            Table::Jobs => serde_json::from_slice::<JobSummary>(value).is_ok(),
+        };
+        if !readable {
+            return Err(StoreError::Corrupt(format!(
+                "history copied from a peer: record {key:?} is not a {table:?} record"
+            )));
+        }
+        t.insert(key.as_str(), value.as_slice())
+            .map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// Empties both tables (a snapshot was installed; the copy starts from nothing).
+pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
+    for table in [RUNS, JOBS] {
+        txn.delete_table(table).map_err(write_err)?;
+    }
+    Ok(())
 }
 
 /// Applies history writes inside the batch's transaction.
@@ -144,37 +291,6 @@ pub fn job(db: &Database, id: &str) -> Result<Option<JobSummary>, StoreError> {
     }
 }
 
-/// Everything, for a snapshot.
-pub fn all(db: &Database) -> Result<History, StoreError> {
-    let txn = db.begin_read().map_err(read_err)?;
-    let mut history = History::default();
-    match txn.open_table(RUNS) {
-        Ok(t) => {
-            for item in t.iter().map_err(read_err)? {
-                let (_, v) = item.map_err(read_err)?;
-                history
-                    .runs
-                    .push(serde_json::from_slice(v.value()).map_err(read_err)?);
-            }
-        }
-        Err(TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(read_err(e)),
-    }
-    match txn.open_table(JOBS) {
-        Ok(t) => {
-            for item in t.iter().map_err(read_err)? {
-                let (_, v) = item.map_err(read_err)?;
-                history
-                    .jobs
-                    .push(serde_json::from_slice(v.value()).map_err(read_err)?);
-            }
-        }
-        Err(TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(read_err(e)),
-    }
-    Ok(history)
-}
-
 #[cfg(test)]
 mod tests {
     use raft::Storage as _;
@@ -212,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn history_is_written_pruned_and_carried_by_a_snapshot() {
+    fn history_is_written_pruned_and_copied_after_a_snapshot() {
         let dir = tempfile::tempdir().expect("dir");
         let mut leader = store(&dir.path().join("a"), 1);
         let mut batch = Batch::default();
@@ -225,6 +341,18 @@ mod tests {
                 drill: "shop".into(),
                 before_tick_ms: 15,
             },
+            HistoryOp::Job(JobSummary {
+                id: "j1".into(),
+                state: rehearse_core::jobs::JobState::Passed,
+                verdict: None,
+                submitted_at_ms: 0,
+                finished_at_ms: 1,
+                forgotten_at_ms: 2,
+                artifact_url: "file:///x".into(),
+                attempts: Vec::new(),
+                reason: None,
+                drill: None,
+            }),
         ];
         leader.commit(&mut batch, true).expect("commit");
         let ticks: Vec<i64> = leader
@@ -241,13 +369,45 @@ mod tests {
         assert_eq!(leader.history_drills().expect("drills"), ["shop", "shop2"]);
 
         let snapshot = leader.snapshot(0, 2).expect("snapshot");
-        let mut follower = store(&dir.path().join("b"), 2);
+        let follower_dir = dir.path().join("b");
+        let mut follower = store(&follower_dir, 2);
         let mut batch = Batch::default();
         batch.history = vec![HistoryOp::Run(run("stale", 1))];
+        follower.commit(&mut batch, true).expect("commit");
+        let mut batch = Batch::default();
         follower
             .apply_snapshot(&mut batch, &snapshot)
             .expect("install");
         follower.commit(&mut batch, true).expect("commit");
+        assert!(
+            follower.history_drills().expect("drills").is_empty(),
+            "the snapshot carries the state only, and the old history is emptied"
+        );
+        assert_eq!(follower.history_copy, Some(Copying::start()));
+
+        // Copy page by page (one record each), restarting half way: the copy resumes.
+        let mut pages = 0;
+        while let Some(copying) = follower.history_copy.clone() {
+            let (records, done) = leader
+                .history_page(copying.table, copying.after.as_deref(), 1)
+                .expect("page");
+            let mut batch = Batch::default();
+            follower.copy_history_page(&mut batch, copying.table, records, done);
+            follower.commit(&mut batch, true).expect("commit");
+            pages += 1;
+            if pages == 2 {
+                drop(follower);
+                follower = store(&follower_dir, 2);
+                assert!(
+                    follower.history_copy.is_some(),
+                    "the copy's cursor persisted"
+                );
+            }
+        }
+        assert_eq!(
+            pages, 3,
+            "one record a page, the last page of a table says so"
+        );
         assert_eq!(
             follower.history_runs("shop").expect("runs"),
             leader.history_runs("shop").expect("runs")
@@ -257,5 +417,32 @@ mod tests {
             ["shop", "shop2"],
             "replaced, not merged"
         );
+        assert_eq!(
+            follower.forgotten_job("j1").expect("job").map(|s| s.id),
+            Some("j1".to_owned()),
+            "the jobs table is copied after the runs"
+        );
+        drop(follower);
+        assert_eq!(
+            store(&follower_dir, 2).history_copy,
+            None,
+            "done, and it stays done"
+        );
+    }
+
+    #[test]
+    fn a_page_that_is_not_history_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut s = store(dir.path(), 1);
+        s.history_copy = Some(Copying::start());
+        let mut batch = Batch::default();
+        s.copy_history_page(
+            &mut batch,
+            Table::Runs,
+            vec![("k".into(), b"{\"not\": \"a run\"}".to_vec())],
+            true,
+        );
+        let err = s.commit(&mut batch, true).expect_err("refused");
+        assert!(err.to_string().contains("is not a Runs record"), "{err}");
     }
 }

@@ -7,6 +7,7 @@
 //! Layout:
 //! - [`storage`]: raft log, hard/conf state, snapshot point and applied state in redb.
 //! - [`history`]: the history tables (ended drill runs, forgotten jobs) beside them.
+//! - [`copier`]: after installing a snapshot (the state only), copies the history from a peer.
 //! - [`node`]: the raft thread — the Ready loop, proposal batching, apply, ReadIndex reads,
 //!   membership changes.
 //! - [`transport`]: raft messages to and from peers (bytes inside tonic messages), allow-listed.
@@ -21,6 +22,7 @@
 //! Must not depend on: rehearse-worker.
 
 pub mod api;
+pub mod copier;
 pub mod drill_api;
 pub mod errors;
 pub mod exercise_api;
@@ -361,6 +363,12 @@ pub async fn run(
             }
         });
     }
+    tokio::spawn(copier::run(
+        config.id,
+        handle.clone(),
+        tls.clone(),
+        stop.clone(),
+    ));
     // Server reflection (grpcurl): the client API and the health service.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rehearse_proto::FILE_DESCRIPTOR_SET)

@@ -139,6 +139,25 @@ pub enum Request {
         note: String,
         reply: Reply<()>,
     },
+    /// A page of the history tables for a peer that copies them (see `crate::history`).
+    HistoryPage {
+        table: crate::history::Table,
+        after: Option<String>,
+        limit: usize,
+        /// The asker's applied index: this node must have applied at least as far.
+        min_applied: u64,
+        reply: Reply<crate::history::Page>,
+    },
+    /// A page copied from a peer, to write if it is not older than this node's state.
+    CopyHistory {
+        table: crate::history::Table,
+        page: crate::history::Page,
+        reply: Reply<()>,
+    },
+    /// Where this node's history copy stands (None: nothing to copy), with its applied index.
+    HistoryCopying {
+        reply: oneshot::Sender<Option<(crate::history::Copying, u64)>>,
+    },
     Raft {
         from: u64,
         info: PeerInfo,
@@ -512,8 +531,83 @@ impl Node {
                     }
                 }
             }
+            Request::HistoryPage {
+                table,
+                after,
+                limit,
+                min_applied,
+                reply,
+            } => {
+                let _ = reply.send(self.history_page(table, after.as_deref(), limit, min_applied));
+            }
+            Request::CopyHistory { table, page, reply } => {
+                let _ = reply.send(self.copy_history(table, page));
+            }
+            Request::HistoryCopying { reply } => {
+                let store = self.raw.store();
+                let _ = reply.send(
+                    store
+                        .history_copy
+                        .clone()
+                        .map(|c| (c, store.jobs.applied())),
+                );
+            }
             Request::Shutdown => {}
         }
+    }
+
+    fn history_page(
+        &self,
+        table: crate::history::Table,
+        after: Option<&str>,
+        limit: usize,
+        min_applied: u64,
+    ) -> Result<crate::history::Page, ApiError> {
+        let store = self.raw.store();
+        if store.history_copy.is_some() {
+            return Err(ApiError::Unavailable(format!(
+                "node {} is copying its own history",
+                self.opts.id
+            )));
+        }
+        let applied = store.jobs.applied();
+        if applied < min_applied {
+            return Err(ApiError::Unavailable(format!(
+                "node {} has applied up to {applied}, the asker up to {min_applied}",
+                self.opts.id
+            )));
+        }
+        let (records, done) = store
+            .history_page(table, after, limit)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok(crate::history::Page {
+            applied,
+            records,
+            done,
+        })
+    }
+
+    /// Writes a copied page — only while this node has not applied past the index the page was
+    /// read at (see `crate::history` for why that makes the copy converge).
+    fn copy_history(
+        &mut self,
+        table: crate::history::Table,
+        page: crate::history::Page,
+    ) -> Result<(), ApiError> {
+        let applied = self.raw.store().jobs.applied();
+        if applied > page.applied {
+            return Err(ApiError::Unavailable(format!(
+                "the page was read at {}, this node has applied up to {applied}",
+                page.applied
+            )));
+        }
+        let store = self.raw.mut_store();
+        let mut batch = Batch::default();
+        store.copy_history_page(&mut batch, table, page.records, page.done);
+        store.commit(&mut batch, true).map_err(|e| {
+            warn!(error = %e, "history page not written");
+            ApiError::Unavailable(e.to_string())
+        })
     }
 
     /// The leader turns due drill ticks (see [`crate::ticker`]) and exercise gates past their

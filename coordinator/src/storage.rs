@@ -27,6 +27,8 @@ const CONF_STATE: &str = "conf_state";
 const SNAPSHOT_POINT: &str = "snapshot_point";
 const STATE: &str = "state";
 const PEERS: &str = "peers";
+/// Where copying the history from a peer stands, after a snapshot (absent: nothing to copy).
+const HISTORY_COPY: &str = "history_copy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,20 +68,24 @@ fn write_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Write(e.to_string())
 }
 
-/// A snapshot's data: the state's own fields, and the history (older releases ignore it).
+/// A snapshot's data: the state's own fields, and a mark that the history travels apart (the
+/// follower copies it in pages after installing the state; see `crate::history`).
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     #[serde(flatten)]
     state: &'a JobStore,
-    history: crate::history::History,
+    history_apart: bool,
 }
 
 #[derive(Deserialize)]
 struct SnapshotIn {
     #[serde(flatten)]
     state: JobStore,
+    /// The whole history inline, as releases before the copy in pages sent it.
     #[serde(default)]
     history: crate::history::History,
+    #[serde(default)]
+    history_apart: bool,
 }
 
 impl RaftStore {
@@ -99,6 +105,35 @@ impl RaftStore {
         id: &str,
     ) -> Result<Option<rehearse_core::history::JobSummary>, StoreError> {
         crate::history::job(&self.db, id)
+    }
+
+    /// A page of a history table, for a peer that copies it.
+    pub fn history_page(
+        &self,
+        table: crate::history::Table,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<crate::history::Record>, bool), StoreError> {
+        crate::history::page(&self.db, table, after, limit)
+    }
+
+    /// Writes a page copied from a peer and moves the copy on (`done`: the table's last page).
+    pub fn copy_history_page(
+        &mut self,
+        batch: &mut Batch,
+        table: crate::history::Table,
+        records: Vec<crate::history::Record>,
+        done: bool,
+    ) {
+        let Some(copying) = &self.history_copy else {
+            return;
+        };
+        if copying.table != table {
+            return;
+        }
+        self.history_copy = copying.next(records.last().map(|(k, _)| k.as_str()), done);
+        batch.copy = true;
+        batch.page = Some((table, records));
     }
 }
 
@@ -129,6 +164,8 @@ pub struct RaftStore {
     /// The applied state machine.
     pub jobs: JobStore,
     pub peers: BTreeMap<u64, PeerInfo>,
+    /// Set from installing a snapshot until the history is copied from a peer.
+    pub history_copy: Option<crate::history::Copying>,
 }
 
 /// The changes of one Ready, written in one transaction.
@@ -143,14 +180,23 @@ pub struct Batch {
     compact_to: Option<u64>,
     /// History writes of the commands applied in this Ready.
     pub history: Vec<rehearse_core::history::HistoryOp>,
-    /// A snapshot's whole history, replacing ours.
+    /// A snapshot's whole history, replacing ours (from a leader of an older release).
     replace_history: Option<crate::history::History>,
+    /// Empty the history tables (a snapshot came; the history is copied after it).
+    clear_history: bool,
+    /// A page of history copied from a peer.
+    page: Option<(crate::history::Table, Vec<crate::history::Record>)>,
+    /// Persist `history_copy`.
+    copy: bool,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
         self.history.is_empty()
             && self.replace_history.is_none()
+            && !self.clear_history
+            && self.page.is_none()
+            && !self.copy
             && self.entries.is_empty()
             && self.hard.is_none()
             && !self.conf
@@ -222,6 +268,7 @@ impl RaftStore {
             entries: VecDeque::new(),
             jobs: JobStore::default(),
             peers: BTreeMap::new(),
+            history_copy: None,
         };
         let found: Option<Identity> = store.meta_json(IDENTITY)?;
         match found {
@@ -318,6 +365,10 @@ impl RaftStore {
         if let Some(bytes) = pb(PEERS)? {
             self.peers =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("peers: {e}")))?;
+        }
+        if let Some(bytes) = pb(HISTORY_COPY)? {
+            self.history_copy = serde_json::from_slice(&bytes)
+                .map_err(|e| corrupt(format!("history copy: {e}")))?;
         }
         let entries = txn.open_table(ENTRIES).map_err(corrupt)?;
         let mut expected = self.snap_index + 1;
@@ -428,7 +479,16 @@ impl RaftStore {
             .map_err(|e| corrupt(format!("snapshot from leader: {e}")))?;
         self.jobs = data.state;
         batch.history.clear();
-        batch.replace_history = Some(data.history);
+        batch.page = None;
+        if data.history_apart {
+            batch.replace_history = None;
+            batch.clear_history = true;
+            self.history_copy = Some(crate::history::Copying::start());
+        } else {
+            batch.replace_history = Some(data.history);
+            self.history_copy = None;
+        }
+        batch.copy = true;
         self.jobs.skip(meta.index);
         self.conf = meta.get_conf_state().clone();
         self.snap_index = meta.index;
@@ -477,8 +537,14 @@ impl RaftStore {
         } else {
             Durability::None
         });
+        if batch.clear_history {
+            crate::history::clear(&txn)?;
+        }
         if let Some(history) = &batch.replace_history {
             crate::history::replace(&txn, history)?;
+        }
+        if let Some((table, records)) = &batch.page {
+            crate::history::write_page(&txn, *table, records)?;
         }
         crate::history::write(&txn, &batch.history)?;
         {
@@ -530,6 +596,20 @@ impl RaftStore {
                         .as_slice(),
                 )
                 .map_err(write_err)?;
+            }
+            if batch.copy {
+                match &self.history_copy {
+                    Some(copying) => {
+                        meta.insert(
+                            HISTORY_COPY,
+                            serde_json::to_vec(copying).map_err(write_err)?.as_slice(),
+                        )
+                        .map_err(write_err)?;
+                    }
+                    None => {
+                        meta.remove(HISTORY_COPY).map_err(write_err)?;
+                    }
+                }
             }
             if batch.peers {
                 meta.insert(
@@ -610,12 +690,10 @@ impl Storage for RaftStore {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        // The state, and the history beside it: a follower installing it gets both.
-        let history = crate::history::all(&self.db)
-            .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        // The state only: the follower copies the history in pages after installing it.
         let data = serde_json::to_vec(&SnapshotOut {
             state: &self.jobs,
-            history,
+            history_apart: true,
         })
         .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
         let mut meta = SnapshotMetadata::default();

@@ -14,7 +14,7 @@ use protobuf::Message as _;
 use raft::prelude::Message;
 use rehearse_proto::v1::peer_client::PeerClient;
 use rehearse_proto::v1::peer_server::Peer;
-use rehearse_proto::v1::{RaftAck, RaftBatch};
+use rehearse_proto::v1::{HistoryPage, HistoryRecord, HistoryRequest, RaftAck, RaftBatch};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 use tracing::debug;
@@ -176,24 +176,66 @@ pub struct PeerService {
     pub allowed: AllowList,
 }
 
+/// Most records in one history page (a run with its results is a few KB: a page stays far
+/// below [`MAX_MESSAGE`]).
+pub const HISTORY_PAGE: u32 = 1000;
+
+impl PeerService {
+    /// Only configured peers may send raft messages or read the history.
+    fn check_peer(&self, from: u64) -> Result<(), tonic::Status> {
+        let known = self
+            .allowed
+            .read()
+            .map(|a| a.contains(&from))
+            .unwrap_or(false);
+        if known {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "node {from} is not a configured peer"
+            )))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
+    async fn history(
+        &self,
+        request: tonic::Request<HistoryRequest>,
+    ) -> Result<tonic::Response<HistoryPage>, tonic::Status> {
+        let request = request.into_inner();
+        self.check_peer(request.from)?;
+        let table = crate::history::Table::from_wire(request.table).ok_or_else(|| {
+            tonic::Status::invalid_argument(format!("no history table {}", request.table))
+        })?;
+        let page = self
+            .node
+            .history_page(
+                table,
+                (!request.after.is_empty()).then_some(request.after),
+                request.limit.clamp(1, HISTORY_PAGE) as usize,
+                request.min_applied,
+            )
+            .await
+            .map_err(crate::api::status_of)?;
+        Ok(tonic::Response::new(HistoryPage {
+            applied: page.applied,
+            records: page
+                .records
+                .into_iter()
+                .map(|(key, value)| HistoryRecord { key, value })
+                .collect(),
+            done: page.done,
+        }))
+    }
+
     async fn send(
         &self,
         request: tonic::Request<RaftBatch>,
     ) -> Result<tonic::Response<RaftAck>, tonic::Status> {
         let batch = request.into_inner();
-        let known = self
-            .allowed
-            .read()
-            .map(|a| a.contains(&batch.from))
-            .unwrap_or(false);
-        if !known {
-            return Err(tonic::Status::permission_denied(format!(
-                "node {} is not a configured peer",
-                batch.from
-            )));
-        }
+        self.check_peer(batch.from)?;
         let mut messages = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
             let m = Message::parse_from_bytes(bytes)

@@ -1275,7 +1275,7 @@ impl Exercise {
                 )),
             );
         }
-        for t in targets.iter().filter(|t| !t.ok) {
+        if let Some(t) = targets.iter().find(|t| !t.ok) {
             let why = match t.observed_ms {
                 Some(o) => format!(
                     "{} {} exceeds the target {}",

@@ -118,6 +118,11 @@ impl TestCluster {
     }
 
     pub fn spawn(&mut self, id: u64, join: bool) {
+        self.spawn_with(id, join, &[]);
+    }
+
+    /// Starts a node with flags of this start only (e.g. `--force-new-cluster`).
+    pub fn spawn_with(&mut self, id: u64, join: bool, args: &[&str]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,6 +130,7 @@ impl TestCluster {
             .expect("log");
         let child = self
             .command(id, join)
+            .args(args)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
