@@ -476,3 +476,105 @@ async fn least_recently_tested_rotates_through_a_set_of_three_backups() {
         "never verified first (oldest first), then the one verified longest ago: {runs:#?}"
     );
 }
+
+/// Recovery points a lifecycle policy moved to GLACIER (moto's S3, signatures checked): a worker
+/// allowed to request restores asks for one, the job waits its poll time (a `deferred` attempt,
+/// not counted) and the run passes inside its window; a worker that may not request them waits
+/// until the window ends, and the run is `skipped` naming the storage class — never `failed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn archived_recovery_points_are_restored_within_the_window_or_the_run_is_skipped() {
+    let s3 = common::moto::Moto::start(&["backups"]);
+    let mut f = Fleet::start(&[]).await;
+    let plan: rehearse_core::plan::Plan =
+        rehearse_core::plan::Plan::from_toml(&f.plan).expect("demo plan");
+    let dump = fs::read(plan.artifact.url.trim_start_matches("file://")).expect("dump");
+    for key in ["monthly/thawed.dump", "monthly/frozen.dump"] {
+        s3.put_in_class("backups", key, dump.clone(), Some("GLACIER"))
+            .await;
+    }
+    let profile = |name: &str, extra: &str| {
+        format!(
+            "[s3.{name}]\naws_endpoint = \"{}\"\naws_access_key_id = \"{}\"\naws_secret_access_key = \"{}\"\naws_region = \"us-east-1\"\naws_allow_http = \"true\"\nrestore_poll = \"1s\"\n{extra}",
+            s3.endpoint, s3.key_id, s3.secret
+        )
+    };
+    let sources = f.root.path().join("sources.toml");
+    fs::write(
+        &sources,
+        format!(
+            "{}\n{}",
+            profile("thaw", ""),
+            profile("wait", "restore_request = \"false\"\n")
+        ),
+    )
+    .expect("sources");
+    f.spawn_worker_with(
+        "eu-1",
+        "eu",
+        2,
+        &[
+            "--runtime",
+            "process",
+            "--sources",
+            &sources.to_string_lossy(),
+        ],
+    );
+    f.wait_workers(1).await;
+    let s3_plan = |key: &str, profile: &str| {
+        format!(
+            "[artifact]\nurl = \"s3://backups/{key}\"\nprofile = \"{profile}\"\nengine = \"postgres\"\n"
+        )
+    };
+    apply(
+        &f,
+        &drill_file(
+            &f,
+            "thawed",
+            "schedule = \"*/10 * * * * *\"\nwindow = \"8s\"\n",
+            &s3_plan("monthly/thawed.dump", "thaw"),
+        ),
+    );
+    apply(
+        &f,
+        &drill_file(
+            &f,
+            "frozen",
+            "schedule = \"*/10 * * * * *\"\nwindow = \"3s\"\n",
+            &s3_plan("monthly/frozen.dump", "wait"),
+        ),
+    );
+    let runs = wait_runs(&f, "thawed", "a passed run", |r| {
+        count(r, RunOutcome::Passed) >= 1
+    })
+    .await;
+    assert_eq!(count(&runs, RunOutcome::Failed), 0, "{runs:#?}");
+    let passed = runs
+        .iter()
+        .find(|r| r.outcome == RunOutcome::Passed)
+        .expect("passed");
+    let job = f.client().get_job(&passed.jobs[0]).await.expect("job");
+    let outcomes: Vec<&str> = job.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes.first(),
+        Some(&"deferred"),
+        "the first try found it archived and asked for the restore: {job:#?}"
+    );
+    assert_eq!(outcomes.last(), Some(&"passed"), "{job:#?}");
+
+    let runs = wait_runs(&f, "frozen", "a skipped run", |r| {
+        count(r, RunOutcome::Skipped) >= 1
+    })
+    .await;
+    assert_eq!(count(&runs, RunOutcome::Failed), 0, "{runs:#?}");
+    let skipped = runs
+        .iter()
+        .find(|r| r.outcome == RunOutcome::Skipped)
+        .expect("skipped");
+    let reason = skipped.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("not started within its window")
+            && reason.contains("GLACIER storage class")
+            && reason.contains("restore_request = false"),
+        "{reason}"
+    );
+}

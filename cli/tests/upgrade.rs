@@ -1,7 +1,8 @@
 //! Rolling upgrades: the command encoding is versioned, a node never skips an entry it cannot
 //! read, and the leader proposes a newer command kind only once every member reads it. Real
 //! `rehearse coordinator` processes; "releases" are the same binary told which command version
-//! it reads (`--command-version`: 4 is this release, 5 adds a test-only command kind).
+//! it reads (`--command-version`: `CURRENT` is this release, `TEST_PROBE` = `CURRENT` + 1 adds a
+//! test-only command kind).
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -11,6 +12,10 @@ use rehearse_proto::v1 as pb;
 
 mod common;
 use common::{TestCluster, loopback_addrs};
+
+/// This release's command version, and the test-only one after it.
+const OLD: u32 = rehearse_core::codec::CURRENT;
+const NEW: u32 = rehearse_core::codec::TEST_PROBE;
 
 fn release(c: &mut TestCluster, id: u64, version: u32) {
     c.node_extra
@@ -88,48 +93,51 @@ async fn a_rolling_upgrade_raises_the_version_only_when_every_member_reads_it() 
     let mut c = TestCluster::new(loopback_addrs(3), 10_000);
     c.spawn_all();
     c.leader().await;
-    // This release everywhere: the cluster runs version 4, and a version-5 command is refused.
-    wait_version(&c, 4).await;
+    // This release everywhere: the cluster runs CURRENT, and a TEST_PROBE command is refused.
+    wait_version(&c, OLD).await;
     let (code, err) = probe(&c);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("needs command version 5") && err.contains("the cluster runs 4"),
+        err.contains(&format!("needs command version {NEW}"))
+            && err.contains(&format!("the cluster runs {OLD}")),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    // One node upgraded: it reads 5, the others 4, so nothing newer may be written yet.
+    // One node upgraded: it reads NEW, the others OLD, so nothing newer may be written yet.
     c.stop(1);
-    release(&mut c, 1, 5);
+    release(&mut c, 1, NEW);
     c.spawn(1, false);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while member_versions(&c).await != [5, 4, 4] {
+    while member_versions(&c).await != [NEW, OLD, OLD] {
         assert!(Instant::now() < deadline, "{:?}", member_versions(&c).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(cluster_version(&c).await, 4);
+    assert_eq!(cluster_version(&c).await, OLD);
     let (code, err) = probe(&c);
     assert_eq!(code, Some(2), "still refused with one node upgraded: {err}");
 
     // The rest upgraded: the leader raises the version, and the newer command commits.
     for id in [2, 3] {
         c.stop(id);
-        release(&mut c, id, 5);
+        release(&mut c, id, NEW);
         c.spawn(id, false);
     }
-    wait_version(&c, 5).await;
+    wait_version(&c, NEW).await;
     let (code, err) = probe(&c);
     assert_eq!(code, Some(0), "{err}");
 
     // Rolling node 3 back to the older release: it refuses to start on a cluster it cannot read.
     c.stop(3);
-    release(&mut c, 3, 4);
+    release(&mut c, 3, OLD);
     c.spawn(3, false);
     let status = wait_exit(&mut c, 3);
     assert!(!status.success());
     let log = fs::read_to_string(c.log(3)).expect("log");
     assert!(
-        log.contains("runs command version 5; this node reads up to 4"),
+        log.contains(&format!(
+            "runs command version {NEW}; this node reads up to {OLD}"
+        )),
         "{log}"
     );
 }
@@ -138,17 +146,17 @@ async fn a_rolling_upgrade_raises_the_version_only_when_every_member_reads_it() 
 async fn an_older_node_stops_at_an_entry_it_cannot_read_and_never_skips_it() {
     let mut c = TestCluster::new(loopback_addrs(3), 10_000);
     for id in 1..=3 {
-        release(&mut c, id, 5);
+        release(&mut c, id, NEW);
     }
     c.spawn_all();
     c.leader().await;
-    wait_version(&c, 5).await;
+    wait_version(&c, NEW).await;
     let (code, err) = probe(&c);
     assert_eq!(code, Some(0), "{err}");
 
     // An older release joins (a learner from an empty data dir). The state it receives is whole,
     // so it catches up, warning that it is behind...
-    release(&mut c, 4, 4);
+    release(&mut c, 4, OLD);
     let addr = c.add_node(4);
     c.client()
         .membership(pb::membership_request::Kind::AddLearner, 4, &addr)
@@ -156,7 +164,7 @@ async fn an_older_node_stops_at_an_entry_it_cannot_read_and_never_skips_it() {
         .expect("add learner");
     let commit = c.client().status().await.expect("status").commit;
     c.wait_caught_up(4, commit).await;
-    // ...and the next version-5 entry stops it there, loudly, instead of being skipped.
+    // ...and the next TEST_PROBE entry stops it there, loudly, instead of being skipped.
     let (code, err) = probe(&c);
     assert_eq!(code, Some(0), "{err}");
     let probe_index = c.client().status().await.expect("status").commit;
@@ -169,7 +177,9 @@ async fn an_older_node_stops_at_an_entry_it_cannot_read_and_never_skips_it() {
     );
     assert!(log.contains("cannot be applied by this node"), "{log}");
     assert!(
-        log.contains("command version 5; this node reads up to 4"),
+        log.contains(&format!(
+            "command version {NEW}; this node reads up to {OLD}"
+        )),
         "{log}"
     );
     assert!(log.contains("stopped without applying it"), "{log}");

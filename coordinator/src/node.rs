@@ -241,6 +241,7 @@ pub struct Node {
     /// When this node last became leader: it expires nobody during its first lease.
     leader_since: Option<Instant>,
     last_expiry_check: Instant,
+    last_deferral_check: Instant,
     /// The command version each peer said it reads (in its raft traffic).
     peer_versions: HashMap<u64, u32>,
     /// The leader's `SetVersion` proposal not applied yet.
@@ -300,6 +301,7 @@ impl Node {
             expire_in_flight: None,
             leader_since: None,
             last_expiry_check: Instant::now(),
+            last_deferral_check: Instant::now(),
             peer_versions: HashMap::new(),
             version_in_flight: None,
             ticker: crate::ticker::Ticker::default(),
@@ -1181,6 +1183,12 @@ impl Node {
     /// The leader places pending jobs on workers with free slots and proposes the result: one
     /// `Assign` entry at a time, each re-checked when applied.
     fn schedule(&mut self) {
+        // A job waiting for its artifact's restore changes nothing when its next try comes due:
+        // the leader looks for such jobs as often as it looks for lost workers.
+        if !self.placement_dirty && self.last_deferral_check.elapsed() >= EXPIRY_CHECK {
+            self.last_deferral_check = Instant::now();
+            self.placement_dirty = self.raw.store().jobs.deferral_due(now_ms());
+        }
         if !self.placement_dirty || self.assign_in_flight.is_some() {
             return;
         }
@@ -1190,7 +1198,7 @@ impl Node {
         if !placement::has_free_slot(&workers) {
             return;
         }
-        let placed = placement::place_until_full(&workers, jobs.pending_input());
+        let placed = placement::place_until_full(&workers, jobs.pending_input(now_ms()));
         if placed.assigned.is_empty() {
             return;
         }

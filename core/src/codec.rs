@@ -18,11 +18,12 @@ use crate::jobs::Command;
 /// The command version this build writes and reads: 2 adds the verdict `error` in reports, the
 /// cluster version itself, `[[checks]] database` and `[sandbox] data/disk` in plans, and drills;
 /// 3 adds `[pitr]`, `[promote]` and `targets.promote` in plans (and the `promote` phase and
-/// `recovery` in their reports); 4 adds DR exercises and `[artifact] before` in plans.
-pub const CURRENT: u32 = 4;
+/// `recovery` in their reports); 4 adds DR exercises and `[artifact] before` in plans; 5 adds
+/// reports of an artifact not readable yet (`retry_after_ms`: an archived object being restored).
+pub const CURRENT: u32 = 5;
 /// A command kind newer than any release, for upgrade tests only (`Command::Probe`): a node
-/// runs at this version only when told to (`rehearse coordinator --command-version 5`).
-pub const TEST_PROBE: u32 = 5;
+/// runs at this version only when told to (`rehearse coordinator --command-version 6`).
+pub const TEST_PROBE: u32 = 6;
 /// What nodes that predate versioning read (and what a peer that never said is taken to read).
 pub const LEGACY: u32 = 1;
 

@@ -54,6 +54,11 @@ pub struct Worker {
 /// Errored attempts in a row after which a worker shows as `unhealthy`.
 pub const UNHEALTHY_AFTER: u32 = 3;
 
+/// How long a job may wait for its artifact to be restored from an archive, from the first try
+/// that found it archived (S3's bulk retrieval from DEEP_ARCHIVE takes up to 48 hours). A drill's
+/// job is cancelled earlier, when its window ends (the run is then `skipped`).
+pub const RESTORE_WAIT_MS: u64 = 48 * 3600 * 1000;
+
 impl Worker {
     pub fn view(&self) -> WorkerView {
         WorkerView {
@@ -83,19 +88,22 @@ impl JobStore {
     }
 
     /// The placement input: workers as they are, pending jobs oldest first with their history.
-    pub fn placement_input(&self) -> (Vec<WorkerView>, Vec<PendingJob>) {
+    pub fn placement_input(&self, now_ms: u64) -> (Vec<WorkerView>, Vec<PendingJob>) {
         let workers = self.worker_views();
-        (workers, self.pending_input().collect())
+        (workers, self.pending_input(now_ms).collect())
     }
 
-    /// The pending queue as placement takes it, oldest first, built lazily (the scheduler stops
-    /// reading once every slot is taken).
-    pub fn pending_input(&self) -> impl Iterator<Item = PendingJob> + '_ {
-        self.pending().map(|j| PendingJob {
-            id: j.id.clone(),
-            constraint: constraint(j),
-            tried: j.attempts.iter().map(|a| a.worker.clone()).collect(),
-        })
+    /// The pending queue as placement takes it at `now_ms`, oldest first, built lazily (the
+    /// scheduler stops reading once every slot is taken). A job waiting for its artifact to be
+    /// restored from an archive is left out until its next try.
+    pub fn pending_input(&self, now_ms: u64) -> impl Iterator<Item = PendingJob> + '_ {
+        self.pending()
+            .filter(move |j| j.not_before_ms.is_none_or(|t| t <= now_ms))
+            .map(|j| PendingJob {
+                id: j.id.clone(),
+                constraint: constraint(j),
+                tried: j.attempts.iter().map(|a| a.worker.clone()).collect(),
+            })
     }
 
     /// Why a pending job is not running yet ("no live worker in region eu with a free slot");
@@ -106,7 +114,20 @@ impl JobStore {
         if job.state != JobState::Pending {
             return None;
         }
+        if let (Some(at), Some(why)) = (job.not_before_ms, &job.reason) {
+            return Some(format!(
+                "{why}; next try at {}",
+                crate::report::utc_rfc3339(at as i64)
+            ));
+        }
         Some(crate::placement::explain(workers, &constraint(job)))
+    }
+
+    /// Whether a job waiting for its artifact's restore is due for its next try at `now_ms`
+    /// (the leader then places again).
+    pub fn deferral_due(&self, now_ms: u64) -> bool {
+        self.pending()
+            .any(|j| j.not_before_ms.is_some_and(|t| t <= now_ms))
     }
 
     /// Every worker as placement sees it.
@@ -197,6 +218,10 @@ impl JobStore {
         job.state = JobState::Assigned;
         job.phase = None;
         job.updated_at_ms = at_ms;
+        job.not_before_ms = None;
+        if job.deferred_since_ms.is_some() {
+            job.reason = None;
+        }
         let key = (job.created_index, job.id.clone());
         self.pending.remove(&key);
         let Some(job) = self.jobs.get_mut(job_id) else {
@@ -259,6 +284,16 @@ impl JobStore {
         report: &Report,
         at_ms: u64,
     ) -> Result<(), String> {
+        if let Some(after_ms) = report.retry_after_ms() {
+            self.current_attempt(job_id, token)?;
+            let reason = report
+                .failure
+                .as_ref()
+                .map(|f| f.reason.clone())
+                .unwrap_or_default();
+            self.defer(job_id, reason, after_ms, at_ms);
+            return Ok(());
+        }
         let job = self.current_attempt(job_id, token)?;
         job.phase = None;
         job.updated_at_ms = at_ms;
@@ -294,6 +329,35 @@ impl JobStore {
         self.end_attempt(job_id, outcome, at_ms);
         self.sync_pending(job_id);
         Ok(())
+    }
+
+    /// The artifact was not readable yet (an archived object being restored): the attempt ends
+    /// `deferred` (not counted, and not the worker's fault), and the job waits `after_ms` before
+    /// it may be placed again — or, [`RESTORE_WAIT_MS`] after its first deferral, ends `error`.
+    fn defer(&mut self, job_id: &str, reason: String, after_ms: u64, at_ms: u64) {
+        self.end_attempt(job_id, AttemptOutcome::Deferred, at_ms);
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if let Some(a) = job.attempts.last_mut() {
+            a.reason = Some(reason.clone());
+        }
+        let since = *job.deferred_since_ms.get_or_insert(at_ms);
+        if at_ms.saturating_sub(since) >= RESTORE_WAIT_MS {
+            job.state = JobState::Error;
+            job.not_before_ms = None;
+            job.reason = Some(format!(
+                "could not verify: the artifact was still not readable {} after it was first found archived ({reason})",
+                humantime::format_duration(std::time::Duration::from_millis(RESTORE_WAIT_MS))
+            ));
+        } else {
+            job.state = JobState::Pending;
+            job.not_before_ms = Some(at_ms.saturating_add(after_ms.max(1)));
+            job.reason = Some(reason);
+        }
+        job.phase = None;
+        job.updated_at_ms = at_ms;
+        self.sync_pending(job_id);
     }
 
     /// Ends the job's open attempt, if any, with `outcome`, and frees its worker's slot.
@@ -344,7 +408,12 @@ impl JobStore {
             return;
         }
         let max = job.plan.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS) as usize;
-        if job.attempts.len() >= max {
+        let counted = job
+            .attempts
+            .iter()
+            .filter(|a| a.outcome != Some(AttemptOutcome::Deferred))
+            .count();
+        if counted >= max {
             job.state = JobState::Error;
             let errored = job
                 .attempts
@@ -364,8 +433,7 @@ impl JobStore {
                 .map(|r| format!("; last: {r}"))
                 .unwrap_or_default();
             job.reason = Some(format!(
-                "could not verify after {} attempts ({errored} could not verify, {lost} lost their worker){last}",
-                job.attempts.len()
+                "could not verify after {counted} attempts ({errored} could not verify, {lost} lost their worker){last}"
             ));
         } else {
             job.state = JobState::Pending;
@@ -547,7 +615,7 @@ mod tests {
             Outcome::Expired(vec!["j".into()])
         );
         assert_eq!(s.get("j").map(|j| j.state), Some(JobState::Pending));
-        let (workers, jobs) = s.placement_input();
+        let (workers, jobs) = s.placement_input(u64::MAX);
         let placed = crate::placement::place(&workers, &jobs);
         assert_eq!(
             placed.assigned,
@@ -688,6 +756,144 @@ mod tests {
         assert_eq!(s.workers().next().map(|w| w.running.len()), Some(0));
     }
 
+    /// An archived artifact: the attempt ends `deferred`, the job waits its retry time unplaced,
+    /// more deferrals than `max_attempts` never end it, and it ends `error` only once
+    /// [`RESTORE_WAIT_MS`] has passed since the first.
+    #[test]
+    fn a_job_whose_artifact_is_not_readable_yet_waits_and_is_tried_again() {
+        let mut s = JobStore::default();
+        s.apply(1, &submit("j"));
+        s.apply(2, &Command::RegisterWorker(spec("a", 1, 0)));
+        let not_yet = |at: u64| {
+            let mut r = verdict(Verdict::Error);
+            r.not_yet(
+                "fetch",
+                "s3://b/x.dump is in the GLACIER storage class",
+                60_000,
+            );
+            Command::Report {
+                job: "j".into(),
+                token: 0,
+                report: r,
+                at_ms: at,
+            }
+        };
+        assert_eq!(
+            not_yet(0).min_version(),
+            5,
+            "a new kind of report: version 5"
+        );
+        let mut index = 2;
+        let mut at = 1_000;
+        for round in 0..(DEFAULT_MAX_ATTEMPTS + 2) {
+            index += 1;
+            let token = index;
+            s.apply(
+                index,
+                &Command::Assign {
+                    assignments: vec![("j".into(), "a".into())],
+                    at_ms: at,
+                },
+            );
+            index += 1;
+            let Command::Report { report, .. } = not_yet(at) else {
+                unreachable!()
+            };
+            let outcome = s.apply(
+                index,
+                &Command::Report {
+                    job: "j".into(),
+                    token,
+                    report,
+                    at_ms: at,
+                },
+            );
+            assert_eq!(outcome, Outcome::Done(Ok(())), "round {round}");
+            let job = s.get("j").expect("job");
+            assert_eq!(job.state, JobState::Pending, "round {round}");
+            assert_eq!(job.not_before_ms, Some(at + 60_000));
+            assert_eq!(
+                job.attempts.last().and_then(|a| a.outcome),
+                Some(AttemptOutcome::Deferred)
+            );
+            assert!(job.report.is_none(), "a deferral is not a verdict");
+            // Not placed before its next try; placed once it is due.
+            assert!(s.pending_input(at + 59_999).next().is_none());
+            assert!(!s.deferral_due(at + 59_999));
+            assert!(s.deferral_due(at + 60_000));
+            let (workers, _) = s.placement_input(at + 60_000);
+            assert!(workers[0].healthy, "not the worker's fault");
+            let views = s.worker_views();
+            let why = s
+                .waiting_reason(&views, s.get("j").expect("job"))
+                .expect("why");
+            assert!(
+                why.contains("GLACIER") && why.contains("next try at"),
+                "{why}"
+            );
+            assert_eq!(s.pending_input(at + 60_000).count(), 1);
+            at += 60_000;
+        }
+        // A pass after the restore clears the wait.
+        index += 1;
+        let token = index;
+        s.apply(
+            index,
+            &Command::Assign {
+                assignments: vec![("j".into(), "a".into())],
+                at_ms: at,
+            },
+        );
+        assert_eq!(s.get("j").and_then(|j| j.reason.clone()), None);
+        index += 1;
+        s.apply(
+            index,
+            &Command::Report {
+                job: "j".into(),
+                token,
+                report: verdict(Verdict::Passed),
+                at_ms: at,
+            },
+        );
+        assert_eq!(s.get("j").map(|j| j.state), Some(JobState::Passed));
+
+        // Past the bound: error, with the reason.
+        s.apply(100, &submit("k"));
+        let defer_k = |s: &mut JobStore, index: u64, at: u64| {
+            s.apply(
+                index,
+                &Command::Assign {
+                    assignments: vec![("k".into(), "a".into())],
+                    at_ms: at,
+                },
+            );
+            let mut r = verdict(Verdict::Error);
+            r.not_yet("fetch", "archived", 60_000);
+            s.apply(
+                index + 1,
+                &Command::Report {
+                    job: "k".into(),
+                    token: index,
+                    report: r,
+                    at_ms: at,
+                },
+            );
+        };
+        defer_k(&mut s, 101, 0);
+        defer_k(&mut s, 103, RESTORE_WAIT_MS - 1);
+        assert_eq!(s.get("k").map(|j| j.state), Some(JobState::Pending));
+        defer_k(&mut s, 105, RESTORE_WAIT_MS);
+        let k = s.get("k").expect("k");
+        assert_eq!(k.state, JobState::Error);
+        assert!(
+            k.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("still not readable 2days")),
+            "{:?}",
+            k.reason
+        );
+    }
+
     #[test]
     fn gives_up_after_max_attempts_and_keeps_the_history() {
         let mut s = JobStore::default();
@@ -745,7 +951,7 @@ mod tests {
         s.apply(1, &submit("j"));
         s.apply(2, &Command::RegisterWorker(spec("a", 1, 0)));
         s.apply(3, &Command::RegisterWorker(spec("b", 1, 0)));
-        let (workers, pending) = s.placement_input();
+        let (workers, pending) = s.placement_input(u64::MAX);
         let placed = crate::placement::place(&workers, &pending);
         assert_eq!(placed.assigned, [("j".into(), "a".into())]);
         s.apply(
@@ -776,7 +982,7 @@ mod tests {
         );
         assert_eq!(s.worker("a").map(|w| w.running.len()), Some(0));
         // the retry prefers the other worker
-        let (workers, pending) = s.placement_input();
+        let (workers, pending) = s.placement_input(u64::MAX);
         let placed = crate::placement::place(&workers, &pending);
         assert_eq!(placed.assigned, [("j".into(), "b".into())]);
     }

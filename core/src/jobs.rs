@@ -96,6 +96,10 @@ pub enum AttemptOutcome {
     TimedOut,
     #[serde(rename = "cancelled")]
     Cancelled,
+    /// The artifact was not readable yet (an archived object being restored): the job waits and
+    /// is tried again; this does not count as an attempt.
+    #[serde(rename = "deferred")]
+    Deferred,
 }
 
 impl AttemptOutcome {
@@ -107,6 +111,7 @@ impl AttemptOutcome {
             AttemptOutcome::Lost => "lost",
             AttemptOutcome::TimedOut => "timed out",
             AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Deferred => "deferred",
         }
     }
 }
@@ -153,10 +158,17 @@ pub struct Job {
     /// The phase the running attempt last reported.
     #[serde(default)]
     pub phase: Option<String>,
-    /// Why a job ended without a report (lost on every attempt, no word past its timeout).
+    /// Why a job ended without a report (lost on every attempt, no word past its timeout), or
+    /// why a pending job waits (its artifact is being restored from an archive).
     #[serde(default)]
     pub reason: Option<String>,
     pub report: Option<Report>,
+    /// A pending job whose artifact was not readable yet is not placed before this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    /// When its artifact was first found not readable yet (the wait is bounded from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred_since_ms: Option<u64>,
 }
 
 /// A job as the proposer hands it to the log.
@@ -327,7 +339,9 @@ impl Command {
             | Command::ForgetJobs { .. } => 2,
             Command::Probe { .. } => TEST_PROBE,
             Command::Report { report, .. } => {
-                if report.verdict == crate::report::Verdict::Error {
+                if report.retry_after_ms().is_some() {
+                    5
+                } else if report.verdict == crate::report::Verdict::Error {
                     2
                 } else {
                     LEGACY
@@ -636,6 +650,8 @@ impl JobStore {
                 phase: None,
                 reason: None,
                 report: None,
+                not_before_ms: None,
+                deferred_since_ms: None,
             },
         );
         self.sync_pending(&new.id);

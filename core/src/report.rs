@@ -231,6 +231,11 @@ pub struct Failure {
     /// The environment, not the backup, stopped the verification: the verdict is `error`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub could_not_verify: bool,
+    /// The artifact cannot be read yet — an archived object (S3 GLACIER, DEEP_ARCHIVE) whose
+    /// restore was requested: a cluster tries the job again after this long, and the try does
+    /// not count as an attempt (verdict `error`; command version 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,12 +325,27 @@ impl Report {
         self.record(phase, reason.into(), true);
     }
 
+    /// The artifact is not readable yet (an archived object being restored): `error` now, and
+    /// worth another try after `retry_after_ms`.
+    pub fn not_yet(&mut self, phase: &str, reason: impl Into<String>, retry_after_ms: u64) {
+        self.record(phase, reason.into(), true);
+        if let Some(f) = &mut self.failure {
+            f.retry_after_ms = Some(retry_after_ms);
+        }
+    }
+
+    /// When the artifact was not readable yet: how long until it is worth another try.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        self.failure.as_ref().and_then(|f| f.retry_after_ms)
+    }
+
     fn record(&mut self, phase: &str, reason: String, could_not_verify: bool) {
         if self.failure.is_none() {
             self.failure = Some(Failure {
                 phase: phase.to_owned(),
                 reason,
                 could_not_verify,
+                retry_after_ms: None,
             });
         }
     }

@@ -251,3 +251,97 @@ async fn a_plan_picks_a_named_source_profile() {
         "no s3 source profile \"tape\"",
     );
 }
+
+/// A backup a lifecycle policy moved to GLACIER: never `failed`. A worker that may not request
+/// restores says so (`error`, with a time to try again); one that may requests it, and the next
+/// try (moto restores at once) passes. The request is signed with the profile's credentials
+/// (moto checks signatures here).
+#[tokio::test]
+async fn an_archived_backup_gets_a_restore_request_and_is_never_failed() {
+    let fx = fixtures().await;
+    let s3 = Moto::start(&["backups"]);
+    let bytes = fs::read(fx.join("custom.dump")).expect("fixture");
+    s3.put_in_class("backups", "monthly/2026-10.dump", bytes, Some("GLACIER"))
+        .await;
+    let plan = s3_plan("s3://backups/monthly/2026-10.dump", &shop_checks());
+    let with = |extra: &[(&str, &str)]| {
+        let mut settings = s3.settings();
+        for (k, v) in extra {
+            settings.0.insert((*k).to_owned(), (*v).to_owned());
+        }
+        TestEnv::with_s3(settings)
+    };
+
+    let env = with(&[("restore_request", "false"), ("restore_poll", "2s")]);
+    let report = env.verify(&plan).await;
+    assert_eq!(
+        report.verdict,
+        rehearse_core::report::Verdict::Error,
+        "{report:?}"
+    );
+    let failure = report.failure.clone().expect("failure");
+    assert_eq!(failure.phase, "fetch");
+    assert!(failure.could_not_verify);
+    assert_eq!(failure.retry_after_ms, Some(2000));
+    assert!(
+        failure.reason.contains("GLACIER storage class")
+            && failure.reason.contains("restore_request = false")
+            && failure.reason.contains("try again in 2s"),
+        "{}",
+        failure.reason
+    );
+    // Nobody asked for the restore: still archived.
+    let again = env.verify(&plan).await;
+    assert_eq!(again.retry_after_ms(), Some(2000), "{again:?}");
+
+    let env = with(&[("restore_poll", "1s"), ("restore_tier", "bulk")]);
+    restored_on_the_second_try(&env, &plan, "restore requested (Bulk tier, kept 1 day)").await;
+
+    // A pg_dump directory under a prefix: one try asks for every archived object of it (an open
+    // server: moto's signature check refuses every signed listing).
+    env.assert_clean();
+    let s3 = Moto::start_open(&["backups"]);
+    let mut settings = s3.settings();
+    settings.0.insert("restore_poll".into(), "1s".into());
+    let env = TestEnv::with_s3(settings);
+    let dir = fx.join("dir.dump");
+    let mut files = 0;
+    for entry in fs::read_dir(&dir).expect("dir dump") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bytes = fs::read(entry.path()).expect("file");
+        s3.put_in_class(
+            "backups",
+            &format!("monthly/dir/{name}"),
+            bytes,
+            Some("GLACIER"),
+        )
+        .await;
+        files += 1;
+    }
+    assert!(files > 2, "{files}");
+    let plan = s3_plan("s3://backups/monthly/dir/", &shop_checks());
+    restored_on_the_second_try(
+        &env,
+        &plan,
+        &format!("restore requested for {files} objects"),
+    )
+    .await;
+    env.assert_clean();
+}
+
+/// The first try says a restore was requested (`said`) and when to try again (1 s); the second
+/// passes (moto restores at once).
+async fn restored_on_the_second_try(env: &TestEnv, plan: &rehearse_core::plan::Plan, said: &str) {
+    let first = env.verify(plan).await;
+    let reason = first
+        .failure
+        .as_ref()
+        .map(|f| f.reason.clone())
+        .unwrap_or_default();
+    assert_eq!(first.retry_after_ms(), Some(1000), "{first:?}");
+    assert!(reason.contains(said), "{reason}");
+    let second = env.verify(plan).await;
+    assert_passed(&second);
+    assert_shop_counted(&second, "public");
+}

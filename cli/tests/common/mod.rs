@@ -13,6 +13,8 @@ use rehearse_proto::v1 as pb;
 use rehearse_proto::v1::coordinator_client::CoordinatorClient;
 
 pub mod fleet;
+#[path = "../../../worker/tests/common/moto.rs"]
+pub mod moto;
 
 pub const PLAN: &str = "[artifact]\nurl = \"/backups/shop.dump\"\nengine = \"postgres\"\n";
 

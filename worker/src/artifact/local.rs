@@ -71,7 +71,11 @@ impl ArtifactSource for LocalSource {
         false
     }
 
-    async fn fetch(&self, url: &str, _spill: Option<&std::path::Path>) -> Result<Fetched, String> {
+    async fn fetch(
+        &self,
+        url: &str,
+        _spill: Option<&std::path::Path>,
+    ) -> Result<Fetched, super::FetchError> {
         Ok(Fetched {
             path: local_path(url)?,
             hashed: None,

@@ -9,6 +9,7 @@
 //! Worker-side settings ([`Sources`]) come from `--sources FILE`: `[s3.NAME]` and `[http.NAME]`
 //! profiles a plan selects with `[artifact] profile = "NAME"`.
 
+pub mod archive;
 pub mod checksum;
 pub mod local;
 pub mod object;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use rehearse_core::backupset::{self, Pick};
 use rehearse_core::plan::Blake3Digest;
 
+pub use archive::FetchError;
 pub use local::LocalArtifact;
 pub use object::{HttpSettings, S3Settings};
 
@@ -59,7 +61,7 @@ pub trait ArtifactSource: Send + Sync + std::fmt::Debug {
 
     /// The artifact's bytes as a local path: in place, or downloaded into `spill` and hashed on
     /// the way.
-    async fn fetch(&self, url: &str, spill: Option<&Path>) -> Result<Fetched, String>;
+    async fn fetch(&self, url: &str, spill: Option<&Path>) -> Result<Fetched, FetchError>;
 
     /// The digest in `<url>.blake3` beside the artifact, if there is one.
     async fn sidecar(&self, url: &str) -> Result<Option<Blake3Digest>, String>;

@@ -29,6 +29,7 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use rehearse_core::backupset::{self, Candidate, Pick};
 use rehearse_core::plan::Blake3Digest;
 
+use super::archive::{self, FetchError, RestoreSettings, Restorer};
 use super::{ArtifactSource, Fetched, Picked};
 
 /// Largest sidecar read (a digest and a name).
@@ -48,15 +49,14 @@ impl fmt::Debug for S3Settings {
 }
 
 impl S3Settings {
-    /// `Err` names the first key `object_store` does not know.
+    /// `Err` names the first key neither `object_store` nor [`archive`] knows, or a restore
+    /// setting's bad value.
     pub fn check(&self) -> Result<(), String> {
-        match self
-            .0
-            .keys()
-            .find(|k| k.parse::<AmazonS3ConfigKey>().is_err())
-        {
+        match self.0.keys().find(|k| {
+            k.parse::<AmazonS3ConfigKey>().is_err() && !archive::KEYS.contains(&k.as_str())
+        }) {
             Some(bad) => Err(format!("unknown S3 setting {bad:?}")),
-            None => Ok(()),
+            None => RestoreSettings::from_profile(self.0.iter()).map(|_| ()),
         }
     }
 }
@@ -144,6 +144,8 @@ pub struct ObjectSource {
     /// `s3://bucket` or `https://host:port`: a URL minus its key.
     origin: String,
     protocol: Protocol,
+    /// For S3: restore requests for archived objects.
+    restorer: Option<Restorer>,
 }
 
 impl fmt::Debug for ObjectSource {
@@ -170,21 +172,28 @@ impl ObjectSource {
             }
         }
         for (key, value) in &settings.0 {
+            if archive::KEYS.contains(&key.as_str()) {
+                continue;
+            }
             let key: AmazonS3ConfigKey = key
                 .parse()
                 .map_err(|_| format!("unknown S3 setting {key:?}"))?;
             builder = builder.with_config(key, value);
         }
-        let store = builder.with_bucket_name(&bucket).build().map_err(|e| {
+        let restore = RestoreSettings::from_profile(settings.0.iter())?;
+        let builder = builder.with_bucket_name(&bucket);
+        let store = Arc::new(builder.clone().build().map_err(|e| {
             format!(
                 "S3 configuration for bucket {bucket}: {}",
                 one_line(&e.to_string())
             )
-        })?;
+        })?);
+        let restorer = Restorer::new(&builder, store.clone(), &bucket, restore)?;
         Ok(ObjectSource {
-            store: Arc::new(store),
+            store,
             origin: format!("s3://{bucket}"),
             protocol: Protocol::S3,
+            restorer: Some(restorer),
         })
     }
 
@@ -206,6 +215,7 @@ impl ObjectSource {
             store: Arc::new(store),
             origin,
             protocol: Protocol::Http,
+            restorer: None,
         })
     }
 
@@ -269,6 +279,32 @@ impl ObjectSource {
             Ok(got) => Ok(Some(got)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.describe(url, &e)),
+        }
+    }
+
+    /// Starts reading an object of the artifact; an archived one (S3 `InvalidObjectState`) gets
+    /// its restore requested and answers [`FetchError::NotYet`]. `others`: the rest of the
+    /// artifact's objects (url, key), restored along with it.
+    async fn get_artifact(
+        &self,
+        url: &str,
+        artifact: &str,
+        others: &[(String, String)],
+    ) -> Result<object_store::GetResult, FetchError> {
+        let key = self.key(url)?;
+        match self.store.get(&key).await {
+            Ok(got) => Ok(got),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(FetchError::Failed(format!("not found: {url}")))
+            }
+            Err(e) => match &self.restorer {
+                Some(restorer) if one_line(&e.to_string()).contains("InvalidObjectState") => {
+                    let mut objects = vec![(url.to_owned(), key.as_ref().to_owned())];
+                    objects.extend(others.iter().filter(|(u, _)| u != url).cloned());
+                    Err(restorer.not_yet(artifact, &objects).await)
+                }
+                _ => Err(FetchError::Failed(self.describe(url, &e))),
+            },
         }
     }
 
@@ -423,7 +459,7 @@ impl ArtifactSource for ObjectSource {
         ObjectSource::list(self, url).await
     }
 
-    async fn fetch(&self, url: &str, spill: Option<&Path>) -> Result<Fetched, String> {
+    async fn fetch(&self, url: &str, spill: Option<&Path>) -> Result<Fetched, FetchError> {
         let dir = spill.ok_or("an object store artifact needs a spill dir")?;
         if url.ends_with('/') {
             return self.fetch_prefix(url, dir).await;
@@ -434,10 +470,7 @@ impl ArtifactSource for ObjectSource {
             .filter(|n| !n.is_empty() && *n != "." && *n != "..")
             .unwrap_or("artifact");
         let dest: PathBuf = dir.join(name);
-        let got = self
-            .get(url)
-            .await?
-            .ok_or_else(|| format!("not found: {url}"))?;
+        let got = self.get_artifact(url, url, &[]).await?;
         let file = std::fs::File::create(&dest)
             .map_err(|e| format!("spill {url} to {}: {e}", dest.display()))?;
         let hashed = self
@@ -471,7 +504,7 @@ impl ObjectSource {
     /// Every object under a prefix (a base backup, a backup directory), downloaded into one
     /// directory of `spill` keyed by their paths below the prefix, each hashed on the way; the
     /// checksum phase then hashes the tree as a whole.
-    async fn fetch_prefix(&self, url: &str, spill: &Path) -> Result<Fetched, String> {
+    async fn fetch_prefix(&self, url: &str, spill: &Path) -> Result<Fetched, FetchError> {
         use futures_util::TryStreamExt;
         let prefix = self.key(url)?;
         let name = url
@@ -489,8 +522,18 @@ impl ObjectSource {
             .await
             .map_err(|e| self.describe(url, &e))?;
         if objects.is_empty() {
-            return Err(format!("not found: nothing under {url}"));
+            return Err(format!("not found: nothing under {url}").into());
         }
+        let all: Vec<(String, String)> = objects
+            .iter()
+            .filter_map(|m| {
+                let rest = m.location.as_ref().strip_prefix(prefix.as_ref())?;
+                Some((
+                    join(url, rest.trim_start_matches('/')),
+                    m.location.as_ref().to_owned(),
+                ))
+            })
+            .collect();
         for meta in objects {
             let parts: Vec<String> = meta
                 .location
@@ -505,17 +548,15 @@ impl ObjectSource {
                 return Err(format!(
                     "{url}: the object {} cannot be laid out below the prefix",
                     meta.location
-                ));
+                )
+                .into());
             }
             let dest = parts.iter().fold(root.clone(), |d, p| d.join(p));
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| format!("spill dir: {e}"))?;
             }
             let object_url = join(url, &parts.join("/"));
-            let got = self
-                .get(&object_url)
-                .await?
-                .ok_or_else(|| format!("not found: {object_url}"))?;
+            let got = self.get_artifact(&object_url, url, &all).await?;
             let file = std::fs::File::create(&dest)
                 .map_err(|e| format!("spill {object_url} to {}: {e}", dest.display()))?;
             self.consume(&object_url, got, Some((file, dest.display().to_string())))

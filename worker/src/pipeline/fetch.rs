@@ -10,7 +10,7 @@ use rehearse_core::plan::Plan;
 use rehearse_core::report::{CopyReport, Phase};
 
 use super::{Run, Verifier};
-use crate::artifact::{self, LocalArtifact, SourceError, Sources, checksum};
+use crate::artifact::{self, FetchError, LocalArtifact, SourceError, Sources, checksum};
 
 impl Verifier {
     /// Fetch and checksum. `None` when the run ended in them (its verdict is in `run`).
@@ -76,7 +76,11 @@ impl Verifier {
         };
         let fetched = match source.fetch(&picked.url, spill.as_deref()).await {
             Ok(fetched) => fetched,
-            Err(reason) => fail!(run, Phase::Fetch, reason),
+            Err(FetchError::NotYet {
+                reason,
+                retry_after,
+            }) => not_yet!(run, Phase::Fetch, reason, retry_after),
+            Err(FetchError::Failed(reason)) => fail!(run, Phase::Fetch, reason),
         };
         let hashed_on_fetch = fetched.hashed;
         let mut artifact = match artifact::local::open(fetched.path) {

@@ -61,6 +61,17 @@ macro_rules! cannot {
     }};
 }
 
+/// Ends the run with the verdict `error` and a time to try again: the artifact is not readable
+/// yet (an archived object being restored), which says nothing about the backup.
+macro_rules! not_yet {
+    ($run:ident, $phase:expr, $reason:expr, $after:expr) => {{
+        $run.report
+            .not_yet($phase.as_str(), $reason, $after.as_millis() as u64);
+        $run.clock.end(false);
+        return Default::default();
+    }};
+}
+
 /// Where and how verifications run.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
