@@ -13,15 +13,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, Message};
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType};
 use raft::{Config, RawNode, StateRole};
 use rehearse_core::codec;
-use rehearse_core::fleet::Worker;
-use rehearse_core::jobs::{Command, Job, JobState, NewJob, Outcome};
-use rehearse_core::placement;
-use rehearse_core::plan::RawPlan;
-use tokio::sync::oneshot;
+use rehearse_core::jobs::{Command, NewJob, Outcome};
 use tracing::{debug, error, info, warn};
+
+mod leader;
+mod reads;
+mod request;
+
+pub use request::{ApiError, Member, Membership, Read, ReadAnswer, Reply, Request, Status};
 
 use crate::fleet::FleetHub;
 use crate::storage::{Batch, PeerInfo, RaftStore, StoreError};
@@ -29,144 +31,6 @@ use crate::transport::Transport;
 
 /// One raft tick. Election timeout = 10 ticks (randomised to 10..20), heartbeats every 2.
 pub const TICK: Duration = Duration::from_millis(50);
-
-/// A request that cannot be served here, or failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
-    #[error("not leader")]
-    NotLeader { leader: Option<(u64, String)> },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    /// Valid, but the state refuses it.
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Membership {
-    AddLearner,
-    Promote,
-    Remove,
-}
-
-/// What a linearizable read asks for.
-#[derive(Debug)]
-pub enum Read {
-    Job(String),
-    Jobs(Option<JobState>),
-    Workers,
-    /// One drill (by name), or all; each with its runs.
-    Drills(Option<String>),
-    /// One exercise (by id), or all, oldest first.
-    Exercises(Option<String>),
-}
-
-#[derive(Debug)]
-pub enum ReadAnswer {
-    Job(Box<Job>),
-    Jobs(Vec<Job>),
-    /// With each worker's last heartbeat as the log has it.
-    Workers(Vec<Worker>),
-    Exercises(Vec<rehearse_core::exercise::Exercise>),
-    /// Drills with their runs (oldest first); a drill deleted but with history has `None`.
-    Drills(
-        Vec<(
-            String,
-            Option<rehearse_core::drill::Drill>,
-            Vec<rehearse_core::drill::Run>,
-        )>,
-    ),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: u64,
-    pub addr: String,
-    pub role: &'static str,
-    pub region: String,
-    /// The command version it said it reads; 0 while not heard from.
-    pub command_version: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    pub id: u64,
-    pub leader: u64,
-    pub term: u64,
-    pub commit: u64,
-    pub applied: u64,
-    pub members: Vec<Member>,
-    pub cluster_version: u32,
-}
-
-pub enum Request {
-    Submit {
-        id: String,
-        plan: RawPlan,
-        reply: Reply<String>,
-    },
-    Cancel {
-        id: String,
-        reply: Reply<()>,
-    },
-    Read {
-        read: Read,
-        reply: Reply<ReadAnswer>,
-    },
-    Status {
-        reply: oneshot::Sender<Status>,
-    },
-    Membership {
-        kind: Membership,
-        id: u64,
-        addr: String,
-        reply: Reply<()>,
-    },
-    /// A fleet command (register, heartbeat, drain, progress, report): its time is stamped by
-    /// the leader, and the reply is what applying it did.
-    Fleet {
-        command: Command,
-        reply: Reply<Outcome>,
-    },
-    /// Upgrade tests: a no-op of the test-only newest command kind.
-    Probe {
-        note: String,
-        reply: Reply<()>,
-    },
-    /// A page of the history tables for a peer that copies them (see `crate::history`).
-    HistoryPage {
-        table: crate::history::Table,
-        after: Option<String>,
-        limit: usize,
-        /// The asker's applied index: this node must have applied at least as far.
-        min_applied: u64,
-        reply: Reply<crate::history::Page>,
-    },
-    /// A page copied from a peer, to write if it is not older than this node's state.
-    CopyHistory {
-        table: crate::history::Table,
-        page: crate::history::Page,
-        reply: Reply<()>,
-    },
-    /// Where this node's history copy stands (None: nothing to copy), with its applied index.
-    HistoryCopying {
-        reply: oneshot::Sender<Option<(crate::history::Copying, u64)>>,
-    },
-    Raft {
-        from: u64,
-        info: PeerInfo,
-        /// The command version the sender reads (0: a node from before versioning).
-        command_version: u32,
-        messages: Vec<Message>,
-    },
-    Shutdown,
-}
 
 /// Tuning that tests change.
 #[derive(Debug, Clone)]
@@ -558,120 +422,6 @@ impl Node {
         }
     }
 
-    fn history_page(
-        &self,
-        table: crate::history::Table,
-        after: Option<&str>,
-        limit: usize,
-        min_applied: u64,
-    ) -> Result<crate::history::Page, ApiError> {
-        let store = self.raw.store();
-        if store.history_copy.is_some() {
-            return Err(ApiError::Unavailable(format!(
-                "node {} is copying its own history",
-                self.opts.id
-            )));
-        }
-        let applied = store.jobs.applied();
-        if applied < min_applied {
-            return Err(ApiError::Unavailable(format!(
-                "node {} has applied up to {applied}, the asker up to {min_applied}",
-                self.opts.id
-            )));
-        }
-        let (records, done) = store
-            .history_page(table, after, limit)
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        Ok(crate::history::Page {
-            applied,
-            records,
-            done,
-        })
-    }
-
-    /// Writes a copied page — only while this node has not applied past the index the page was
-    /// read at (see `crate::history` for why that makes the copy converge).
-    fn copy_history(
-        &mut self,
-        table: crate::history::Table,
-        page: crate::history::Page,
-    ) -> Result<(), ApiError> {
-        let applied = self.raw.store().jobs.applied();
-        if applied > page.applied {
-            return Err(ApiError::Unavailable(format!(
-                "the page was read at {}, this node has applied up to {applied}",
-                page.applied
-            )));
-        }
-        let store = self.raw.mut_store();
-        let mut batch = Batch::default();
-        store.copy_history_page(&mut batch, table, page.records, page.done);
-        store.commit(&mut batch, true).map_err(|e| {
-            warn!(error = %e, "history page not written");
-            ApiError::Unavailable(e.to_string())
-        })
-    }
-
-    /// The leader turns due drill ticks (see [`crate::ticker`]) and exercise gates past their
-    /// timeout into log entries: every 100 ms, one entry at a time.
-    fn drill_duties(&mut self) {
-        if self.ticks_in_flight.is_some()
-            || self.last_drill_check.elapsed() < DRILL_CHECK
-            || self.version_gate(2).is_err()
-        {
-            return;
-        }
-        self.last_drill_check = Instant::now();
-        let now = now_ms();
-        let mut due = self.ticker.due(&self.raw.store().jobs, now);
-        // Exercise gates past their timeout fail (see `rehearse_core::exercises`).
-        if self.version_gate(4).is_ok() && self.raw.store().jobs.overdue_gates(now) {
-            due.push(Command::ExpireGates { now_ms: now });
-        }
-        if due.is_empty() {
-            return;
-        }
-        let ctx = self.ctx();
-        match self.propose(ctx, &Command::Batch(due)) {
-            Ok(()) => {
-                self.ticks_in_flight = Some(ctx);
-                self.waiters.insert(ctx, Waiter::Internal);
-            }
-            Err(e) => debug!(error = %e, "drill ticks not proposed"),
-        }
-    }
-
-    /// The leader sends finished jobs past `--job-retention` out of the state (every
-    /// [`RETENTION_CHECK`]); their summaries stay in the history.
-    fn retention_duty(&mut self) {
-        if self.forget_in_flight.is_some()
-            || self.last_retention_check.elapsed() < RETENTION_CHECK
-            || self.version_gate(2).is_err()
-        {
-            return;
-        }
-        self.last_retention_check = Instant::now();
-        let now = now_ms();
-        let before_ms = now.saturating_sub(self.opts.job_retention.as_millis() as u64);
-        if !self.raw.store().jobs.forgettable(before_ms) {
-            return;
-        }
-        let ctx = self.ctx();
-        match self.propose(
-            ctx,
-            &Command::ForgetJobs {
-                before_ms,
-                at_ms: now,
-            },
-        ) {
-            Ok(()) => {
-                self.forget_in_flight = Some(ctx);
-                self.waiters.insert(ctx, Waiter::Internal);
-            }
-            Err(e) => debug!(error = %e, "retention not proposed"),
-        }
-    }
-
     /// Whether a command of version `needed` may be proposed: every member must read it.
     /// `Err` says why not.
     fn version_gate(&self, needed: u32) -> Result<(), String> {
@@ -682,43 +432,6 @@ impl Node {
         Err(format!(
             "this needs command version {needed}, and the cluster runs {cluster}: every coordinator must be upgraded first (rehearse cluster status shows each one's version)"
         ))
-    }
-
-    /// The leader raises the cluster's command version to what every member reads, once each
-    /// has said so. A member not heard from counts as reading only the legacy version.
-    fn raise_version(&mut self) {
-        if self.version_in_flight.is_some() {
-            return;
-        }
-        let conf = self.raw.store().conf_state();
-        let readable = conf
-            .voters
-            .iter()
-            .chain(conf.learners.iter())
-            .map(|id| {
-                if *id == self.opts.id {
-                    self.opts.command_version
-                } else {
-                    self.peer_versions.get(id).copied().unwrap_or(codec::LEGACY)
-                }
-            })
-            .min()
-            .unwrap_or(codec::LEGACY);
-        if readable <= self.raw.store().jobs.cluster_version() {
-            return;
-        }
-        let ctx = self.ctx();
-        match self.propose(ctx, &Command::SetVersion { version: readable }) {
-            Ok(()) => {
-                info!(
-                    version = readable,
-                    "every member reads command version {readable}: raising the cluster's"
-                );
-                self.version_in_flight = Some(ctx);
-                self.waiters.insert(ctx, Waiter::Internal);
-            }
-            Err(e) => debug!(error = %e, "version raise not proposed"),
-        }
     }
 
     fn propose(&mut self, ctx: u64, command: &Command) -> Result<(), ApiError> {
@@ -971,49 +684,6 @@ impl Node {
         }
     }
 
-    fn answer_reads(&mut self) {
-        let applied = self.raw.store().jobs.applied();
-        let ready: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.index.is_some_and(|i| i <= applied))
-            .map(|(k, _)| *k)
-            .collect();
-        for ctx in ready {
-            let Some(pending) = self.reads.remove(&ctx) else {
-                continue;
-            };
-            let jobs = &self.raw.store().jobs;
-            let views = jobs.worker_views();
-            let explained = |job: &Job| {
-                let mut job = job.clone();
-                if job.reason.is_none() {
-                    job.reason = jobs.waiting_reason(&views, &job);
-                }
-                job
-            };
-            let answer = match pending.read {
-                Read::Job(id) => match jobs.get(&id) {
-                    Some(j) => Ok(ReadAnswer::Job(Box::new(explained(j)))),
-                    None => Err(ApiError::NotFound(where_it_went(self.raw.store(), &id))),
-                },
-                Read::Jobs(state) => Ok(ReadAnswer::Jobs(
-                    jobs.list(state).into_iter().map(explained).collect(),
-                )),
-                Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
-                Read::Drills(name) => drills_answer(self.raw.store(), name),
-                Read::Exercises(None) => Ok(ReadAnswer::Exercises(
-                    jobs.exercises().into_iter().cloned().collect(),
-                )),
-                Read::Exercises(Some(id)) => match jobs.exercise(&id) {
-                    Some(e) => Ok(ReadAnswer::Exercises(vec![e.clone()])),
-                    None => Err(ApiError::NotFound(format!("no exercise {id:?}"))),
-                },
-            };
-            let _ = pending.reply.send(answer);
-        }
-    }
-
     fn apply(&mut self, entries: Vec<Entry>, batch: &mut Batch) -> Result<(), StoreError> {
         for entry in entries {
             let ctx = ctx_of(&entry.context);
@@ -1180,76 +850,6 @@ impl Node {
         }
     }
 
-    /// The leader places pending jobs on workers with free slots and proposes the result: one
-    /// `Assign` entry at a time, each re-checked when applied.
-    fn schedule(&mut self) {
-        // A job waiting for its artifact's restore changes nothing when its next try comes due:
-        // the leader looks for such jobs as often as it looks for lost workers.
-        if !self.placement_dirty && self.last_deferral_check.elapsed() >= EXPIRY_CHECK {
-            self.last_deferral_check = Instant::now();
-            self.placement_dirty = self.raw.store().jobs.deferral_due(now_ms());
-        }
-        if !self.placement_dirty || self.assign_in_flight.is_some() {
-            return;
-        }
-        self.placement_dirty = false;
-        let jobs = &self.raw.store().jobs;
-        let workers = jobs.worker_views();
-        if !placement::has_free_slot(&workers) {
-            return;
-        }
-        let placed = placement::place_until_full(&workers, jobs.pending_input(now_ms()));
-        if placed.assigned.is_empty() {
-            return;
-        }
-        let ctx = self.ctx();
-        let command = Command::Assign {
-            assignments: placed.assigned,
-            at_ms: now_ms(),
-        };
-        match self.propose(ctx, &command) {
-            Ok(()) => {
-                self.assign_in_flight = Some(ctx);
-                self.waiters.insert(ctx, Waiter::Internal);
-            }
-            Err(e) => debug!(error = %e, "assignment not proposed"),
-        }
-    }
-
-    /// The leader marks workers silent past their lease lost (their attempts go back to pending)
-    /// and fails jobs silent past their timeout. A new leader first waits one lease: heartbeats
-    /// sent during the election could not land, and that must not cost anyone their jobs.
-    fn expire_if_due(&mut self) {
-        if self.expire_in_flight.is_some()
-            || self.last_expiry_check.elapsed() < EXPIRY_CHECK
-            || self
-                .leader_since
-                .is_none_or(|t| t.elapsed() < self.opts.lease)
-        {
-            return;
-        }
-        self.last_expiry_check = Instant::now();
-        let now = now_ms();
-        let lease_ms = self.opts.lease.as_millis() as u64;
-        if !self.raw.store().jobs.expiry_due(now, lease_ms) {
-            return;
-        }
-        let ctx = self.ctx();
-        match self.propose(
-            ctx,
-            &Command::ExpireWorkers {
-                now_ms: now,
-                lease_ms,
-            },
-        ) {
-            Ok(()) => {
-                self.expire_in_flight = Some(ctx);
-                self.waiters.insert(ctx, Waiter::Internal);
-            }
-            Err(e) => debug!(error = %e, "expiry not proposed"),
-        }
-    }
-
     /// Publishes what each worker should run, when it changed.
     fn publish_fleet(&mut self) {
         if !self.fleet_dirty {
@@ -1267,75 +867,6 @@ impl Node {
             &self.raw.store().jobs,
             touched.as_ref(),
         );
-    }
-}
-
-/// Drills with their whole history: ended runs from the history table, running and recent ones
-/// from the state (the same run in both is taken once, the state's copy winning).
-fn drills_answer(store: &RaftStore, name: Option<String>) -> Result<ReadAnswer, ApiError> {
-    let jobs = &store.jobs;
-    let history_drills = store
-        .history_drills()
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let names: std::collections::BTreeSet<String> = jobs
-        .drills()
-        .map(|d| d.spec.name.clone())
-        .chain(jobs.drills_with_history().map(str::to_owned))
-        .chain(history_drills)
-        .filter(|n| name.as_deref().is_none_or(|want| want == n))
-        .collect();
-    if let Some(want) = &name
-        && names.is_empty()
-    {
-        return Err(ApiError::NotFound(format!("no drill {want:?}")));
-    }
-    let mut out = Vec::with_capacity(names.len());
-    for n in names {
-        let mut runs: std::collections::BTreeMap<String, rehearse_core::drill::Run> = store
-            .history_runs(&n)
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?
-            .into_iter()
-            .map(|r| {
-                (
-                    rehearse_core::history::run_key(&r.drill, r.tick_ms, r.manual),
-                    r,
-                )
-            })
-            .collect();
-        for r in jobs.runs(&n) {
-            runs.insert(
-                rehearse_core::history::run_key(&r.drill, r.tick_ms, r.manual),
-                r.clone(),
-            );
-        }
-        let drill = jobs.drill(&n).cloned();
-        out.push((n, drill, runs.into_values().collect()));
-    }
-    Ok(ReadAnswer::Drills(out))
-}
-
-/// `job get` of a job that is not in the state: what became of it, from its summary.
-fn where_it_went(store: &RaftStore, id: &str) -> String {
-    match store.forgotten_job(id) {
-        Ok(Some(s)) => {
-            let finished = humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + Duration::from_millis(s.finished_at_ms),
-            );
-            let drill = s
-                .drill
-                .map(|(d, _)| {
-                    format!("; its drill's history keeps the results: rehearse drill history {d:?}")
-                })
-                .unwrap_or_default();
-            format!(
-                "job {id} ended {} at {finished} and has left the coordinator's memory (--job-retention); its summary: verdict {}, artifact {}{}{drill}",
-                s.state,
-                s.verdict.map_or("none", |v| v.as_str()),
-                s.artifact_url,
-                s.reason.map(|r| format!(", {r}")).unwrap_or_default()
-            )
-        }
-        _ => format!("no job {id}"),
     }
 }
 
