@@ -103,7 +103,7 @@ fn main() {
         while written < size {
             let mut batch = Batch::default();
             let n = (size - written).min(10_000);
-            batch.history = (written..written + n)
+            batch.sm.history = (written..written + n)
                 .map(|i| HistoryOp::Run(run(i)))
                 .collect();
             store.commit(&mut batch, true).expect("write history");
@@ -140,8 +140,9 @@ fn main() {
         drop(snapshot);
         let began = Instant::now();
         let mut copied = 0usize;
-        while let Some(copying) = follower.history_copy.clone() {
+        while let Some(copying) = follower.sm.history_copy.clone() {
             let (records, done) = store
+                .sm
                 .history_page(
                     copying.table,
                     copying.after.as_deref(),
@@ -150,7 +151,9 @@ fn main() {
                 .expect("page");
             copied += records.len();
             let mut batch = Batch::default();
-            follower.copy_history_page(&mut batch, copying.table, records, done);
+            follower
+                .sm
+                .copy_history_page(&mut batch.sm, copying.table, records, done);
             follower.commit(&mut batch, true).expect("copy");
         }
         let copy_s = began.elapsed().as_secs_f64();

@@ -332,7 +332,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut leader = store(&dir.path().join("a"), 1);
         let mut batch = Batch::default();
-        batch.history = vec![
+        batch.sm.history = vec![
             HistoryOp::Run(run("shop", 10)),
             HistoryOp::Run(run("shop", 20)),
             HistoryOp::Run(run("shop2", 5)),
@@ -356,6 +356,7 @@ mod tests {
         ];
         leader.commit(&mut batch, true).expect("commit");
         let ticks: Vec<i64> = leader
+            .sm
             .history_runs("shop")
             .expect("runs")
             .iter()
@@ -366,13 +367,16 @@ mod tests {
             [20],
             "written once per key, pruned before 15, other drills apart"
         );
-        assert_eq!(leader.history_drills().expect("drills"), ["shop", "shop2"]);
+        assert_eq!(
+            leader.sm.history_drills().expect("drills"),
+            ["shop", "shop2"]
+        );
 
         let snapshot = leader.snapshot(0, 2).expect("snapshot");
         let follower_dir = dir.path().join("b");
         let mut follower = store(&follower_dir, 2);
         let mut batch = Batch::default();
-        batch.history = vec![HistoryOp::Run(run("stale", 1))];
+        batch.sm.history = vec![HistoryOp::Run(run("stale", 1))];
         follower.commit(&mut batch, true).expect("commit");
         let mut batch = Batch::default();
         follower
@@ -380,26 +384,29 @@ mod tests {
             .expect("install");
         follower.commit(&mut batch, true).expect("commit");
         assert!(
-            follower.history_drills().expect("drills").is_empty(),
+            follower.sm.history_drills().expect("drills").is_empty(),
             "the snapshot carries the state only, and the old history is emptied"
         );
-        assert_eq!(follower.history_copy, Some(Copying::start()));
+        assert_eq!(follower.sm.history_copy, Some(Copying::start()));
 
         // Copy page by page (one record each), restarting half way: the copy resumes.
         let mut pages = 0;
-        while let Some(copying) = follower.history_copy.clone() {
+        while let Some(copying) = follower.sm.history_copy.clone() {
             let (records, done) = leader
+                .sm
                 .history_page(copying.table, copying.after.as_deref(), 1)
                 .expect("page");
             let mut batch = Batch::default();
-            follower.copy_history_page(&mut batch, copying.table, records, done);
+            follower
+                .sm
+                .copy_history_page(&mut batch.sm, copying.table, records, done);
             follower.commit(&mut batch, true).expect("commit");
             pages += 1;
             if pages == 2 {
                 drop(follower);
                 follower = store(&follower_dir, 2);
                 assert!(
-                    follower.history_copy.is_some(),
+                    follower.sm.history_copy.is_some(),
                     "the copy's cursor persisted"
                 );
             }
@@ -409,22 +416,22 @@ mod tests {
             "one record a page, the last page of a table says so"
         );
         assert_eq!(
-            follower.history_runs("shop").expect("runs"),
-            leader.history_runs("shop").expect("runs")
+            follower.sm.history_runs("shop").expect("runs"),
+            leader.sm.history_runs("shop").expect("runs")
         );
         assert_eq!(
-            follower.history_drills().expect("drills"),
+            follower.sm.history_drills().expect("drills"),
             ["shop", "shop2"],
             "replaced, not merged"
         );
         assert_eq!(
-            follower.forgotten_job("j1").expect("job").map(|s| s.id),
+            follower.sm.forgotten_job("j1").expect("job").map(|s| s.id),
             Some("j1".to_owned()),
             "the jobs table is copied after the runs"
         );
         drop(follower);
         assert_eq!(
-            store(&follower_dir, 2).history_copy,
+            store(&follower_dir, 2).sm.history_copy,
             None,
             "done, and it stays done"
         );
@@ -434,10 +441,10 @@ mod tests {
     fn a_page_that_is_not_history_is_refused() {
         let dir = tempfile::tempdir().expect("dir");
         let mut s = store(dir.path(), 1);
-        s.history_copy = Some(Copying::start());
+        s.sm.history_copy = Some(Copying::start());
         let mut batch = Batch::default();
-        s.copy_history_page(
-            &mut batch,
+        s.sm.copy_history_page(
+            &mut batch.sm,
             Table::Runs,
             vec![("k".into(), b"{\"not\": \"a run\"}".to_vec())],
             true,

@@ -5,7 +5,8 @@
 //! minority loses nothing and losing the leader pauses writes for about an election timeout.
 //!
 //! Layout:
-//! - [`storage`]: raft log, hard/conf state, snapshot point and applied state in redb.
+//! - [`storage`]: raft log, hard/conf state, snapshot point and peer book in redb.
+//! - [`state`]: the state machine's side: the applied state and the history tables.
 //! - [`history`]: the history tables (ended drill runs, forgotten jobs) beside them.
 //! - [`copier`]: after installing a snapshot (the state only), copies the history from a peer.
 //! - [`node`]: the raft thread — the Ready loop, proposal batching, apply, ReadIndex reads,
@@ -31,6 +32,7 @@ pub mod handle;
 pub mod history;
 pub mod http;
 pub mod node;
+pub mod state;
 pub mod storage;
 pub mod ticker;
 pub mod transport;
@@ -203,7 +205,7 @@ pub async fn run(
     )?;
     // A node older than the cluster it belongs to would meet entries it cannot read: it says so
     // now, before it applies anything.
-    let cluster_version = store.jobs.cluster_version();
+    let cluster_version = store.sm.jobs.cluster_version();
     if cluster_version > config.command_version {
         return Err(StoreError::TooOld {
             cluster: cluster_version,

@@ -134,7 +134,7 @@ impl Node {
         fleet: Arc<FleetHub>,
         logger: &slog::Logger,
     ) -> Result<Node, raft::Error> {
-        let applied = store.jobs.applied();
+        let applied = store.sm.jobs.applied();
         let config = Config {
             id: opts.id,
             election_tick: 10,
@@ -410,13 +410,8 @@ impl Node {
                 let _ = reply.send(self.copy_history(table, page));
             }
             Request::HistoryCopying { reply } => {
-                let store = self.raw.store();
-                let _ = reply.send(
-                    store
-                        .history_copy
-                        .clone()
-                        .map(|c| (c, store.jobs.applied())),
-                );
+                let sm = &self.raw.store().sm;
+                let _ = reply.send(sm.history_copy.clone().map(|c| (c, sm.applied())));
             }
             Request::Shutdown => {}
         }
@@ -425,7 +420,7 @@ impl Node {
     /// Whether a command of version `needed` may be proposed: every member must read it.
     /// `Err` says why not.
     fn version_gate(&self, needed: u32) -> Result<(), String> {
-        let cluster = self.raw.store().jobs.cluster_version();
+        let cluster = self.raw.store().sm.jobs.cluster_version();
         if needed <= cluster {
             return Ok(());
         }
@@ -565,9 +560,9 @@ impl Node {
             leader: self.raw.raft.leader_id,
             term: self.raw.raft.term,
             commit: self.raw.raft.raft_log.committed,
-            applied: store.jobs.applied(),
+            applied: store.sm.jobs.applied(),
             members,
-            cluster_version: store.jobs.cluster_version(),
+            cluster_version: store.sm.jobs.cluster_version(),
         }
     }
 
@@ -584,7 +579,7 @@ impl Node {
             self.raw.mut_store().apply_snapshot(&mut batch, &snapshot)?;
             let conf = self.raw.store().conf_state().clone();
             info!(index = snapshot.get_metadata().index, voters = ?conf.voters, learners = ?conf.learners, "installed snapshot from leader");
-            let cluster = self.raw.store().jobs.cluster_version();
+            let cluster = self.raw.store().sm.jobs.cluster_version();
             if cluster > self.opts.command_version {
                 // Its state is whole, but the next entry may be one it cannot read: it will
                 // stop there rather than skip it.
@@ -621,7 +616,7 @@ impl Node {
         self.apply(light.take_committed_entries(), &mut batch)?;
         self.raw.advance_apply();
         if self.raw.store().log_len() >= self.opts.compact_after {
-            let applied = self.raw.store().jobs.applied();
+            let applied = self.raw.store().sm.jobs.applied();
             self.raw.mut_store().compact(&mut batch, applied);
             debug!(applied, "log compacted into a snapshot point");
             self.raw.mut_store().commit(&mut batch, true)?;
@@ -690,7 +685,7 @@ impl Node {
             if entry.data.is_empty() {
                 // The empty entry a new leader appends (running exercises count it), or an
                 // empty conf change.
-                let jobs = &mut self.raw.mut_store().jobs;
+                let jobs = &mut self.raw.mut_store().sm.jobs;
                 if entry.get_entry_type() == EntryType::EntryNormal {
                     jobs.new_leader(entry.index);
                 } else {
@@ -711,10 +706,11 @@ impl Node {
                             });
                         }
                     };
-                    let outcome = self.raw.mut_store().jobs.apply(entry.index, &command);
+                    let outcome = self.raw.mut_store().sm.jobs.apply(entry.index, &command);
                     batch
+                        .sm
                         .history
-                        .extend(self.raw.mut_store().jobs.take_history());
+                        .extend(self.raw.mut_store().sm.jobs.take_history());
                     self.note_applied(&command, ctx);
                     if let Some(waiter) = ctx.and_then(|c| self.waiters.remove(&c)) {
                         reply(waiter, outcome);
@@ -758,14 +754,14 @@ impl Node {
                         }
                         _ => {}
                     }
-                    self.raw.mut_store().jobs.skip(entry.index);
+                    self.raw.mut_store().sm.jobs.skip(entry.index);
                     info!(index = entry.index, change = ?cc.get_change_type(), node = cc.node_id, "membership changed");
                     if let Some(Waiter::Membership(r)) = ctx.and_then(|c| self.waiters.remove(&c)) {
                         let _ = r.send(Ok(()));
                     }
                 }
                 EntryType::EntryConfChangeV2 => {
-                    self.raw.mut_store().jobs.skip(entry.index);
+                    self.raw.mut_store().sm.jobs.skip(entry.index);
                 }
             }
         }
@@ -795,7 +791,7 @@ impl Node {
     }
 
     fn note_changes(&mut self, command: &Command) {
-        let jobs = &self.raw.store().jobs;
+        let jobs = &self.raw.store().sm.jobs;
         // The worker running a job's latest attempt (ended or not: its set lost the job).
         let worker_of = |job: &str| {
             jobs.get(job)
@@ -864,7 +860,7 @@ impl Node {
         self.fleet.publish(
             self.is_leader(),
             leader_hint,
-            &self.raw.store().jobs,
+            &self.raw.store().sm.jobs,
             touched.as_ref(),
         );
     }

@@ -1,20 +1,24 @@
-//! Raft storage: the log, hard state, conf state, snapshot point and the applied state machine,
-//! in redb (a Raft log must survive kill -9; redb commits are crash-safe with fsync).
+//! Raft log storage: the log, hard state, conf state, snapshot point and the peer book, in redb
+//! (a Raft log must survive kill -9; redb commits are crash-safe with fsync). The state machine
+//! and its history tables are [`crate::state::StateMachine`]'s; the store holds one and writes
+//! its part of each Ready in the same transaction.
 //!
 //! The log since the last compaction is also held in memory and served to raft-rs from there;
 //! every change is written to redb first, in one transaction per Ready (one fsync per batch of
-//! proposals). Snapshots are made on demand from the applied [`JobStore`], which is persisted with
-//! every compaction (so the log never loses an entry the persisted state has not absorbed).
+//! proposals). Snapshots are made on demand from the applied state, which is persisted with every
+//! compaction (so the log never loses an entry the persisted state has not absorbed).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use redb::{Database, Durability, TableDefinition};
-use rehearse_core::jobs::JobStore;
 use serde::{Deserialize, Serialize};
+
+use crate::state::{StateMachine, StateWrites};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
 /// redb's page cache (read and write).
@@ -25,10 +29,7 @@ const IDENTITY: &str = "identity";
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
 const SNAPSHOT_POINT: &str = "snapshot_point";
-const STATE: &str = "state";
 const PEERS: &str = "peers";
-/// Where copying the history from a peer stands, after a snapshot (absent: nothing to copy).
-const HISTORY_COPY: &str = "history_copy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,75 +69,6 @@ fn write_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Write(e.to_string())
 }
 
-/// A snapshot's data: the state's own fields, and a mark that the history travels apart (the
-/// follower copies it in pages after installing the state; see `crate::history`).
-#[derive(Serialize)]
-struct SnapshotOut<'a> {
-    #[serde(flatten)]
-    state: &'a JobStore,
-    history_apart: bool,
-}
-
-#[derive(Deserialize)]
-struct SnapshotIn {
-    #[serde(flatten)]
-    state: JobStore,
-    /// The whole history inline, as releases before the copy in pages sent it.
-    #[serde(default)]
-    history: crate::history::History,
-    #[serde(default)]
-    history_apart: bool,
-}
-
-impl RaftStore {
-    /// A drill's ended runs from the history table, oldest first.
-    pub fn history_runs(&self, drill: &str) -> Result<Vec<rehearse_core::drill::Run>, StoreError> {
-        crate::history::runs_of(&self.db, drill)
-    }
-
-    /// Drills that have history.
-    pub fn history_drills(&self) -> Result<Vec<String>, StoreError> {
-        crate::history::drills(&self.db)
-    }
-
-    /// The summary of a job that left the state.
-    pub fn forgotten_job(
-        &self,
-        id: &str,
-    ) -> Result<Option<rehearse_core::history::JobSummary>, StoreError> {
-        crate::history::job(&self.db, id)
-    }
-
-    /// A page of a history table, for a peer that copies it.
-    pub fn history_page(
-        &self,
-        table: crate::history::Table,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<crate::history::Record>, bool), StoreError> {
-        crate::history::page(&self.db, table, after, limit)
-    }
-
-    /// Writes a page copied from a peer and moves the copy on (`done`: the table's last page).
-    pub fn copy_history_page(
-        &mut self,
-        batch: &mut Batch,
-        table: crate::history::Table,
-        records: Vec<crate::history::Record>,
-        done: bool,
-    ) {
-        let Some(copying) = &self.history_copy else {
-            return;
-        };
-        if copying.table != table {
-            return;
-        }
-        self.history_copy = copying.next(records.last().map(|(k, _)| k.as_str()), done);
-        batch.copy = true;
-        batch.page = Some((table, records));
-    }
-}
-
 /// Who a data dir belongs to; written on first start, checked on every start after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -151,9 +83,9 @@ pub struct PeerInfo {
     pub region: String,
 }
 
-/// The raft storage and the applied state, owned by the raft node.
+/// The raft storage, and the state machine it feeds, owned by the raft node.
 pub struct RaftStore {
-    db: Database,
+    db: Arc<Database>,
     hard: HardState,
     conf: ConfState,
     /// Index and term of the last entry folded into the snapshot point (log starts after it).
@@ -161,11 +93,9 @@ pub struct RaftStore {
     snap_term: u64,
     /// Entries `snap_index + 1 ..= last`.
     entries: VecDeque<Entry>,
-    /// The applied state machine.
-    pub jobs: JobStore,
     pub peers: BTreeMap<u64, PeerInfo>,
-    /// Set from installing a snapshot until the history is copied from a peer.
-    pub history_copy: Option<crate::history::Copying>,
+    /// The applied state and its history.
+    pub sm: StateMachine,
 }
 
 /// The changes of one Ready, written in one transaction.
@@ -175,33 +105,19 @@ pub struct Batch {
     hard: Option<HardState>,
     conf: bool,
     snapshot: bool,
-    state: bool,
     peers: bool,
     compact_to: Option<u64>,
-    /// History writes of the commands applied in this Ready.
-    pub history: Vec<rehearse_core::history::HistoryOp>,
-    /// A snapshot's whole history, replacing ours (from a leader of an older release).
-    replace_history: Option<crate::history::History>,
-    /// Empty the history tables (a snapshot came; the history is copied after it).
-    clear_history: bool,
-    /// A page of history copied from a peer.
-    page: Option<(crate::history::Table, Vec<crate::history::Record>)>,
-    /// Persist `history_copy`.
-    copy: bool,
+    /// The state machine's writes (history, applied state).
+    pub sm: StateWrites,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.history.is_empty()
-            && self.replace_history.is_none()
-            && !self.clear_history
-            && self.page.is_none()
-            && !self.copy
+        self.sm.is_empty()
             && self.entries.is_empty()
             && self.hard.is_none()
             && !self.conf
             && !self.snapshot
-            && !self.state
             && !self.peers
             && self.compact_to.is_none()
     }
@@ -252,23 +168,24 @@ impl RaftStore {
         }
         // redb caches up to 1 GiB by default, and the history tables grow without bound: the
         // hot set here is the log's tail and the state, so a small cache keeps memory flat.
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| StoreError::Open {
-                dir: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let db = Arc::new(
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+                .map_err(|e| StoreError::Open {
+                    dir: dir.display().to_string(),
+                    reason: e.to_string(),
+                })?,
+        );
         let mut store = RaftStore {
+            sm: StateMachine::empty(db.clone()),
             db,
             hard: HardState::default(),
             conf: ConfState::default(),
             snap_index: 0,
             snap_term: 0,
             entries: VecDeque::new(),
-            jobs: JobStore::default(),
             peers: BTreeMap::new(),
-            history_copy: None,
         };
         let found: Option<Identity> = store.meta_json(IDENTITY)?;
         match found {
@@ -309,14 +226,14 @@ impl RaftStore {
                     store.snap_term = 1;
                     store.hard.term = 1;
                     store.hard.commit = 1;
-                    store.jobs.skip(1);
+                    store.sm.jobs.skip(1);
                     let mut batch = Batch {
                         hard: Some(store.hard.clone()),
                         conf: true,
                         snapshot: true,
-                        state: true,
                         ..Batch::default()
                     };
+                    store.sm.persist(&mut batch.sm);
                     store.commit(&mut batch, true)?;
                 }
             }
@@ -358,17 +275,10 @@ impl RaftStore {
                 .map_err(|e| corrupt(format!("snapshot point: {e}")))?;
             (self.snap_index, self.snap_term) = point;
         }
-        if let Some(bytes) = pb(STATE)? {
-            self.jobs =
-                serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("state: {e}")))?;
-        }
+        self.sm = StateMachine::load(self.db.clone(), &meta)?;
         if let Some(bytes) = pb(PEERS)? {
             self.peers =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("peers: {e}")))?;
-        }
-        if let Some(bytes) = pb(HISTORY_COPY)? {
-            self.history_copy = serde_json::from_slice(&bytes)
-                .map_err(|e| corrupt(format!("history copy: {e}")))?;
         }
         let entries = txn.open_table(ENTRIES).map_err(corrupt)?;
         let mut expected = self.snap_index + 1;
@@ -385,10 +295,10 @@ impl RaftStore {
             expected += 1;
             self.entries.push_back(entry);
         }
-        if self.jobs.applied() < self.snap_index {
+        if self.sm.applied() < self.snap_index {
             return Err(corrupt(format!(
                 "applied state ({}) is behind the snapshot point ({})",
-                self.jobs.applied(),
+                self.sm.applied(),
                 self.snap_index
             )));
         }
@@ -451,7 +361,7 @@ impl RaftStore {
     /// snapshots and at shutdown, not on every apply (that would cost O(jobs) per write): after a
     /// crash, raft re-delivers the committed entries after the persisted applied index.
     pub fn persist_state(&mut self, batch: &mut Batch) {
-        batch.state = true;
+        self.sm.persist(&mut batch.sm);
     }
 
     pub fn set_peer(&mut self, batch: &mut Batch, id: u64, info: PeerInfo) {
@@ -475,21 +385,8 @@ impl RaftStore {
         snapshot: &Snapshot,
     ) -> Result<(), StoreError> {
         let meta = snapshot.get_metadata();
-        let data: SnapshotIn = serde_json::from_slice(snapshot.get_data())
-            .map_err(|e| corrupt(format!("snapshot from leader: {e}")))?;
-        self.jobs = data.state;
-        batch.history.clear();
-        batch.page = None;
-        if data.history_apart {
-            batch.replace_history = None;
-            batch.clear_history = true;
-            self.history_copy = Some(crate::history::Copying::start());
-        } else {
-            batch.replace_history = Some(data.history);
-            self.history_copy = None;
-        }
-        batch.copy = true;
-        self.jobs.skip(meta.index);
+        self.sm
+            .install(&mut batch.sm, snapshot.get_data(), meta.index)?;
         self.conf = meta.get_conf_state().clone();
         self.snap_index = meta.index;
         self.snap_term = meta.term;
@@ -499,14 +396,13 @@ impl RaftStore {
         batch.hard = Some(self.hard.clone());
         batch.conf = true;
         batch.snapshot = true;
-        batch.state = true;
         batch.compact_to = Some(u64::MAX);
         Ok(())
     }
 
     /// Folds the log up to `index` (applied) into the snapshot point.
     pub fn compact(&mut self, batch: &mut Batch, index: u64) {
-        if index <= self.snap_index || index > self.jobs.applied() || index > self.last() {
+        if index <= self.snap_index || index > self.sm.applied() || index > self.last() {
             return;
         }
         let term = self.entries[(index - self.snap_index - 1) as usize].term;
@@ -515,7 +411,7 @@ impl RaftStore {
         self.snap_index = index;
         self.snap_term = term;
         batch.snapshot = true;
-        batch.state = true;
+        self.sm.persist(&mut batch.sm);
         batch.compact_to = Some(index);
     }
 
@@ -537,16 +433,7 @@ impl RaftStore {
         } else {
             Durability::None
         });
-        if batch.clear_history {
-            crate::history::clear(&txn)?;
-        }
-        if let Some(history) = &batch.replace_history {
-            crate::history::replace(&txn, history)?;
-        }
-        if let Some((table, records)) = &batch.page {
-            crate::history::write_page(&txn, *table, records)?;
-        }
-        crate::history::write(&txn, &batch.history)?;
+        self.sm.write(&txn, META, &batch.sm)?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(write_err)?;
             if let Some(to) = batch.compact_to {
@@ -587,29 +474,6 @@ impl RaftStore {
                         .as_slice(),
                 )
                 .map_err(write_err)?;
-            }
-            if batch.state {
-                meta.insert(
-                    STATE,
-                    serde_json::to_vec(&self.jobs)
-                        .map_err(write_err)?
-                        .as_slice(),
-                )
-                .map_err(write_err)?;
-            }
-            if batch.copy {
-                match &self.history_copy {
-                    Some(copying) => {
-                        meta.insert(
-                            HISTORY_COPY,
-                            serde_json::to_vec(copying).map_err(write_err)?.as_slice(),
-                        )
-                        .map_err(write_err)?;
-                    }
-                    None => {
-                        meta.remove(HISTORY_COPY).map_err(write_err)?;
-                    }
-                }
             }
             if batch.peers {
                 meta.insert(
@@ -684,18 +548,17 @@ impl Storage for RaftStore {
 
     /// A snapshot of the applied state machine (never older than `request_index`).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let applied = self.jobs.applied();
+        let applied = self.sm.applied();
         if applied < request_index {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
         // The state only: the follower copies the history in pages after installing it.
-        let data = serde_json::to_vec(&SnapshotOut {
-            state: &self.jobs,
-            history_apart: true,
-        })
-        .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        let data = self
+            .sm
+            .snapshot_data()
+            .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
         let mut meta = SnapshotMetadata::default();
         meta.index = applied;
         meta.term = self.term(applied)?;

@@ -24,9 +24,9 @@ impl Node {
         }
         self.last_drill_check = Instant::now();
         let now = now_ms();
-        let mut due = self.ticker.due(&self.raw.store().jobs, now);
+        let mut due = self.ticker.due(&self.raw.store().sm.jobs, now);
         // Exercise gates past their timeout fail (see `rehearse_core::exercises`).
-        if self.version_gate(4).is_ok() && self.raw.store().jobs.overdue_gates(now) {
+        if self.version_gate(4).is_ok() && self.raw.store().sm.jobs.overdue_gates(now) {
             due.push(Command::ExpireGates { now_ms: now });
         }
         if due.is_empty() {
@@ -54,7 +54,7 @@ impl Node {
         self.last_retention_check = Instant::now();
         let now = now_ms();
         let before_ms = now.saturating_sub(self.opts.job_retention.as_millis() as u64);
-        if !self.raw.store().jobs.forgettable(before_ms) {
+        if !self.raw.store().sm.jobs.forgettable(before_ms) {
             return;
         }
         let ctx = self.ctx();
@@ -93,7 +93,7 @@ impl Node {
             })
             .min()
             .unwrap_or(codec::LEGACY);
-        if readable <= self.raw.store().jobs.cluster_version() {
+        if readable <= self.raw.store().sm.jobs.cluster_version() {
             return;
         }
         let ctx = self.ctx();
@@ -117,13 +117,13 @@ impl Node {
         // the leader looks for such jobs as often as it looks for lost workers.
         if !self.placement_dirty && self.last_deferral_check.elapsed() >= EXPIRY_CHECK {
             self.last_deferral_check = Instant::now();
-            self.placement_dirty = self.raw.store().jobs.deferral_due(now_ms());
+            self.placement_dirty = self.raw.store().sm.jobs.deferral_due(now_ms());
         }
         if !self.placement_dirty || self.assign_in_flight.is_some() {
             return;
         }
         self.placement_dirty = false;
-        let jobs = &self.raw.store().jobs;
+        let jobs = &self.raw.store().sm.jobs;
         let workers = jobs.worker_views();
         if !placement::has_free_slot(&workers) {
             return;
@@ -161,7 +161,7 @@ impl Node {
         self.last_expiry_check = Instant::now();
         let now = now_ms();
         let lease_ms = self.opts.lease.as_millis() as u64;
-        if !self.raw.store().jobs.expiry_due(now, lease_ms) {
+        if !self.raw.store().sm.jobs.expiry_due(now, lease_ms) {
             return;
         }
         let ctx = self.ctx();

@@ -6,7 +6,8 @@ use rehearse_core::jobs::Job;
 use tracing::warn;
 
 use super::{ApiError, Node, Read, ReadAnswer};
-use crate::storage::{Batch, RaftStore};
+use crate::state::StateMachine;
+use crate::storage::Batch;
 
 impl Node {
     pub(super) fn history_page(
@@ -17,13 +18,13 @@ impl Node {
         min_applied: u64,
     ) -> Result<crate::history::Page, ApiError> {
         let store = self.raw.store();
-        if store.history_copy.is_some() {
+        if store.sm.history_copy.is_some() {
             return Err(ApiError::Unavailable(format!(
                 "node {} is copying its own history",
                 self.opts.id
             )));
         }
-        let applied = store.jobs.applied();
+        let applied = store.sm.applied();
         if applied < min_applied {
             return Err(ApiError::Unavailable(format!(
                 "node {} has applied up to {applied}, the asker up to {min_applied}",
@@ -31,6 +32,7 @@ impl Node {
             )));
         }
         let (records, done) = store
+            .sm
             .history_page(table, after, limit)
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok(crate::history::Page {
@@ -47,7 +49,7 @@ impl Node {
         table: crate::history::Table,
         page: crate::history::Page,
     ) -> Result<(), ApiError> {
-        let applied = self.raw.store().jobs.applied();
+        let applied = self.raw.store().sm.jobs.applied();
         if applied > page.applied {
             return Err(ApiError::Unavailable(format!(
                 "the page was read at {}, this node has applied up to {applied}",
@@ -56,7 +58,9 @@ impl Node {
         }
         let store = self.raw.mut_store();
         let mut batch = Batch::default();
-        store.copy_history_page(&mut batch, table, page.records, page.done);
+        store
+            .sm
+            .copy_history_page(&mut batch.sm, table, page.records, page.done);
         store.commit(&mut batch, true).map_err(|e| {
             warn!(error = %e, "history page not written");
             ApiError::Unavailable(e.to_string())
@@ -64,7 +68,7 @@ impl Node {
     }
 
     pub(super) fn answer_reads(&mut self) {
-        let applied = self.raw.store().jobs.applied();
+        let applied = self.raw.store().sm.jobs.applied();
         let ready: Vec<u64> = self
             .reads
             .iter()
@@ -75,7 +79,7 @@ impl Node {
             let Some(pending) = self.reads.remove(&ctx) else {
                 continue;
             };
-            let jobs = &self.raw.store().jobs;
+            let jobs = &self.raw.store().sm.jobs;
             let views = jobs.worker_views();
             let explained = |job: &Job| {
                 let mut job = job.clone();
@@ -87,13 +91,13 @@ impl Node {
             let answer = match pending.read {
                 Read::Job(id) => match jobs.get(&id) {
                     Some(j) => Ok(ReadAnswer::Job(Box::new(explained(j)))),
-                    None => Err(ApiError::NotFound(where_it_went(self.raw.store(), &id))),
+                    None => Err(ApiError::NotFound(where_it_went(&self.raw.store().sm, &id))),
                 },
                 Read::Jobs(state) => Ok(ReadAnswer::Jobs(
                     jobs.list(state).into_iter().map(explained).collect(),
                 )),
                 Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
-                Read::Drills(name) => drills_answer(self.raw.store(), name),
+                Read::Drills(name) => drills_answer(&self.raw.store().sm, name),
                 Read::Exercises(None) => Ok(ReadAnswer::Exercises(
                     jobs.exercises().into_iter().cloned().collect(),
                 )),
@@ -109,7 +113,7 @@ impl Node {
 
 /// Drills with their whole history: ended runs from the history table, running and recent ones
 /// from the state (the same run in both is taken once, the state's copy winning).
-fn drills_answer(store: &RaftStore, name: Option<String>) -> Result<ReadAnswer, ApiError> {
+fn drills_answer(store: &StateMachine, name: Option<String>) -> Result<ReadAnswer, ApiError> {
     let jobs = &store.jobs;
     let history_drills = store
         .history_drills()
@@ -152,7 +156,7 @@ fn drills_answer(store: &RaftStore, name: Option<String>) -> Result<ReadAnswer, 
 }
 
 /// `job get` of a job that is not in the state: what became of it, from its summary.
-fn where_it_went(store: &RaftStore, id: &str) -> String {
+fn where_it_went(store: &StateMachine, id: &str) -> String {
     match store.forgotten_job(id) {
         Ok(Some(s)) => {
             let finished = humantime::format_rfc3339_seconds(
