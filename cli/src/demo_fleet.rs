@@ -84,6 +84,7 @@ pub async fn run(
             runtime,
             images: Default::default(),
             sources: Default::default(),
+            metrics: Default::default(),
         };
         let token = stop.clone();
         tasks.push(tokio::spawn(async move {

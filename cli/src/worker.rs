@@ -44,6 +44,10 @@ pub(crate) struct WorkerArgs {
     /// Unprivileged user the database server and psql run as, when rehearse runs as root.
     #[arg(long, default_value = "nobody", env = "REHEARSE_SANDBOX_USER")]
     pub(crate) sandbox_user: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (slots, running, verdicts, RTO, phases,
+    /// heartbeats).
+    #[arg(long, env = "REHEARSE_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,7 +96,39 @@ pub(crate) async fn worker(
         runtime: args.run.runtime.choice(),
         images: args.run.images(),
         sources: args.run.sources()?,
+        metrics: std::sync::Arc::default(),
     };
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+        let metrics = config.metrics.clone();
+        let stop = shutdown.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        );
+        tracing::info!(%addr, "metrics at /metrics");
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "metrics listener stopped");
+            }
+        });
+    }
     rehearse_worker::agent::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,7 @@ pub mod fleet;
 pub mod handle;
 pub mod history;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod state;
 pub mod storage;
@@ -278,6 +279,7 @@ pub async fn run(
     }
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let fleet = Arc::new(fleet::FleetHub::new(config.lease));
+    let metrics = Arc::new(metrics::Metrics::new());
     let node = Node::new(
         store,
         transport,
@@ -290,6 +292,7 @@ pub async fn run(
             job_retention: config.job_retention,
         },
         fleet.clone(),
+        metrics.clone(),
         &logger,
     )?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -326,6 +329,7 @@ pub async fn run(
     if let Some(listener) = http_listener {
         let state = http::AppState {
             node: handle.clone(),
+            metrics: metrics.clone(),
         };
         let http_stop = stop.clone();
         info!(http = %http_advertise, "HTTP API listening");

@@ -54,6 +54,9 @@ const BATCH_WINDOW: Duration = Duration::from_micros(300);
 /// How often the leader looks for lost workers and overdue jobs.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 
+/// How often the gauges of `/metrics` are refreshed.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
+
 /// How often the leader looks for finished jobs past `--job-retention`.
 const RETENTION_CHECK: Duration = Duration::from_secs(5);
 
@@ -118,6 +121,11 @@ pub struct Node {
     /// The leader's `ForgetJobs` proposal not applied yet, and when it last looked.
     forget_in_flight: Option<u64>,
     last_retention_check: Instant,
+    /// What `/metrics` shows; when each of this node's proposals was made; the leader last seen.
+    metrics: Arc<crate::metrics::Metrics>,
+    proposed: HashMap<u64, Instant>,
+    last_leader: u64,
+    last_metrics: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -132,6 +140,7 @@ impl Node {
         transport: Transport,
         opts: NodeOptions,
         fleet: Arc<FleetHub>,
+        metrics: Arc<crate::metrics::Metrics>,
         logger: &slog::Logger,
     ) -> Result<Node, raft::Error> {
         let applied = store.sm.jobs.applied();
@@ -173,6 +182,10 @@ impl Node {
             last_drill_check: Instant::now(),
             forget_in_flight: None,
             last_retention_check: Instant::now(),
+            metrics,
+            proposed: HashMap::new(),
+            last_leader: 0,
+            last_metrics: Instant::now() - METRICS_REFRESH,
         };
         let peers: Vec<(u64, PeerInfo)> = node
             .raw
@@ -231,6 +244,7 @@ impl Node {
                 self.on_ready()?;
             }
             self.publish_fleet();
+            self.refresh_metrics();
             if stop {
                 break;
             }
@@ -437,7 +451,9 @@ impl Node {
             .map_err(|e| match e {
                 raft::Error::ProposalDropped => self.not_leader(),
                 other => ApiError::Unavailable(format!("propose: {other}")),
-            })
+            })?;
+        self.proposed.insert(ctx, Instant::now());
+        Ok(())
     }
 
     /// Proposes everything gathered this turn as one entry; each reply waits for it.
@@ -642,12 +658,39 @@ impl Node {
             }
             self.fleet_dirty = true;
         }
+        let leader = self.raw.raft.leader_id;
+        if leader != self.last_leader {
+            if leader != 0 {
+                self.metrics.leader_changed();
+            }
+            self.last_leader = leader;
+        }
         Ok(())
+    }
+
+    /// The gauges of `/metrics`, about once a second.
+    fn refresh_metrics(&mut self) {
+        if self.last_metrics.elapsed() < METRICS_REFRESH {
+            return;
+        }
+        self.last_metrics = Instant::now();
+        let store = self.raw.store();
+        self.metrics.refresh(
+            &store.sm.jobs,
+            (
+                self.raw.raft.term,
+                self.raw.raft.raft_log.committed,
+                store.sm.applied(),
+                self.is_leader(),
+            ),
+            store.sm.history_copy.is_some(),
+        );
     }
 
     /// Proposals and reads still waiting when leadership is lost get "not leader": their entries may
     /// still commit, so clients retry with the same job id (a duplicate is recognised, not doubled).
     fn fail_waiters(&mut self) {
+        self.proposed.clear();
         let err = self.not_leader();
         for (_, waiter) in self.waiters.drain() {
             match waiter {
@@ -711,6 +754,10 @@ impl Node {
                         .sm
                         .history
                         .extend(self.raw.mut_store().sm.jobs.take_history());
+                    self.metrics.applied(&self.raw.store().sm.jobs, &command);
+                    if let Some(at) = ctx.and_then(|c| self.proposed.remove(&c)) {
+                        self.metrics.proposal_applied(at.elapsed());
+                    }
                     self.note_applied(&command, ctx);
                     if let Some(waiter) = ctx.and_then(|c| self.waiters.remove(&c)) {
                         reply(waiter, outcome);

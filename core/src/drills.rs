@@ -382,6 +382,11 @@ impl JobStore {
         self.settle(&drill);
     }
 
+    /// The drill whose run a job belongs to, if any.
+    pub fn drill_of(&self, job_id: &str) -> Option<&str> {
+        self.drill_jobs.get(job_id).map(|(d, _, _)| d.as_str())
+    }
+
     /// A job changed state: if it belongs to a drill's run and the run's jobs have all ended,
     /// the run ends — with their results copied in, and drift checked against the last passed
     /// run of the same drill.

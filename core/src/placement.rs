@@ -25,6 +25,16 @@ pub enum WorkerState {
     Lost,
 }
 
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Lost => "lost",
+        }
+    }
+}
+
 /// What placement needs to know of a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerView {

@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub images: std::collections::HashMap<String, String>,
     /// Source profiles (`[s3.NAME]`, `[http.NAME]`) plans select with `[artifact] profile`.
     pub sources: crate::artifact::Sources,
+    /// What `--metrics-listen` serves.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +187,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         lease = ?lease,
         "worker registered"
     );
+    shared.config.metrics.set_slots(shared.config.slots);
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), heartbeat_every));
     let result = assignment_loop(shared, client, lease, shutdown).await;
     heartbeats.abort();
@@ -200,7 +203,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
             .heartbeat(&shared.config.name, shared.incarnation)
             .await
         {
-            Ok(()) => {}
+            Ok(()) => shared.config.metrics.heartbeat(true),
             // Declared lost (or forgotten): join again; the incarnation says it is a reconnect.
             Err(ClientError::Refused(reason) | ClientError::NotFound(reason)) => {
                 warn!(%reason, "heartbeat refused; registering again");
@@ -208,7 +211,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
                     warn!(error = %e, "could not register again");
                 }
             }
-            Err(e) => debug!(error = %e, "heartbeat not delivered"),
+            Err(e) => {
+                shared.config.metrics.heartbeat(false);
+                debug!(error = %e, "heartbeat not delivered");
+            }
         }
     }
 }
@@ -266,7 +272,8 @@ async fn assignment_loop(
                 msg = tokio::time::timeout(lease, stream.message()) => match msg {
                     Ok(Ok(Some(set))) => {
                         refusals = 0;
-                        reconcile(&shared, &mut running, &finished, &done_tx, set)
+                        reconcile(&shared, &mut running, &finished, &done_tx, set);
+                        shared.config.metrics.set_running(running.len());
                     }
                     Ok(Ok(None)) => { debug!("assignment stream ended"); break; }
                     Ok(Err(status)) => {
@@ -287,6 +294,7 @@ async fn assignment_loop(
                     if running.get(&job).is_some_and(|r| r.token == token) {
                         running.remove(&job);
                     }
+                    shared.config.metrics.set_running(running.len());
                     finished.insert(job, token);
                 }
                 () = shutdown.cancelled() => break 'connect,
@@ -504,6 +512,7 @@ async fn deliver(shared: &Shared, a: &pb::Assignment, report: &Report, cancel: &
         match sent {
             Ok(()) => {
                 info!(job = %a.job_id, token = a.token, verdict = ?report.verdict, "verdict accepted");
+                shared.config.metrics.delivered(report);
                 return;
             }
             Err(ClientError::Refused(reason) | ClientError::NotFound(reason)) => {

@@ -24,6 +24,7 @@
 pub mod agent;
 pub mod artifact;
 pub mod engines;
+pub mod metrics;
 pub mod pipeline;
 pub mod runtime;
 pub mod sample;

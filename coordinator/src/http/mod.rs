@@ -8,7 +8,8 @@
 //! - `drills`: list, get, history, apply, pause, resume, run, delete.
 //! - `exercises`: list, get, start, approve (a gate), abort.
 //! - `fleet`: `GET /v1/workers`, `GET /v1/cluster`.
-//! - `/healthz` (the process serves), `/readyz` (this node knows a leader).
+//! - `/healthz` (the process serves), `/readyz` (this node knows a leader), `/metrics`
+//!   (Prometheus, this node's own; see [`crate::metrics`]).
 //! - `dashboard`: the HTML pages (`/`, `/drills/{name}`, `/jobs/{id}`, `/exercises/{id}`,
 //!   `/fleet`).
 //!
@@ -45,6 +46,8 @@ pub use error::{ErrorBody, HttpError};
 #[derive(Clone)]
 pub struct AppState {
     pub node: NodeHandle,
+    /// What `/metrics` shows.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 #[derive(OpenApi)]
@@ -105,7 +108,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/fleet", get(dashboard::fleet).with_state(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics).with_state(state.clone()))
         .route("/readyz", get(ready).with_state(state))
+}
+
+/// Prometheus' scrape: this node's metrics in the OpenMetrics text format (every node answers
+/// for itself, leader or not).
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
 }
 
 /// Ready when this node knows a leader (a follower redirects to it; alone it cannot answer).
