@@ -60,6 +60,10 @@ pub(crate) struct CoordinatorArgs {
     /// redirects HTTP clients to the leader's.
     #[arg(long, env = "REHEARSE_HTTP_ADVERTISE")]
     pub(crate) http_advertise: Option<String>,
+    /// Notification channels: a TOML file of [webhook.NAME] tables (docs/notifications.md).
+    /// Give every coordinator the same file: the leader sends.
+    #[arg(long, env = "REHEARSE_NOTIFY")]
+    pub(crate) notify: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
 }
@@ -68,6 +72,11 @@ pub(crate) async fn coordinator(
     args: CoordinatorArgs,
     shutdown: CancellationToken,
 ) -> Result<ExitCode, CouldNotVerify> {
+    let notify = match &args.notify {
+        Some(path) => rehearse_coordinator::notify::NotifyConfig::load(path)
+            .map_err(|e| anyhow::anyhow!(e))?,
+        None => Default::default(),
+    };
     let config = rehearse_coordinator::CoordinatorConfig {
         id: args.id,
         listen: args.listen,
@@ -85,6 +94,7 @@ pub(crate) async fn coordinator(
         job_retention: args.job_retention,
         http_listen: args.http_listen,
         http_advertise: args.http_advertise,
+        notify: std::sync::Arc::new(notify),
     };
     rehearse_coordinator::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

@@ -62,6 +62,7 @@ pub async fn run(
             job_retention: rehearse_coordinator::DEFAULT_JOB_RETENTION,
             http_listen: Some(http[id]),
             http_advertise: None,
+            notify: Default::default(),
         };
         let token = stop.clone();
         tasks.push(tokio::spawn(async move {

@@ -33,6 +33,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod state;
 pub mod storage;
 pub mod ticker;
@@ -92,6 +93,8 @@ pub struct CoordinatorConfig {
     /// The URL HTTP clients reach this node at (default `http://` + `http_listen`): a follower
     /// redirects to the leader's.
     pub http_advertise: Option<String>,
+    /// Notification channels (`--notify FILE`); none: events are marked sent at once.
+    pub notify: Arc<notify::NotifyConfig>,
 }
 
 /// The default `--job-retention`.
@@ -369,6 +372,12 @@ pub async fn run(
             }
         });
     }
+    tokio::spawn(notify::run(
+        config.id,
+        handle.clone(),
+        config.notify.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(copier::run(
         config.id,
         handle.clone(),

@@ -855,7 +855,8 @@ impl Node {
             | Command::PauseDrill { .. }
             | Command::ResumeDrill { .. }
             | Command::DeleteDrill { .. }
-            | Command::ForgetJobs { .. } => return,
+            | Command::ForgetJobs { .. }
+            | Command::MarkSent { .. } => return,
             // New jobs to place; closed windows cancel jobs that never had a worker.
             Command::DrillTick(_)
             | Command::CloseWindow { .. }
@@ -939,6 +940,7 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::Drain { .. }
         | Command::Batch(_)
         | Command::SetVersion { .. }
+        | Command::MarkSent { .. }
         | Command::Probe { .. } => {}
     }
 }

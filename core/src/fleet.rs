@@ -894,6 +894,59 @@ mod tests {
         );
     }
 
+    /// A failed job is one event in the outbox (from command version 5 on) until `MarkSent`;
+    /// a passed one is none, and nothing brings a sent event back.
+    #[test]
+    fn a_failed_job_is_one_event_in_the_outbox_until_marked_sent() {
+        for version in [4, 5] {
+            let mut s = JobStore::default();
+            s.apply(1, &Command::SetVersion { version });
+            s.apply(2, &submit("bad"));
+            s.apply(3, &submit("good"));
+            s.apply(4, &Command::RegisterWorker(spec("a", 2, 0)));
+            s.apply(
+                5,
+                &Command::Assign {
+                    assignments: vec![("bad".into(), "a".into()), ("good".into(), "a".into())],
+                    at_ms: 1,
+                },
+            );
+            let mut failed = verdict(Verdict::Failed);
+            failed.fail("checksum", "blake3 differs");
+            for (i, (job, report)) in [("bad", failed), ("good", verdict(Verdict::Passed))]
+                .into_iter()
+                .enumerate()
+            {
+                s.apply(
+                    6 + i as u64,
+                    &Command::Report {
+                        job: job.into(),
+                        token: 5,
+                        report,
+                        at_ms: 2,
+                    },
+                );
+            }
+            let events: Vec<_> = s.outbox().cloned().collect();
+            if version == 4 {
+                assert!(events.is_empty(), "no events before version 5");
+                continue;
+            }
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert_eq!(events[0].id, "verdict.failed-bad");
+            assert_eq!(events[0].reason.as_deref(), Some("checksum: blake3 differs"));
+            s.apply(
+                8,
+                &Command::MarkSent {
+                    ids: vec!["verdict.failed-bad".into()],
+                },
+            );
+            assert_eq!(s.outbox().count(), 0);
+            s.sync_pending("bad");
+            assert_eq!(s.outbox().count(), 0, "a sent event never comes back");
+        }
+    }
+
     #[test]
     fn gives_up_after_max_attempts_and_keeps_the_history() {
         let mut s = JobStore::default();

@@ -169,6 +169,9 @@ pub struct Job {
     /// When its artifact was first found not readable yet (the wait is bounded from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deferred_since_ms: Option<u64>,
+    /// Its end was put in the notifications' outbox (see [`crate::notify`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notified: bool,
 }
 
 /// A job as the proposer hands it to the log.
@@ -190,6 +193,10 @@ pub enum Command {
     },
     /// Marks the proposer's leadership in the log; changes nothing.
     Noop,
+    /// Notifications every channel has taken: they leave the outbox (see [`crate::notify`]).
+    MarkSent {
+        ids: Vec<String>,
+    },
     /// A worker joins, or rejoins after a restart (ready again, with these facts).
     RegisterWorker(crate::fleet::WorkerSpec),
     Heartbeat {
@@ -338,6 +345,7 @@ impl Command {
             | Command::CloseWindow { .. }
             | Command::ForgetJobs { .. } => 2,
             Command::Probe { .. } => TEST_PROBE,
+            Command::MarkSent { .. } => 5,
             Command::Report { report, .. } => {
                 if report.retry_after_ms().is_some() {
                     5
@@ -402,6 +410,9 @@ pub struct JobStore {
     /// DR exercises, by id (running ones and the last ended ones).
     #[serde(default)]
     pub(crate) exercises: BTreeMap<String, crate::exercise::Exercise>,
+    /// Notifications not yet taken by every channel, by event id (see [`crate::notify`]).
+    #[serde(default)]
+    pub(crate) outbox: BTreeMap<String, crate::notify::Event>,
     /// Which exercise a job belongs to: job id → exercise id. Derived from `exercises`.
     #[serde(skip)]
     pub(crate) exercise_jobs: BTreeMap<String, String>,
@@ -429,6 +440,8 @@ struct StoreData {
     runs: BTreeMap<String, Vec<crate::drill::Run>>,
     #[serde(default)]
     exercises: BTreeMap<String, crate::exercise::Exercise>,
+    #[serde(default)]
+    outbox: BTreeMap<String, crate::notify::Event>,
 }
 
 fn legacy_version() -> u32 {
@@ -456,6 +469,7 @@ impl From<StoreData> for JobStore {
             drill_jobs,
             drill_exercises,
             exercises: d.exercises,
+            outbox: d.outbox,
             exercise_jobs,
             history_out: Vec::new(),
             pending,
@@ -495,6 +509,7 @@ impl JobStore {
     pub(crate) fn sync_pending(&mut self, id: &str) {
         self.drill_job_changed(id);
         self.exercise_job_changed(id);
+        self.notify_job_changed(id);
         let Some(job) = self.jobs.get(id) else {
             return;
         };
@@ -558,6 +573,10 @@ impl JobStore {
             }
             Command::Cancel { id, at_ms } => Outcome::Cancelled(self.cancel(id, *at_ms)),
             Command::Noop => Outcome::Nothing,
+            Command::MarkSent { ids } => {
+                self.mark_sent(ids);
+                Outcome::Nothing
+            }
             Command::RegisterWorker(spec) => Outcome::Done(self.register_worker(spec)),
             Command::Heartbeat { name, at_ms } => Outcome::Done(self.heartbeat(name, *at_ms)),
             Command::Drain { name } => Outcome::Done(self.drain(name)),
@@ -652,6 +671,7 @@ impl JobStore {
                 report: None,
                 not_before_ms: None,
                 deferred_since_ms: None,
+                notified: false,
             },
         );
         self.sync_pending(&new.id);

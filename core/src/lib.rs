@@ -55,6 +55,7 @@ pub mod manifest;
 pub mod mariabackup;
 pub mod mysqldump;
 pub mod mysqlxml;
+pub mod notify;
 pub mod placement;
 pub mod plan;
 pub mod render;

@@ -98,6 +98,7 @@ impl Node {
                 )),
                 Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
                 Read::Drills(name) => drills_answer(&self.raw.store().sm, name),
+                Read::Outbox => Ok(ReadAnswer::Outbox(jobs.outbox().cloned().collect())),
                 Read::Exercises(None) => Ok(ReadAnswer::Exercises(
                     jobs.exercises().into_iter().cloned().collect(),
                 )),

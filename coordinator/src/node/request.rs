@@ -44,6 +44,8 @@ pub enum Read {
     Drills(Option<String>),
     /// One exercise (by id), or all, oldest first.
     Exercises(Option<String>),
+    /// The notifications not yet taken by every channel.
+    Outbox,
 }
 
 #[derive(Debug)]
@@ -53,6 +55,7 @@ pub enum ReadAnswer {
     /// With each worker's last heartbeat as the log has it.
     Workers(Vec<Worker>),
     Exercises(Vec<rehearse_core::exercise::Exercise>),
+    Outbox(Vec<rehearse_core::notify::Event>),
     /// Drills with their runs (oldest first); a drill deleted but with history has `None`.
     Drills(
         Vec<(
