@@ -279,9 +279,11 @@ mod tests {
             id: "e".into(),
             kind: kind.into(),
             at_ms: 0,
-            job: "j".into(),
+            job: Some("j".into()),
             drill: drill.map(str::to_owned),
-            artifact: "a".into(),
+            exercise: None,
+            worker: None,
+            artifact: None,
             reason: None,
         };
         assert!(hook.wants(&event("verdict.failed", Some("shop"))));

@@ -263,13 +263,21 @@ impl JobStore {
         let Some(runs) = self.runs.get_mut(name) else {
             return;
         };
+        let mut ended = Vec::new();
         for r in runs
             .iter_mut()
             .filter(|r| r.outcome.is_final() && !r.archived)
         {
             r.archived = true;
             self.history_out.push(HistoryOp::Run(r.clone()));
+            ended.push(r.clone());
         }
+        for r in &ended {
+            self.notify_run_ended(r);
+        }
+        let Some(runs) = self.runs.get_mut(name) else {
+            return;
+        };
         // The last passed run stays whatever happened since: drift is measured against it.
         let last_passed = runs.iter().rposition(|r| r.outcome == RunOutcome::Passed);
         let ended = runs.iter().filter(|r| r.outcome.is_final()).count();
@@ -709,6 +717,8 @@ mod tests {
     fn a_window_that_closes_before_any_start_skips_the_run_with_the_reason() {
         let (mut s, mut i) = store();
         i += 1;
+        s.apply(i, &Command::SetVersion { version: 5 });
+        i += 1;
         let t = tick(&s, 10_000, 10_000);
         s.apply(i, &t);
         i += 1;
@@ -734,6 +744,17 @@ mod tests {
             s.get(&drill::job_id("shop", 10_000, 0, false))
                 .map(|j| j.state),
             Some(JobState::Cancelled)
+        );
+        // One notification: the run skipped, with the reason (a cancelled job is none).
+        let events: Vec<_> = s.outbox().collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].id, "drill.skipped-shop-10000");
+        assert!(
+            events[0]
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("region mars")),
+            "{events:?}"
         );
     }
 

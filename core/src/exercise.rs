@@ -609,6 +609,9 @@ pub struct Exercise {
     /// New leaders the log recorded while it ran (a leader elected appends an empty entry).
     #[serde(default)]
     pub leader_changes: u32,
+    /// Its end was put in the notifications' outbox.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notified: bool,
 }
 
 impl Exercise {
@@ -642,6 +645,7 @@ impl Exercise {
             steps,
             aborted: None,
             leader_changes: 0,
+            notified: false,
         }
     }
 

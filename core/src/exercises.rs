@@ -198,6 +198,18 @@ impl JobStore {
     /// Ends the drill runs whose exercise has ended; keeps the running exercises and the last
     /// [`KEEP_ENDED`] ended ones.
     fn settle_exercises(&mut self) {
+        let unnotified: Vec<String> = self
+            .exercises
+            .values()
+            .filter(|e| e.state.is_final() && !e.notified)
+            .map(|e| e.id.clone())
+            .collect();
+        for id in unnotified {
+            self.notify_exercise_ended(&id);
+            if let Some(e) = self.exercises.get_mut(&id) {
+                e.notified = true;
+            }
+        }
         let ended: Vec<String> = self
             .drill_exercises
             .keys()
@@ -356,7 +368,8 @@ mod tests {
             s.apply(4, &abort("nope")),
             Outcome::Done(Err("no exercise \"nope\"".into()))
         );
-        assert_eq!(s.apply(5, &abort("ex")), Outcome::Done(Ok(())));
+        s.apply(5, &Command::SetVersion { version: 5 });
+        assert_eq!(s.apply(6, &abort("ex")), Outcome::Done(Ok(())));
         assert_eq!(
             s.get("ex-s0-a1").map(|j| j.state),
             Some(JobState::Cancelled)
@@ -364,6 +377,18 @@ mod tests {
         let ex = s.exercise("ex").expect("exercise");
         assert_eq!(ex.state, crate::exercise::ExerciseState::Aborted);
         assert!(s.workers["w"].running.is_empty(), "the slot is free again");
+        let events: Vec<_> = s
+            .outbox()
+            .filter(|e| e.kind == "exercise.finished")
+            .collect();
+        assert_eq!(events.len(), 1, "one event for its end: {events:?}");
+        assert_eq!(events[0].exercise.as_deref(), Some("ex"));
+        s.apply(7, &abort("ex"));
+        assert_eq!(
+            s.outbox().filter(|e| e.kind == "exercise.finished").count(),
+            1,
+            "and only one"
+        );
     }
 
     #[test]

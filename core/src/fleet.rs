@@ -304,14 +304,29 @@ impl JobStore {
             Verdict::Failed => AttemptOutcome::Failed,
             Verdict::Error => AttemptOutcome::Error,
         };
+        let mut unhealthy = None;
         if let Some(w) = worker.and_then(|w| self.workers.get_mut(&w)) {
             if outcome == AttemptOutcome::Error {
                 w.recent_errors = w.recent_errors.saturating_add(1);
                 w.last_error = report.failure.as_ref().map(|f| f.reason.clone());
+                if w.recent_errors == UNHEALTHY_AFTER {
+                    unhealthy = Some((w.spec.name.clone(), w.last_error.clone()));
+                }
             } else {
                 w.recent_errors = 0;
                 w.last_error = None;
             }
+        }
+        if let Some((name, last)) = unhealthy {
+            self.notify_worker(
+                "worker.unhealthy",
+                &name,
+                at_ms,
+                format!(
+                    "its last {UNHEALTHY_AFTER} attempts could not verify; placed last until one does (last: {})",
+                    last.unwrap_or_default()
+                ),
+            );
         }
         if outcome == AttemptOutcome::Error {
             // Says nothing of the backup: another worker (or this one, if none other fits) tries.
@@ -499,6 +514,7 @@ impl JobStore {
     /// no verdict long past their timeout (see [`Self::time_out`]). Returns the jobs touched.
     pub(crate) fn expire(&mut self, now_ms: u64, lease_ms: u64) -> Vec<String> {
         let mut touched = Vec::new();
+        let mut lost = Vec::new();
         for w in self.workers.values_mut() {
             if w.state == WorkerState::Lost
                 || w.last_heartbeat_ms.saturating_add(lease_ms) >= now_ms
@@ -507,6 +523,19 @@ impl JobStore {
             }
             w.state = WorkerState::Lost;
             touched.extend(std::mem::take(&mut w.running));
+            lost.push((w.spec.name.clone(), w.last_heartbeat_ms));
+        }
+        for (name, last) in lost {
+            self.notify_worker(
+                "worker.lost",
+                &name,
+                now_ms,
+                format!(
+                    "no heartbeat for {} (lease {}); its jobs go to other workers",
+                    crate::report::human_ms(now_ms.saturating_sub(last)),
+                    crate::report::human_ms(lease_ms)
+                ),
+            );
         }
         self.requeue(touched.clone(), now_ms);
         touched.extend(self.time_out(now_ms, lease_ms));
@@ -934,7 +963,10 @@ mod tests {
             }
             assert_eq!(events.len(), 1, "{events:?}");
             assert_eq!(events[0].id, "verdict.failed-bad");
-            assert_eq!(events[0].reason.as_deref(), Some("checksum: blake3 differs"));
+            assert_eq!(
+                events[0].reason.as_deref(),
+                Some("checksum: blake3 differs")
+            );
             s.apply(
                 8,
                 &Command::MarkSent {
@@ -945,6 +977,72 @@ mod tests {
             s.sync_pending("bad");
             assert_eq!(s.outbox().count(), 0, "a sent event never comes back");
         }
+    }
+
+    /// A worker silent past its lease, and one whose attempts keep erroring, are events.
+    #[test]
+    fn lost_and_unhealthy_workers_are_events() {
+        let mut s = JobStore::default();
+        s.apply(1, &Command::SetVersion { version: 5 });
+        s.apply(2, &Command::RegisterWorker(spec("a", 1, 0)));
+        s.apply(3, &Command::RegisterWorker(spec("b", 1, 0)));
+        let mut index = 3;
+        for round in 0..UNHEALTHY_AFTER {
+            let id = format!("j{round}");
+            index += 1;
+            s.apply(index, &submit(&id));
+            index += 1;
+            let token = index;
+            s.apply(
+                index,
+                &Command::Assign {
+                    assignments: vec![(id.clone(), "b".into())],
+                    at_ms: 1,
+                },
+            );
+            let mut r = verdict(Verdict::Error);
+            r.could_not_verify("provision", "no image rehearse/postgres:local");
+            index += 1;
+            s.apply(
+                index,
+                &Command::Report {
+                    job: id,
+                    token,
+                    report: r,
+                    at_ms: 2,
+                },
+            );
+        }
+        index += 1;
+        s.apply(
+            index,
+            &Command::Heartbeat {
+                name: "b".into(),
+                at_ms: 20_000,
+            },
+        );
+        index += 1;
+        s.apply(
+            index,
+            &Command::ExpireWorkers {
+                now_ms: 20_000,
+                lease_ms: 10_000,
+            },
+        );
+        let ids: Vec<&str> = s.outbox().map(|e| e.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["worker.unhealthy-b-2", "worker.lost-a-20000"],
+            "{ids:?}"
+        );
+        let unhealthy = s.outbox().next().expect("event");
+        assert!(
+            unhealthy
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("no image")),
+            "{unhealthy:?}"
+        );
     }
 
     #[test]

@@ -4,15 +4,32 @@
 //! channel that wants it has taken it. A leader that dies before that leaves the event in the
 //! outbox, and the next leader sends it again under the same id (receivers dedupe on it).
 //!
-//! Events (command version 5): a job that ended `failed` (`verdict.failed`) or could not be
-//! verified (`verdict.error`).
+//! Events (command version 5 on):
+//! - `verdict.failed`, `verdict.error`: a job ended failed (the backup is bad) or could not be
+//!   verified;
+//! - `drill.failed` (a job failed or a table drifted), `drill.error`, `drill.skipped`,
+//!   `drill.missed`: a drill's run ended so;
+//! - `exercise.finished`: a DR exercise ended, with achieved against target RTO/RPO;
+//! - `worker.lost` (silent past its lease), `worker.unhealthy` (its last attempts could not
+//!   verify).
 
 use serde::{Deserialize, Serialize};
 
+use crate::drill::{Run, RunOutcome};
 use crate::jobs::{Job, JobState, JobStore};
 
 /// The event kinds, as channels' `events` name them.
-pub const KINDS: [&str; 2] = ["verdict.failed", "verdict.error"];
+pub const KINDS: [&str; 9] = [
+    "verdict.failed",
+    "verdict.error",
+    "drill.failed",
+    "drill.error",
+    "drill.skipped",
+    "drill.missed",
+    "exercise.finished",
+    "worker.lost",
+    "worker.unhealthy",
+];
 
 /// One notification, as receivers get it (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,40 +39,78 @@ pub struct Event {
     pub kind: String,
     /// When what it tells of happened (ms since the Unix epoch).
     pub at_ms: u64,
-    pub job: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<String>,
-    pub artifact: String,
-    /// The failed phase and why, or why it could not be verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exercise: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// What happened, in words: the failed phase and why, the targets against what was achieved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 impl Event {
-    fn of(job: &Job, drill: Option<&str>) -> Option<Event> {
+    fn new(kind: &str, key: &str, at_ms: u64) -> Event {
+        Event {
+            id: format!("{kind}-{key}"),
+            kind: kind.to_owned(),
+            at_ms,
+            job: None,
+            drill: None,
+            exercise: None,
+            worker: None,
+            artifact: None,
+            reason: None,
+        }
+    }
+
+    fn of_job(job: &Job, drill: Option<&str>) -> Option<Event> {
         let kind = match job.state {
             JobState::Failed => "verdict.failed",
             JobState::Error => "verdict.error",
             _ => return None,
         };
-        let reason = job
+        let mut e = Event::new(kind, &job.id, job.updated_at_ms);
+        e.job = Some(job.id.clone());
+        e.drill = drill.map(str::to_owned);
+        e.artifact = Some(
+            job.report
+                .as_ref()
+                .map_or_else(|| job.plan.artifact.url.clone(), |r| r.artifact.url.clone()),
+        );
+        e.reason = job
             .report
             .as_ref()
             .and_then(|r| r.failure.as_ref())
             .map(|f| format!("{}: {}", f.phase, f.reason))
             .or_else(|| job.reason.clone());
-        Some(Event {
-            id: format!("{kind}-{}", job.id),
-            kind: kind.to_owned(),
-            at_ms: job.updated_at_ms,
-            job: job.id.clone(),
-            drill: drill.map(str::to_owned),
-            artifact: job
-                .report
-                .as_ref()
-                .map_or_else(|| job.plan.artifact.url.clone(), |r| r.artifact.url.clone()),
-            reason,
-        })
+        Some(e)
+    }
+
+    fn of_run(run: &Run) -> Option<Event> {
+        let kind = match run.outcome {
+            RunOutcome::Failed => "drill.failed",
+            RunOutcome::Error => "drill.error",
+            RunOutcome::Skipped => "drill.skipped",
+            RunOutcome::Missed => "drill.missed",
+            _ => return None,
+        };
+        let key = format!(
+            "{}-{}{}",
+            run.drill,
+            run.tick_ms,
+            if run.manual { "-manual" } else { "" }
+        );
+        let mut e = Event::new(kind, &key, run.finished_at_ms.unwrap_or(run.created_at_ms));
+        e.drill = Some(run.drill.clone());
+        e.job = run.jobs.first().cloned();
+        e.reason = run.reason.clone();
+        Some(e)
     }
 }
 
@@ -65,6 +120,12 @@ impl JobStore {
         let mut events: Vec<&Event> = self.outbox.values().collect();
         events.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
         events.into_iter()
+    }
+
+    fn notify(&mut self, event: Event) {
+        if self.cluster_version() >= 5 {
+            self.outbox.insert(event.id.clone(), event);
+        }
     }
 
     /// A job's state changed: a `failed` or `error` end is an event (once per job).
@@ -79,10 +140,69 @@ impl JobStore {
         if job.notified {
             return;
         }
-        if let Some(event) = Event::of(job, drill.as_deref()) {
+        if let Some(event) = Event::of_job(job, drill.as_deref()) {
             job.notified = true;
-            self.outbox.insert(event.id.clone(), event);
+            self.notify(event);
         }
+    }
+
+    /// A drill's run ended (it is sent to the history once: called for each such run once).
+    pub(crate) fn notify_run_ended(&mut self, run: &Run) {
+        if let Some(event) = Event::of_run(run) {
+            self.notify(event);
+        }
+    }
+
+    /// An exercise ended: its verdict, and each target against what was achieved.
+    pub(crate) fn notify_exercise_ended(&mut self, id: &str) {
+        let Some(ex) = self.exercises.get(id) else {
+            return;
+        };
+        let report = ex.report();
+        let mut e = Event::new(
+            "exercise.finished",
+            id,
+            ex.finished_at_ms.unwrap_or(ex.started_at_ms),
+        );
+        e.exercise = Some(id.to_owned());
+        let targets: Vec<String> = report
+            .targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} (target {}{})",
+                    t.name.to_uppercase(),
+                    t.observed_ms
+                        .map_or_else(|| "not measured".to_owned(), crate::report::human_ms),
+                    crate::report::human_ms(t.target_ms),
+                    if t.ok { ", met" } else { ", missed" }
+                )
+            })
+            .collect();
+        e.reason = Some(
+            [
+                format!(
+                    "{} {}",
+                    report.name,
+                    report.verdict.map_or("ended", |v| v.as_str())
+                ),
+                targets.join(", "),
+                report.reason.clone().unwrap_or_default(),
+            ]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+        );
+        self.notify(e);
+    }
+
+    /// A worker was declared lost, or turned unhealthy.
+    pub(crate) fn notify_worker(&mut self, kind: &str, name: &str, at_ms: u64, reason: String) {
+        let mut e = Event::new(kind, &format!("{name}-{at_ms}"), at_ms);
+        e.worker = Some(name.to_owned());
+        e.reason = Some(reason);
+        self.notify(e);
     }
 
     pub(crate) fn mark_sent(&mut self, ids: &[String]) {
