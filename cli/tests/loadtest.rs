@@ -18,6 +18,8 @@ fn options(jobs: u64, workers: u64) -> Options {
         bin: PathBuf::from(env!("CARGO_BIN_EXE_rehearse")),
         lease: Duration::from_secs(2),
         job_retention: None,
+        fail: false,
+        notify: None,
         patience: Duration::from_secs(60),
     }
 }

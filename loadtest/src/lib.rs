@@ -70,6 +70,11 @@ pub struct Options {
     pub patience: Duration,
     /// `--job-retention` of the cluster this tool starts: finished jobs leave its memory.
     pub job_retention: Option<Duration>,
+    /// The simulated workers report `failed` (each job then ends failed, and is a
+    /// notification) instead of `passed`.
+    pub fail: bool,
+    /// `--notify FILE` of the cluster this tool starts.
+    pub notify: Option<PathBuf>,
 }
 
 /// Percentiles in milliseconds.
@@ -167,14 +172,19 @@ impl Stats {
     }
 }
 
-fn synthetic_report() -> anyhow::Result<String> {
+fn synthetic_report(fail: bool) -> anyhow::Result<String> {
     let mut r = Report::new(
         "file:///loadtest/synthetic.dump",
         "postgres",
         "simulated",
         humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     );
-    r.verdict = Verdict::Passed;
+    if fail {
+        r.fail("restore", "simulated: the loadtest was told --verdict failed");
+        r.verdict = Verdict::Failed;
+    } else {
+        r.verdict = Verdict::Passed;
+    }
     Ok(serde_json::to_string(&r)?)
 }
 
@@ -366,6 +376,10 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
                 extra.push("--job-retention".into());
                 extra.push(humantime::format_duration(r).to_string());
             }
+            if let Some(file) = &opts.notify {
+                extra.push("--notify".into());
+                extra.push(file.to_string_lossy().into_owned());
+            }
             Some(Cluster::start(opts.bin.to_string_lossy().into_owned(), 3, extra).await)
         }
     };
@@ -377,7 +391,7 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
     let env = Env {
         addrs: addrs.clone(),
         stats: Arc::new(Stats::default()),
-        report: Arc::new(synthetic_report()?),
+        report: Arc::new(synthetic_report(opts.fail)?),
         opts: opts.clone(),
     };
     let run_id: String = rehearse_proto::new_job_id()[4..12].to_owned();

@@ -31,6 +31,12 @@ enum Command {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SimVerdict {
+    Passed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Human,
     Json,
@@ -71,6 +77,12 @@ struct Flags {
     /// `--job-retention` for the cluster this tool starts (finished jobs leave its memory).
     #[arg(long, value_parser = humantime::parse_duration)]
     job_retention: Option<Duration>,
+    /// The verdict the simulated workers return (`failed`: each job is a notification).
+    #[arg(long, value_enum, default_value = "passed")]
+    verdict: SimVerdict,
+    /// `--notify FILE` for the cluster this tool starts (notification latency benchmarks).
+    #[arg(long)]
+    notify: Option<PathBuf>,
     #[arg(long, short, value_enum, default_value = "human")]
     output: Output,
 }
@@ -112,6 +124,8 @@ fn main() -> ExitCode {
         lease,
         patience: flags.patience,
         job_retention: flags.job_retention,
+        fail: flags.verdict == SimVerdict::Failed,
+        notify: flags.notify,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
