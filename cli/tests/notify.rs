@@ -1,7 +1,9 @@
-//! Notifications end to end: a webhook receiver on loopback, three coordinators with the same
-//! `--notify` file, a worker and a real dump whose digest does not match. The failed verdict is
-//! delivered signed; while the receiver refuses it the event stays in the outbox, and after the
-//! leader is killed the new leader delivers it under the same idempotency key — once.
+//! Notifications end to end: a webhook receiver on loopback, a real SMTP server (aiosmtpd, PyPI)
+//! writing a Maildir, three coordinators with the same `--notify` file, a worker and a real dump
+//! whose digest does not match. The failed verdict reaches the Slack-style hook and the mailbox
+//! at once and the webhook signed; while the webhook refuses it the event stays in the outbox,
+//! and after the leader is killed the new leader delivers it under the same idempotency key —
+//! once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,8 +72,18 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
     }
 }
 
+/// Stops the SMTP server with the test.
+struct Smtp(std::process::Child);
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_verdict_reaches_the_webhook_signed_and_survives_a_leader_kill() {
+async fn a_failed_verdict_reaches_slack_smtp_and_a_signed_webhook_across_a_leader_kill() {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -82,12 +94,43 @@ async fn a_failed_verdict_reaches_the_webhook_signed_and_survives_a_leader_kill(
         .with_state(receiver.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let slack = Receiver::default();
+    slack.accept.store(true, Ordering::SeqCst);
+    let slack_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slack_addr = slack_listener.local_addr().expect("addr");
+    let app = axum::Router::new()
+        .route("/slack", axum::routing::post(hook))
+        .with_state(slack.clone());
+    tokio::spawn(async move { axum::serve(slack_listener, app).await });
+
     let conf = tempfile::tempdir().expect("dir");
+    let maildir = conf.path().join("mail");
+    let smtp_port = common::free_port();
+    let _smtp = Smtp(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{smtp_port}"),
+            ])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("aiosmtpd (PyPI; scripts/setup installs it)"),
+    );
     let notify = conf.path().join("notify.toml");
     std::fs::write(
         &notify,
         format!(
-            "[webhook.ops]\nurl = \"http://{addr}/hook\"\nsecret = \"s3cret\"\nevents = [\"verdict.failed\", \"verdict.error\"]\n"
+            "[webhook.ops]\nurl = \"http://{addr}/hook\"\nsecret = \"s3cret\"\nevents = [\"verdict.failed\", \"verdict.error\"]\n\
+             [slack.team]\nurl = \"http://{slack_addr}/slack\"\nevents = [\"verdict.failed\"]\n\
+             [smtp.dba]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
+             from = \"Rehearse <rehearse@example.org>\"\nto = [\"dba@example.org\"]\nevents = [\"verdict.failed\"]\n"
         ),
     )
     .expect("notify file");
@@ -104,6 +147,40 @@ async fn a_failed_verdict_reaches_the_webhook_signed_and_survives_a_leader_kill(
     let id = f.client().submit(&bad).await.expect("submit");
     let job = f.wait_final(&id).await;
     assert_eq!(job.state, "failed", "{job:?}");
+
+    // The Slack-style hook and the mailbox take it at once.
+    let posts = slack.wait("a Slack post", |d| !d.is_empty()).await;
+    let text: serde_json::Value = serde_json::from_slice(&posts[0].body).expect("json");
+    assert!(
+        text["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("backup failed verification") && t.contains("checksum")),
+        "{text}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mail = loop {
+        let found = std::fs::read_dir(maildir.join("new"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| std::fs::read_to_string(e.path()).ok());
+        if let Some(m) = found {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mail in {}",
+            maildir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        mail.contains("Subject: [rehearse] backup failed verification")
+            && mail.contains("Content-Type: text/plain")
+            && mail.contains("Content-Type: text/html")
+            && mail.contains("dba@example.org"),
+        "{mail}"
+    );
 
     // Refused: the event stays in the outbox and is tried again.
     let refused = receiver.wait("a first delivery", |d| !d.is_empty()).await;

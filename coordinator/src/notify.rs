@@ -7,6 +7,16 @@
 //! secret_env = "REHEARSE_WEBHOOK_SECRET"   # or secret = "…", or secret_file = "/etc/…"
 //! events = ["verdict.failed"]              # default: every kind
 //! drills = ["shop monthly"]                # default: every job, in a drill or not
+//!
+//! [slack.team]                             # a Slack-compatible incoming webhook: {"text": …}
+//! url = "https://hooks.slack.com/services/…"
+//!
+//! [smtp.dba]                               # lettre; tls = "starttls" (587), "tls" (465), "none" (25)
+//! host = "smtp.example.org"
+//! username = "rehearse"
+//! password_env = "SMTP_PASSWORD"
+//! from = "Rehearse <rehearse@example.org>"
+//! to = ["dba@example.org"]
 //! ```
 //!
 //! Only the leader delivers: it reads the outbox, POSTs each event to every channel that wants
@@ -53,23 +63,83 @@ struct RawWebhook {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSlack {
+    url: String,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    drills: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    #[serde(default)]
+    port: Option<u16>,
+    /// "starttls" (default), "tls" or "none".
+    #[serde(default)]
+    tls: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_env: Option<String>,
+    #[serde(default)]
+    password_file: Option<String>,
+    from: String,
+    to: Vec<String>,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    drills: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     webhook: BTreeMap<String, RawWebhook>,
+    #[serde(default)]
+    slack: BTreeMap<String, RawSlack>,
+    #[serde(default)]
+    smtp: BTreeMap<String, RawSmtp>,
 }
 
-/// A webhook channel. Debug shows no secret.
+/// Where a channel sends.
+enum Target {
+    /// A JSON POST, signed when there is a secret.
+    Webhook {
+        url: String,
+        secret: Option<Vec<u8>>,
+    },
+    /// A Slack-compatible incoming webhook: `{"text": …}`.
+    Slack { url: String },
+    /// A mail with a plain-text and an HTML part.
+    Smtp {
+        transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+        from: lettre::message::Mailbox,
+        to: Vec<lettre::message::Mailbox>,
+        server: String,
+    },
+}
+
+/// A channel. Debug shows its name and where it sends, never a secret.
 pub struct Webhook {
     pub name: String,
-    pub url: String,
-    secret: Option<Vec<u8>>,
+    target: Target,
     events: Option<Vec<String>>,
     drills: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Webhook({}: {})", self.name, self.url)
+        match &self.target {
+            Target::Webhook { url, .. } => write!(f, "webhook {}: {url}", self.name),
+            Target::Slack { url } => write!(f, "slack {}: {url}", self.name),
+            Target::Smtp { server, .. } => write!(f, "smtp {}: {server}", self.name),
+        }
     }
 }
 
@@ -89,6 +159,113 @@ pub struct NotifyConfig {
     pub webhooks: Vec<Webhook>,
 }
 
+/// A secret given inline, by environment variable or by file (one of them, or none).
+fn secret(
+    what: &str,
+    inline: Option<String>,
+    env: Option<String>,
+    file: Option<String>,
+) -> Result<Option<String>, String> {
+    match (inline, env, file) {
+        (None, None, None) => Ok(None),
+        (Some(s), None, None) => Ok(Some(s)),
+        (None, Some(var), None) => std::env::var(&var)
+            .map(Some)
+            .map_err(|_| format!("{what}_env: the variable {var} is not set")),
+        (None, None, Some(path)) => std::fs::read_to_string(&path)
+            .map(|s| Some(s.trim_end().to_owned()))
+            .map_err(|e| format!("{what}_file {path}: {e}")),
+        _ => Err(format!(
+            "{what}: give one of {what}, {what}_env and {what}_file"
+        )),
+    }
+}
+
+fn check_routing(name: &str, events: &Option<Vec<String>>) -> Result<(), String> {
+    match events
+        .iter()
+        .flatten()
+        .find(|k| !KINDS.contains(&k.as_str()))
+    {
+        Some(bad) => Err(format!(
+            "{name}.events: {bad:?} is not an event (one of {})",
+            KINDS.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_url(name: &str, url: &str) -> Result<(), String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("{name}.url must be an http(s) URL"))
+    }
+}
+
+fn smtp(name: &str, raw: RawSmtp) -> Result<Target, String> {
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{AsyncSmtpTransport, Tokio1Executor};
+    let mailbox = |field: &str, s: &str| {
+        s.parse::<lettre::message::Mailbox>()
+            .map_err(|e| format!("{name}.{field}: {s:?} is not a mail address ({e})"))
+    };
+    let from = mailbox("from", &raw.from)?;
+    if raw.to.is_empty() {
+        return Err(format!("{name}.to: name at least one recipient"));
+    }
+    let to = raw
+        .to
+        .iter()
+        .map(|t| mailbox("to", t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = raw.tls.as_deref().unwrap_or("starttls");
+    let builder = match tls {
+        "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&raw.host)
+            .map_err(|e| format!("{name}.host: {e}"))?
+            .port(raw.port.unwrap_or(587)),
+        "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&raw.host)
+            .map_err(|e| format!("{name}.host: {e}"))?
+            .port(raw.port.unwrap_or(465)),
+        "none" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&raw.host)
+            .port(raw.port.unwrap_or(25)),
+        other => {
+            return Err(format!(
+                "{name}.tls is starttls, tls or none, not {other:?}"
+            ));
+        }
+    };
+    let password = secret(
+        &format!("{name}.password"),
+        raw.password,
+        raw.password_env,
+        raw.password_file,
+    )?;
+    let builder = match (raw.username, password) {
+        (Some(user), Some(pass)) => builder.credentials(Credentials::new(user, pass)),
+        (None, None) => builder,
+        _ => {
+            return Err(format!(
+                "{name}: give both username and a password, or neither"
+            ));
+        }
+    };
+    Ok(Target::Smtp {
+        transport: builder.timeout(Some(Duration::from_secs(10))).build(),
+        from,
+        to,
+        server: format!(
+            "{}:{} ({tls})",
+            raw.host,
+            raw.port.unwrap_or(match tls {
+                "tls" => 465,
+                "none" => 25,
+                _ => 587,
+            })
+        ),
+    })
+}
+
 impl NotifyConfig {
     /// Reads a `--notify` file; `Err` names the problem (never a secret's value).
     pub fn load(path: &Path) -> Result<NotifyConfig, String> {
@@ -102,53 +279,154 @@ impl NotifyConfig {
             .map_err(|e| e.message().split_whitespace().collect::<Vec<_>>().join(" "))?;
         let mut webhooks = Vec::new();
         for (name, w) in raw.webhook {
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                return Err(format!("webhook.{name}.url must be an http(s) URL"));
-            }
-            if let Some(bad) = w
-                .events
-                .iter()
-                .flatten()
-                .find(|k| !KINDS.contains(&k.as_str()))
-            {
-                return Err(format!(
-                    "webhook.{name}.events: {bad:?} is not an event (one of {})",
-                    KINDS.join(", ")
-                ));
-            }
-            let secret = match (w.secret, w.secret_env, w.secret_file) {
-                (None, None, None) => None,
-                (Some(s), None, None) => Some(s.into_bytes()),
-                (None, Some(var), None) => Some(
-                    std::env::var(&var)
-                        .map_err(|_| {
-                            format!("webhook.{name}.secret_env: the variable {var} is not set")
-                        })?
-                        .into_bytes(),
-                ),
-                (None, None, Some(file)) => Some(
-                    std::fs::read_to_string(&file)
-                        .map_err(|e| format!("webhook.{name}.secret_file {file}: {e}"))?
-                        .trim_end()
-                        .as_bytes()
-                        .to_vec(),
-                ),
-                _ => {
-                    return Err(format!(
-                        "webhook.{name}: give one of secret, secret_env and secret_file"
-                    ));
-                }
-            };
+            let name_ = format!("webhook.{name}");
+            check_url(&name_, &w.url)?;
+            check_routing(&name_, &w.events)?;
+            let secret = secret(
+                &format!("{name_}.secret"),
+                w.secret,
+                w.secret_env,
+                w.secret_file,
+            )?;
             webhooks.push(Webhook {
                 name,
-                url: w.url,
-                secret,
+                target: Target::Webhook {
+                    url: w.url,
+                    secret: secret.map(String::into_bytes),
+                },
                 events: w.events,
                 drills: w.drills,
             });
         }
+        for (name, w) in raw.slack {
+            let name_ = format!("slack.{name}");
+            check_url(&name_, &w.url)?;
+            check_routing(&name_, &w.events)?;
+            webhooks.push(Webhook {
+                name,
+                target: Target::Slack { url: w.url },
+                events: w.events,
+                drills: w.drills,
+            });
+        }
+        for (name, m) in raw.smtp {
+            let name_ = format!("smtp.{name}");
+            check_routing(&name_, &m.events)?;
+            let (events, drills) = (m.events.clone(), m.drills.clone());
+            webhooks.push(Webhook {
+                target: smtp(&name_, m)?,
+                name,
+                events,
+                drills,
+            });
+        }
         Ok(NotifyConfig { webhooks })
     }
+}
+
+/// One line saying what happened: a mail's subject, a Slack message.
+pub fn summary(e: &Event) -> String {
+    let subject = e
+        .drill
+        .as_deref()
+        .map(|d| format!("drill {d:?}"))
+        .or_else(|| e.exercise.as_deref().map(|x| format!("exercise {x}")))
+        .or_else(|| e.worker.as_deref().map(|w| format!("worker {w}")))
+        .or_else(|| e.job.as_deref().map(|j| format!("job {j}")))
+        .unwrap_or_default();
+    let what = match e.kind.as_str() {
+        "verdict.failed" => "backup failed verification",
+        "verdict.error" => "backup could not be verified",
+        "drill.failed" => "drill run failed",
+        "drill.error" => "drill run could not verify",
+        "drill.skipped" => "drill run skipped",
+        "drill.missed" => "drill ticks missed",
+        "exercise.finished" => "DR exercise finished",
+        "worker.lost" => "worker lost",
+        "worker.unhealthy" => "worker unhealthy",
+        other => other,
+    };
+    match &e.reason {
+        Some(r) => format!("{what}: {subject}: {r}"),
+        None => format!("{what}: {subject}"),
+    }
+}
+
+/// The event's fields as (label, value) rows, for a mail.
+fn rows(e: &Event) -> Vec<(&'static str, String)> {
+    let at =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms))
+            .to_string();
+    [
+        ("Event", Some(e.kind.clone())),
+        ("At", Some(at)),
+        ("Job", e.job.clone()),
+        ("Drill", e.drill.clone()),
+        ("Exercise", e.exercise.clone()),
+        ("Worker", e.worker.clone()),
+        ("Artifact", e.artifact.clone()),
+        ("Why", e.reason.clone()),
+        ("Id", Some(e.id.clone())),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The mail for an event: a plain-text part and an HTML part.
+pub fn mail(
+    e: &Event,
+    from: &lettre::message::Mailbox,
+    to: &[lettre::message::Mailbox],
+) -> Result<lettre::Message, String> {
+    use lettre::message::{MultiPart, SinglePart, header::ContentType};
+    let rows = rows(e);
+    let text: String = rows.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    let html = format!(
+        "<html><body><h2>{}</h2><table>{}</table></body></html>",
+        html_escape(&summary(e)),
+        rows.iter()
+            .map(|(k, v)| format!(
+                "<tr><th align=\"left\">{k}</th><td>{}</td></tr>",
+                html_escape(v)
+            ))
+            .collect::<String>()
+    );
+    let mut builder = lettre::Message::builder()
+        .from(from.clone())
+        .subject(format!("[rehearse] {}", summary(e)));
+    for t in to {
+        builder = builder.to(t.clone());
+    }
+    builder
+        .header(lettre::message::header::MessageId::from(format!(
+            "<{}@rehearse>",
+            e.id.replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '.',
+                "-"
+            )
+        )))
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(text),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html),
+                ),
+        )
+        .map_err(|e| format!("mail: {e}"))
 }
 
 /// `sha256=<hex>` of the body's HMAC-SHA256 with `secret`.
@@ -160,24 +438,50 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 async fn post(client: &reqwest::Client, hook: &Webhook, event: &Event) -> Result<(), String> {
-    let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+    let (url, body, secret) = match &hook.target {
+        Target::Webhook { url, secret } => (
+            url,
+            serde_json::to_vec(event).map_err(|e| e.to_string())?,
+            secret.as_deref(),
+        ),
+        Target::Slack { url } => (
+            url,
+            serde_json::to_vec(&serde_json::json!({ "text": summary(event) }))
+                .map_err(|e| e.to_string())?,
+            None,
+        ),
+        Target::Smtp {
+            transport,
+            from,
+            to,
+            server,
+        } => {
+            use lettre::AsyncTransport as _;
+            let message = mail(event, from, to)?;
+            return transport
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{server}: {e}"));
+        }
+    };
     let mut request = client
-        .post(&hook.url)
+        .post(url)
         .header("content-type", "application/json")
         .header("idempotency-key", &event.id)
         .header("x-rehearse-event", &event.kind);
-    if let Some(secret) = &hook.secret {
+    if let Some(secret) = secret {
         request = request.header("x-rehearse-signature", signature(secret, &body));
     }
     let response = request
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("{}: {e}", hook.url))?;
+        .map_err(|e| format!("{url}: {e}"))?;
     if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("{} answered {}", hook.url, response.status()))
+        Err(format!("{url} answered {}", response.status()))
     }
 }
 
@@ -303,7 +607,27 @@ mod tests {
                 "[webhook.a]\nurl = \"http://x\"\nsecret = \"s\"\nsecret_env = \"V\"\n",
                 "one of",
             ),
-            ("[smtp.a]\n", "smtp"),
+            ("[email.a]\n", "email"),
+            (
+                "[smtp.a]\nhost = \"h\"\nfrom = \"nope\"\nto = [\"b@example.org\"]\n",
+                "not a mail address",
+            ),
+            (
+                "[smtp.a]\nhost = \"h\"\nfrom = \"a@example.org\"\nto = []\n",
+                "at least one",
+            ),
+            (
+                "[smtp.a]\nhost = \"h\"\ntls = \"ssl\"\nfrom = \"a@example.org\"\nto = [\"b@example.org\"]\n",
+                "starttls, tls or none",
+            ),
+            (
+                "[smtp.a]\nhost = \"h\"\nusername = \"u\"\nfrom = \"a@example.org\"\nto = [\"b@example.org\"]\n",
+                "username and a password",
+            ),
+            (
+                "[slack.a]\nurl = \"http://x\"\nchannel = \"#ops\"\n",
+                "channel",
+            ),
         ] {
             let err = NotifyConfig::parse(bad).expect_err(bad);
             assert!(err.contains(says), "{bad}: {err}");

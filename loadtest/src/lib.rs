@@ -180,7 +180,10 @@ fn synthetic_report(fail: bool) -> anyhow::Result<String> {
         humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     );
     if fail {
-        r.fail("restore", "simulated: the loadtest was told --verdict failed");
+        r.fail(
+            "restore",
+            "simulated: the loadtest was told --verdict failed",
+        );
         r.verdict = Verdict::Failed;
     } else {
         r.verdict = Verdict::Passed;
