@@ -17,9 +17,11 @@ use rehearse_core::report::Verdict;
 type Labels = Vec<(String, String)>;
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
-/// Durations of restores and phases: 100 ms to about 1.5 days.
+/// Durations of restores and phases: 12 buckets from 1 s to 49 hours (×3). Few on purpose: the
+/// RTO histogram has one series per drill, and 10,000 drills with 21 buckets each made a scrape
+/// 145 MB (BENCHMARKS.md, issue 18).
 fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.1, 2.0, 21))
+    Histogram::new(exponential_buckets(1.0, 3.0, 12))
 }
 
 /// Short latencies: 1 ms to about 16 s.
@@ -94,7 +96,7 @@ impl Metrics {
         );
         registry.register(
             "phase_seconds",
-            "Phase durations of verdicts, by drill and phase",
+            "Phase durations of verdicts, by phase",
             m.phases.clone(),
         );
         registry.register(
@@ -174,22 +176,7 @@ impl Metrics {
                 if !j.state.is_final() || j.report.as_ref() != Some(report.as_ref()) {
                     return;
                 }
-                let drill = jobs.drill_of(job).unwrap_or_default();
-                self.verdicts
-                    .get_or_create(&label(&[("verdict", report.verdict.as_str())]))
-                    .inc();
-                if report.verdict == Verdict::Passed
-                    && let Some(rto) = report.rto_ms
-                {
-                    self.rto
-                        .get_or_create(&label(&[("drill", drill)]))
-                        .observe(rto as f64 / 1000.0);
-                }
-                for p in &report.phases {
-                    self.phases
-                        .get_or_create(&label(&[("drill", drill), ("phase", p.name.as_str())]))
-                        .observe(p.ms as f64 / 1000.0);
-                }
+                self.verdict(jobs.drill_of(job).unwrap_or_default(), report);
             }
             Command::Assign {
                 assignments, at_ms, ..
@@ -204,6 +191,25 @@ impl Metrics {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A verdict that stands, of a job of `drill` ("" outside drills).
+    pub fn verdict(&self, drill: &str, report: &rehearse_core::report::Report) {
+        self.verdicts
+            .get_or_create(&label(&[("verdict", report.verdict.as_str())]))
+            .inc();
+        if report.verdict == Verdict::Passed
+            && let Some(rto) = report.rto_ms
+        {
+            self.rto
+                .get_or_create(&label(&[("drill", drill)]))
+                .observe(rto as f64 / 1000.0);
+        }
+        for p in &report.phases {
+            self.phases
+                .get_or_create(&label(&[("phase", p.name.as_str())]))
+                .observe(p.ms as f64 / 1000.0);
         }
     }
 
