@@ -730,7 +730,7 @@ impl Node {
                 // empty conf change.
                 let jobs = &mut self.raw.mut_store().sm.jobs;
                 if entry.get_entry_type() == EntryType::EntryNormal {
-                    jobs.new_leader(entry.index);
+                    jobs.new_leader(entry.index, entry.term);
                 } else {
                     jobs.skip(entry.index);
                 }

@@ -344,6 +344,7 @@ pub fn summary(e: &Event) -> String {
         "exercise.finished" => "DR exercise finished",
         "worker.lost" => "worker lost",
         "worker.unhealthy" => "worker unhealthy",
+        "leader.changed" => "coordinator leader changed",
         other => other,
     };
     match &e.reason {
@@ -359,7 +360,7 @@ fn rows(e: &Event) -> Vec<(&'static str, String)> {
             .to_string();
     [
         ("Event", Some(e.kind.clone())),
-        ("At", Some(at)),
+        ("At", (e.at_ms > 0).then_some(at)),
         ("Job", e.job.clone()),
         ("Drill", e.drill.clone()),
         ("Exercise", e.exercise.clone()),

@@ -54,13 +54,15 @@ impl JobStore {
         self.exercises.get(id)
     }
 
-    /// The empty entry a newly elected leader appends, at `index`: running exercises count it
-    /// (every replica sees the same entries, so every replica counts the same).
-    pub fn new_leader(&mut self, index: u64) {
+    /// The empty entry a newly elected leader appends, at `index` in `term`: running exercises
+    /// count it, and it is a `leader.changed` notification (every replica sees the same entries,
+    /// so every replica counts the same).
+    pub fn new_leader(&mut self, index: u64, term: u64) {
         if index <= self.applied() {
             return;
         }
         self.skip(index);
+        self.notify_leader_changed(index, term);
         for e in self.exercises.values_mut() {
             if !e.state.is_final() {
                 e.leader_changes += 1;
@@ -395,8 +397,8 @@ mod tests {
     fn running_exercises_count_the_leaders_elected_while_they_run() {
         let mut s = store();
         s.apply(2, &start("ex"));
-        s.new_leader(3);
-        s.new_leader(3);
+        s.new_leader(3, 2);
+        s.new_leader(3, 2);
         assert_eq!(
             s.exercise("ex").map(|e| e.leader_changes),
             Some(1),
@@ -411,7 +413,9 @@ mod tests {
                 at_ms: 9,
             },
         );
-        s.new_leader(5);
+        s.new_leader(5, 3);
+        // Below command version 5: no notification.
+        assert_eq!(s.outbox().count(), 0);
         let r = s.exercise("ex").expect("exercise").report();
         assert_eq!(r.leader_changes, 1, "an ended exercise counts no more");
         assert!(
@@ -419,6 +423,17 @@ mod tests {
                 .iter()
                 .any(|d| d.contains("leader changed 1 time"))
         );
+    }
+
+    #[test]
+    fn a_new_leader_is_one_notification_per_election() {
+        let mut s = store();
+        s.apply(2, &Command::SetVersion { version: 5 });
+        s.new_leader(3, 2);
+        s.new_leader(3, 2);
+        s.new_leader(4, 3);
+        let ids: Vec<&str> = s.outbox().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["leader.changed-2-3", "leader.changed-3-4"]);
     }
 
     #[test]

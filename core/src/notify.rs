@@ -11,7 +11,8 @@
 //!   `drill.missed`: a drill's run ended so;
 //! - `exercise.finished`: a DR exercise ended, with achieved against target RTO/RPO;
 //! - `worker.lost` (silent past its lease), `worker.unhealthy` (its last attempts could not
-//!   verify).
+//!   verify);
+//! - `leader.changed`: a newly elected leader's first entry (writes paused for the election).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,7 @@ use crate::drill::{Run, RunOutcome};
 use crate::jobs::{Job, JobState, JobStore};
 
 /// The event kinds, as channels' `events` name them.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 10] = [
     "verdict.failed",
     "verdict.error",
     "drill.failed",
@@ -29,6 +30,7 @@ pub const KINDS: [&str; 9] = [
     "exercise.finished",
     "worker.lost",
     "worker.unhealthy",
+    "leader.changed",
 ];
 
 /// One notification, as receivers get it (JSON).
@@ -37,7 +39,8 @@ pub struct Event {
     /// Stable across leaders and retries: the receivers' idempotency key.
     pub id: String,
     pub kind: String,
-    /// When what it tells of happened (ms since the Unix epoch).
+    /// When what it tells of happened (ms since the Unix epoch); 0 when the log does not say
+    /// (`leader.changed`: an election's entry carries no clock).
     pub at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
@@ -202,6 +205,15 @@ impl JobStore {
         let mut e = Event::new(kind, &format!("{name}-{at_ms}"), at_ms);
         e.worker = Some(name.to_owned());
         e.reason = Some(reason);
+        self.notify(e);
+    }
+
+    /// A newly elected leader's first entry, at `index` in `term`.
+    pub(crate) fn notify_leader_changed(&mut self, index: u64, term: u64) {
+        let mut e = Event::new("leader.changed", &format!("{term}-{index}"), 0);
+        e.reason = Some(format!(
+            "a new leader was elected in term {term} (log index {index}); writes paused for the election"
+        ));
         self.notify(e);
     }
 
