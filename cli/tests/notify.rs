@@ -32,6 +32,19 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// Serves `POST path` on a loopback port; returns the address.
+    async fn serve(&self, path: &str) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new()
+            .route(path, axum::routing::post(hook))
+            .with_state(self.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
     fn deliveries(&self) -> Vec<Delivery> {
         self.got.lock().expect("lock").clone()
     }
@@ -85,25 +98,11 @@ impl Drop for Smtp {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_verdict_reaches_slack_smtp_and_a_signed_webhook_across_a_leader_kill() {
     let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(hook))
-        .with_state(receiver.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = receiver.serve("/hook").await;
 
     let slack = Receiver::default();
     slack.accept.store(true, Ordering::SeqCst);
-    let slack_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let slack_addr = slack_listener.local_addr().expect("addr");
-    let app = axum::Router::new()
-        .route("/slack", axum::routing::post(hook))
-        .with_state(slack.clone());
-    tokio::spawn(async move { axum::serve(slack_listener, app).await });
+    let slack_addr = slack.serve("/slack").await;
 
     let conf = tempfile::tempdir().expect("dir");
     let maildir = conf.path().join("mail");

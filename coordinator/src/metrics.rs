@@ -215,17 +215,10 @@ impl Metrics {
 
     /// The gauges, from the state and Raft's status.
     pub fn refresh(&self, jobs: &JobStore, raft: (u64, u64, u64, bool), copying: bool) {
-        let mut by_state = [0i64; 7];
-        for j in jobs.list(None) {
-            by_state[JobState::ALL
-                .iter()
-                .position(|s| *s == j.state)
-                .unwrap_or(0)] += 1;
-        }
-        for (state, n) in JobState::ALL.iter().zip(by_state) {
+        for (state, n) in JobState::ALL.iter().zip(jobs.count_by_state()) {
             self.jobs
                 .get_or_create(&label(&[("state", state.as_str())]))
-                .set(n);
+                .set(n as i64);
         }
         self.workers.clear();
         let (mut total, mut used) = (0i64, 0i64);

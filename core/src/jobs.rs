@@ -521,6 +521,18 @@ impl JobStore {
         }
     }
 
+    /// How many jobs are in each state, in [`JobState::ALL`]'s order (for gauges: one pass, no
+    /// sorting).
+    pub fn count_by_state(&self) -> [usize; 7] {
+        let mut counts = [0; 7];
+        for j in self.jobs.values() {
+            if let Some(i) = JobState::ALL.iter().position(|s| *s == j.state) {
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+
     /// Jobs in submission order, optionally of one state.
     pub fn list(&self, state: Option<JobState>) -> Vec<&Job> {
         if state == Some(JobState::Pending) {
