@@ -54,6 +54,9 @@ const BATCH_WINDOW: Duration = Duration::from_micros(300);
 /// How often the leader looks for lost workers and overdue jobs.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 
+/// How often the leader looks for drills overdue and not yet notified.
+const OVERDUE_CHECK: Duration = Duration::from_secs(5);
+
 /// How often the gauges of `/metrics` are refreshed.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -109,6 +112,7 @@ pub struct Node {
     leader_since: Option<Instant>,
     last_expiry_check: Instant,
     last_deferral_check: Instant,
+    last_overdue_check: Instant,
     /// The command version each peer said it reads (in its raft traffic).
     peer_versions: HashMap<u64, u32>,
     /// The leader's `SetVersion` proposal not applied yet.
@@ -175,6 +179,7 @@ impl Node {
             leader_since: None,
             last_expiry_check: Instant::now(),
             last_deferral_check: Instant::now(),
+            last_overdue_check: Instant::now(),
             peer_versions: HashMap::new(),
             version_in_flight: None,
             ticker: crate::ticker::Ticker::default(),
@@ -856,7 +861,8 @@ impl Node {
             | Command::ResumeDrill { .. }
             | Command::DeleteDrill { .. }
             | Command::ForgetJobs { .. }
-            | Command::MarkSent { .. } => return,
+            | Command::MarkSent { .. }
+            | Command::DrillOverdue { .. } => return,
             // New jobs to place; closed windows cancel jobs that never had a worker.
             Command::DrillTick(_)
             | Command::CloseWindow { .. }
@@ -929,6 +935,7 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::ResumeDrill { at_ms, .. }
         | Command::DeleteDrill { at_ms, .. }
         | Command::CloseWindow { at_ms, .. }
+        | Command::DrillOverdue { at_ms, .. }
         | Command::ForgetJobs { at_ms, .. }
         | Command::ApproveGate { at_ms, .. }
         | Command::AbortExercise { at_ms, .. } => *at_ms = now,

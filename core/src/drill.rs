@@ -354,6 +354,9 @@ pub struct Drill {
     /// `pick = "least_recently_tested"` rotates by.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tested: std::collections::BTreeMap<String, i64>,
+    /// The stretch without a passed run (its start) already notified as overdue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_notified: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -719,6 +722,26 @@ impl Status {
     }
 }
 
+/// When a drill not paused has had no passed run within its `alert_after`: the start of that
+/// stretch (its last pass, or its creation). `None` when it is not overdue.
+pub fn overdue_since(drill: &Drill, runs: &[Run], now_ms: u64) -> Option<u64> {
+    let limit = drill.spec.alert_after_ms?;
+    if drill
+        .paused
+        .as_ref()
+        .is_some_and(|p| p.until_ms.is_none_or(|u| u > now_ms))
+    {
+        return None;
+    }
+    let since = runs
+        .iter()
+        .rev()
+        .find(|r| r.outcome == RunOutcome::Passed)
+        .and_then(|r| r.finished_at_ms)
+        .unwrap_or(drill.created_at_ms);
+    (now_ms.saturating_sub(since) > limit).then_some(since)
+}
+
 /// The drill's status from its runs (oldest first): `paused`; `failing` when its last finished
 /// run failed or could not verify; `overdue` when no run passed within `alert_after` (counted
 /// from the last pass, or from the drill's creation); `never_run` when none finished; else `ok`.
@@ -842,6 +865,7 @@ mod tests {
             last_tick_ms,
             paused: None,
             tested: Default::default(),
+            overdue_notified: None,
         }
     }
 
@@ -954,6 +978,7 @@ mod tests {
             last_tick_ms: 0,
             paused: None,
             tested: Default::default(),
+            overdue_notified: None,
         };
         let s = minutely.spec.schedule().expect("schedule");
         // A tick whose start is jittered to the last half second before the next tick.
@@ -1026,6 +1051,7 @@ mod tests {
             last_tick_ms: 0,
             paused: None,
             tested: Default::default(),
+            overdue_notified: None,
         };
         let s = hourly.spec.schedule().expect("schedule");
         let tick = 3_600_000;

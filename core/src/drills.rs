@@ -118,6 +118,7 @@ impl JobStore {
                         last_tick_ms: at_ms as i64,
                         paused: None,
                         tested: Default::default(),
+                        overdue_notified: None,
                     },
                 );
             }
@@ -711,6 +712,55 @@ mod tests {
                 .as_deref()
                 .is_some_and(|r| r.contains("could not verify"))
         );
+    }
+
+    /// No passed run within `alert_after`: one `drill.overdue` per stretch, none while paused.
+    #[test]
+    fn an_overdue_drill_is_one_notification_per_stretch_without_a_pass() {
+        let hour = 3_600_000;
+        let mut s = JobStore::default();
+        s.apply(1, &Command::SetVersion { version: 5 });
+        s.apply(
+            2,
+            &Command::ApplyDrill {
+                spec: Box::new(spec("alert_after = \"1h\"\n")),
+                at_ms: 0,
+            },
+        );
+        assert!(
+            s.overdue_to_notify(hour).is_empty(),
+            "not past its limit yet"
+        );
+        assert_eq!(s.overdue_to_notify(hour + 1), [("shop".to_owned(), 0)]);
+        let overdue = Command::DrillOverdue {
+            drill: "shop".into(),
+            since_ms: 0,
+            at_ms: hour + 1,
+        };
+        s.apply(3, &overdue);
+        s.apply(4, &overdue);
+        assert!(s.overdue_to_notify(2 * hour).is_empty(), "notified once");
+        let events: Vec<_> = s.outbox().collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].id, "drill.overdue-shop-0");
+        assert!(
+            events[0]
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("alert_after 1h")),
+            "{events:?}"
+        );
+        s.apply(
+            5,
+            &Command::PauseDrill {
+                name: "shop".into(),
+                reason: "maintenance".into(),
+                until_ms: None,
+                at_ms: 2 * hour,
+            },
+        );
+        let paused = s.drill("shop").expect("drill").clone();
+        assert_eq!(crate::drill::overdue_since(&paused, &[], 3 * hour), None);
     }
 
     #[test]

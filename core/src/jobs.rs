@@ -277,6 +277,13 @@ pub enum Command {
         reason: String,
         at_ms: u64,
     },
+    /// A drill has had no passed run within its `alert_after`, counted from `since_ms` (its last
+    /// pass, or its creation): one `drill.overdue` notification per such stretch.
+    DrillOverdue {
+        drill: String,
+        since_ms: u64,
+        at_ms: u64,
+    },
     /// Finished jobs last changed before `before_ms` leave the state; their summaries go to the
     /// history (the leader proposes it for `--job-retention`).
     ForgetJobs {
@@ -345,7 +352,7 @@ impl Command {
             | Command::CloseWindow { .. }
             | Command::ForgetJobs { .. } => 2,
             Command::Probe { .. } => TEST_PROBE,
-            Command::MarkSent { .. } => 5,
+            Command::MarkSent { .. } | Command::DrillOverdue { .. } => 5,
             Command::Report { report, .. } => {
                 if report.retry_after_ms().is_some() {
                     5
@@ -635,6 +642,14 @@ impl JobStore {
                 reason,
                 at_ms,
             } => Outcome::Done(self.close_window(drill, *tick_ms, *manual, reason, *at_ms)),
+            Command::DrillOverdue {
+                drill,
+                since_ms,
+                at_ms,
+            } => {
+                self.drill_overdue(drill, *since_ms, *at_ms);
+                Outcome::Nothing
+            }
             Command::ForgetJobs { before_ms, at_ms } => {
                 self.forget_jobs(*before_ms, *at_ms);
                 Outcome::Nothing

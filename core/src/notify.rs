@@ -8,7 +8,8 @@
 //! - `verdict.failed`, `verdict.error`: a job ended failed (the backup is bad) or could not be
 //!   verified;
 //! - `drill.failed` (a job failed or a table drifted), `drill.error`, `drill.skipped`,
-//!   `drill.missed`: a drill's run ended so;
+//!   `drill.missed`: a drill's run ended so; `drill.overdue`: no passed run within its
+//!   `alert_after` (once per stretch without one);
 //! - `exercise.finished`: a DR exercise ended, with achieved against target RTO/RPO;
 //! - `worker.lost` (silent past its lease), `worker.unhealthy` (its last attempts could not
 //!   verify);
@@ -20,13 +21,14 @@ use crate::drill::{Run, RunOutcome};
 use crate::jobs::{Job, JobState, JobStore};
 
 /// The event kinds, as channels' `events` name them.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     "verdict.failed",
     "verdict.error",
     "drill.failed",
     "drill.error",
     "drill.skipped",
     "drill.missed",
+    "drill.overdue",
     "exercise.finished",
     "worker.lost",
     "worker.unhealthy",
@@ -205,6 +207,36 @@ impl JobStore {
         let mut e = Event::new(kind, &format!("{name}-{at_ms}"), at_ms);
         e.worker = Some(name.to_owned());
         e.reason = Some(reason);
+        self.notify(e);
+    }
+
+    /// Drills overdue at `now_ms` and not yet notified for that stretch: (name, since). The
+    /// leader proposes a [`DrillOverdue`](crate::jobs::Command::DrillOverdue) for each.
+    pub fn overdue_to_notify(&self, now_ms: u64) -> Vec<(String, u64)> {
+        self.drills()
+            .filter_map(|d| {
+                let since = crate::drill::overdue_since(d, self.runs(&d.spec.name), now_ms)?;
+                (d.overdue_notified != Some(since)).then(|| (d.spec.name.clone(), since))
+            })
+            .collect()
+    }
+
+    pub(crate) fn drill_overdue(&mut self, name: &str, since_ms: u64, at_ms: u64) {
+        let Some(d) = self.drills.get_mut(name) else {
+            return;
+        };
+        if d.overdue_notified == Some(since_ms) {
+            return;
+        }
+        d.overdue_notified = Some(since_ms);
+        let limit = d.spec.alert_after_ms.unwrap_or_default();
+        let mut e = Event::new("drill.overdue", &format!("{name}-{since_ms}"), at_ms);
+        e.drill = Some(name.to_owned());
+        e.reason = Some(format!(
+            "no passed run since {} (alert_after {})",
+            crate::report::utc_rfc3339(since_ms as i64),
+            crate::report::human_ms(limit)
+        ));
         self.notify(e);
     }
 

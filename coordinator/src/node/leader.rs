@@ -10,7 +10,7 @@ use rehearse_core::jobs::Command;
 use rehearse_core::placement;
 use tracing::{debug, info};
 
-use super::{DRILL_CHECK, EXPIRY_CHECK, Node, RETENTION_CHECK, Waiter, now_ms};
+use super::{DRILL_CHECK, EXPIRY_CHECK, Node, OVERDUE_CHECK, RETENTION_CHECK, Waiter, now_ms};
 
 impl Node {
     /// The leader turns due drill ticks (see [`crate::ticker`]) and exercise gates past their
@@ -28,6 +28,23 @@ impl Node {
         // Exercise gates past their timeout fail (see `rehearse_core::exercises`).
         if self.version_gate(4).is_ok() && self.raw.store().sm.jobs.overdue_gates(now) {
             due.push(Command::ExpireGates { now_ms: now });
+        }
+        // Drills with no passed run within `alert_after`: one notification per stretch.
+        if self.version_gate(5).is_ok() && self.last_overdue_check.elapsed() >= OVERDUE_CHECK {
+            self.last_overdue_check = Instant::now();
+            due.extend(
+                self.raw
+                    .store()
+                    .sm
+                    .jobs
+                    .overdue_to_notify(now)
+                    .into_iter()
+                    .map(|(drill, since_ms)| Command::DrillOverdue {
+                        drill,
+                        since_ms,
+                        at_ms: now,
+                    }),
+            );
         }
         if due.is_empty() {
             return;
