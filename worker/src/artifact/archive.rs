@@ -98,6 +98,9 @@ pub enum FetchError {
         reason: String,
         retry_after: Duration,
     },
+    /// This worker could not get at it (an archived object's state or restore refused to its
+    /// credentials): `error`, never `failed` — the backup may be good.
+    Cannot(String),
 }
 
 impl From<String> for FetchError {
@@ -115,7 +118,9 @@ impl From<&str> for FetchError {
 impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FetchError::Failed(r) | FetchError::NotYet { reason: r, .. } => f.write_str(r),
+            FetchError::Failed(r)
+            | FetchError::Cannot(r)
+            | FetchError::NotYet { reason: r, .. } => f.write_str(r),
         }
     }
 }
@@ -270,7 +275,7 @@ impl Restorer {
             let (class, restore) = match self.status(key).await {
                 Ok(s) => s,
                 Err(e) => {
-                    return FetchError::Failed(format!(
+                    return FetchError::Cannot(format!(
                         "{url} is in an archive storage class and its state could not be read: {e}"
                     ));
                 }
@@ -294,7 +299,7 @@ impl Restorer {
                 // Restored a moment ago (or the copy just expired), or left to others.
                 waiting += 1;
             } else if let Err(e) = self.request(key).await {
-                return FetchError::Failed(format!(
+                return FetchError::Cannot(format!(
                     "{url} is in the {class} storage class and the restore request was refused ({e}): the worker's credentials need s3:RestoreObject, or restore it by hand"
                 ));
             } else {

@@ -81,6 +81,7 @@ impl Verifier {
                 retry_after,
             }) => not_yet!(run, Phase::Fetch, reason, retry_after),
             Err(FetchError::Failed(reason)) => fail!(run, Phase::Fetch, reason),
+            Err(FetchError::Cannot(reason)) => cannot!(run, Phase::Fetch, reason),
         };
         let hashed_on_fetch = fetched.hashed;
         let mut artifact = match artifact::local::open(fetched.path) {
