@@ -16,6 +16,7 @@ mod demo_fleet;
 mod drill;
 mod exercise;
 mod jobs;
+mod telemetry;
 mod verify;
 mod worker;
 
@@ -49,6 +50,15 @@ struct Cli {
         env = "REHEARSE_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://localhost:4317): one trace
+    /// per job across coordinator and worker, a span per phase.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,16 +112,6 @@ pub(crate) struct CouldNotVerify(pub(crate) anyhow::Error);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,6 +120,26 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("rehearse: start async runtime: {e}");
             return ExitCode::from(2);
+        }
+    };
+    let service = match cli.command {
+        Command::Coordinator(_) => "rehearse-coordinator",
+        Command::Worker(_) => "rehearse-worker",
+        _ => "rehearse",
+    };
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        match telemetry::init(
+            &cli.log,
+            cli.log_format,
+            cli.otlp_endpoint.as_deref(),
+            service,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("rehearse: {}", one_line(&e));
+                return ExitCode::from(2);
+            }
         }
     };
     let cancel = CancellationToken::new();
@@ -139,6 +159,7 @@ fn main() -> ExitCode {
             Command::Exercise(cmd) => exercise::run(cmd, &cancel).await,
         }
     });
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         Err(CouldNotVerify(e)) => {

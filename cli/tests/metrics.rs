@@ -1,6 +1,12 @@
+//! Observability with real receivers.
+//!
 //! `/metrics` scraped by a real Prometheus (Debian's `prometheus`, installed by scripts/setup):
 //! three coordinators on their HTTP listeners and a worker on `--metrics-listen`, while a real
 //! dump is verified; PromQL then finds the job counted, its verdict, its phases and one leader.
+//!
+//! OTLP traces received by a real gRPC collector (`support/otlp_collector.py`: grpcio and
+//! opentelemetry-proto, installed by scripts/setup): one trace per job, the coordinator's spans
+//! and the worker's linked in one tree.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -166,4 +172,172 @@ async fn prometheus_scrapes_the_cluster_and_a_worker_and_counts_the_job() {
     prom.wait_for("rehearse_worker_rto_seconds_count", 1.0)
         .await;
     prom.wait_for("rehearse_worker_slots", 1.0).await;
+}
+
+/// The collector's spans, one JSON object per line.
+fn spans(file: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The OTLP collector, started on a free loopback port; its spans go to `out`.
+struct Collector {
+    child: Child,
+    url: String,
+}
+
+impl Collector {
+    fn start(out: &Path) -> Collector {
+        use std::io::BufRead as _;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/otlp_collector.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg("--out")
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is required");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("collector output");
+        let port = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| {
+                panic!("the OTLP collector did not start (scripts/setup installs grpcio and opentelemetry-proto): {line:?}")
+            })
+            .trim()
+            .to_owned();
+        Collector {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_otlp_collector_receives_one_linked_trace_per_job() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("spans.jsonl");
+    let collector = Collector::start(&out);
+    let mut f = Fleet::start_with(&[], &["--otlp-endpoint", &collector.url]).await;
+    f.spawn_worker_with(
+        "eu-1",
+        "eu",
+        1,
+        &["--runtime", "process", "--otlp-endpoint", &collector.url],
+    );
+    f.wait_workers(1).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = f.client().submit(&f.plan).await.expect("submit");
+        let job = f.wait_final(&id).await;
+        assert_eq!(job.state, "passed", "{job:?}");
+        ids.push(id);
+    }
+
+    // The batches leave every 5 s (the SDK's default): wait for each job's whole tree.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        let trace = rehearse_core::trace::trace_id_hex(id);
+        let tree = loop {
+            let all = spans(&out);
+            let of_job: Vec<serde_json::Value> = all
+                .iter()
+                .filter(|s| s["trace_id"] == trace.as_str())
+                .cloned()
+                .collect();
+            let has = |service: &str, name: &str| {
+                of_job
+                    .iter()
+                    .any(|s| s["service"] == service && s["name"] == name)
+            };
+            if has("rehearse-coordinator", "job")
+                && has("rehearse-worker", "verify")
+                && has("rehearse-worker", "restore")
+                && has("rehearse-worker", "attempt")
+            {
+                break of_job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no whole trace {trace} for {id}; spans: {all:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let one = |service: &str, name: &str| -> &serde_json::Value {
+            let found: Vec<_> = tree
+                .iter()
+                .filter(|s| s["service"] == service && s["name"] == name)
+                .collect();
+            assert_eq!(found.len(), 1, "{service} {name}: {tree:#?}");
+            found[0]
+        };
+        // The coordinator's root, from submit to verdict, and its attempt under it.
+        let root = one("rehearse-coordinator", "job");
+        assert_eq!(root["parent_span_id"], "", "{root}");
+        assert_eq!(root["attributes"]["rehearse.job.id"], id.as_str());
+        assert_eq!(root["attributes"]["rehearse.verdict"], "passed");
+        let attempt = one("rehearse-coordinator", "attempt");
+        assert_eq!(attempt["parent_span_id"], root["span_id"], "{attempt}");
+        assert_eq!(attempt["attributes"]["rehearse.worker"], "eu-1");
+        assert_eq!(
+            one("rehearse-coordinator", "queue")["parent_span_id"],
+            root["span_id"]
+        );
+        // The worker's spans hang under the coordinator's attempt: the assignment carried it.
+        let worker_attempt = one("rehearse-worker", "attempt");
+        assert_eq!(
+            worker_attempt["parent_span_id"], attempt["span_id"],
+            "{worker_attempt}"
+        );
+        let verify = one("rehearse-worker", "verify");
+        assert_eq!(verify["parent_span_id"], worker_attempt["span_id"]);
+        assert_eq!(verify["attributes"]["rehearse.verdict"], "passed");
+        for phase in [
+            "fetch",
+            "checksum",
+            "provision",
+            "restore",
+            "checks",
+            "teardown",
+        ] {
+            let span = one("rehearse-worker", phase);
+            assert_eq!(span["parent_span_id"], verify["span_id"], "{span}");
+            assert_eq!(span["attributes"]["rehearse.engine"], "postgres", "{span}");
+            assert!(
+                span["attributes"]["rehearse.artifact"]
+                    .as_str()
+                    .is_some_and(|a| a.ends_with(".dump")),
+                "{span}"
+            );
+            assert_eq!(span["attributes"]["rehearse.ok"], true, "{span}");
+        }
+        assert!(
+            one("rehearse-worker", "restore")["attributes"]["rehearse.bytes"]
+                .as_i64()
+                .is_some_and(|b| b > 0),
+            "{tree:#?}"
+        );
+        // Nothing of this job outside its trace: the two jobs' trees are apart.
+        let elsewhere = spans(&out)
+            .into_iter()
+            .filter(|s| {
+                s["attributes"]["rehearse.job.id"] == id.as_str() && s["trace_id"] != trace.as_str()
+            })
+            .count();
+        assert_eq!(elsewhere, 0, "spans of {id} in another trace");
+    }
+    drop(collector);
 }

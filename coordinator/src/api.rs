@@ -145,6 +145,7 @@ fn assignment_set(
                     job_id: a.job.clone(),
                     token: a.token,
                     plan_toml: a.plan_toml.clone(),
+                    traceparent: rehearse_core::trace::traceparent(&a.job, a.token),
                 })
                 .collect(),
         }),

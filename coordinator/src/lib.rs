@@ -37,6 +37,7 @@ pub mod notify;
 pub mod state;
 pub mod storage;
 pub mod ticker;
+pub mod trace;
 pub mod transport;
 
 pub use rehearse_proto::{client, tls};

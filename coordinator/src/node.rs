@@ -259,6 +259,21 @@ impl Node {
         self.raw.mut_store().commit(&mut batch, true)
     }
 
+    /// The leader emits the traces of the jobs the last command ended (see [`crate::trace`]).
+    fn trace_ended(&mut self) {
+        let leading = self.is_leader();
+        let jobs = &mut self.raw.mut_store().sm.jobs;
+        let ended = jobs.take_ended();
+        if !leading || !crate::trace::enabled() {
+            return;
+        }
+        for id in ended {
+            if let Some(job) = jobs.get(&id) {
+                crate::trace::job_ended(job, jobs.drill_of(&id));
+            }
+        }
+    }
+
     fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
@@ -760,6 +775,7 @@ impl Node {
                         .history
                         .extend(self.raw.mut_store().sm.jobs.take_history());
                     self.metrics.applied(&self.raw.store().sm.jobs, &command);
+                    self.trace_ended();
                     if let Some(at) = ctx.and_then(|c| self.proposed.remove(&c)) {
                         self.metrics.proposal_applied(at.elapsed());
                     }

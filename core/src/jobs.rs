@@ -388,6 +388,17 @@ pub enum Outcome {
     Nothing,
 }
 
+/// What applying leaves for the node to take, not part of the state: replicas that took it at
+/// different times are still equal.
+#[derive(Debug, Clone, Default)]
+pub struct Scratch<T>(pub(crate) T);
+
+impl<T> PartialEq for Scratch<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// The replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "StoreData")]
@@ -426,6 +437,10 @@ pub struct JobStore {
     /// History writes made by applied commands, not taken yet (see [`crate::history`]).
     #[serde(skip)]
     pub(crate) history_out: Vec<crate::history::HistoryOp>,
+    /// Jobs that reached a final state in the commands applied since the last
+    /// [`JobStore::take_ended`] (the leader emits their traces; see [`crate::trace`]).
+    #[serde(skip)]
+    pub(crate) ended: Scratch<Vec<String>>,
     /// The pending jobs in submission order, (created index, id): the scheduler's queue. Derived
     /// from `jobs` (kept in step by [`JobStore::sync_pending`]; rebuilt when read back).
     #[serde(skip)]
@@ -479,12 +494,18 @@ impl From<StoreData> for JobStore {
             outbox: d.outbox,
             exercise_jobs,
             history_out: Vec::new(),
+            ended: Scratch::default(),
             pending,
         }
     }
 }
 
 impl JobStore {
+    /// The jobs that reached a final state in the commands applied since the last call.
+    pub fn take_ended(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ended.0)
+    }
+
     pub fn applied(&self) -> u64 {
         self.applied
     }
@@ -520,6 +541,10 @@ impl JobStore {
         let Some(job) = self.jobs.get(id) else {
             return;
         };
+        // Every caller has just moved the job out of a non-final state: a final one ended here.
+        if job.state.is_final() {
+            self.ended.0.push(job.id.clone());
+        }
         let key = (job.created_index, job.id.clone());
         if job.state == JobState::Pending {
             self.pending.insert(key);

@@ -62,5 +62,6 @@ pub mod render;
 pub mod report;
 pub mod schedule;
 pub mod script;
+pub mod trace;
 pub mod untar;
 pub mod wal;

@@ -28,7 +28,7 @@ use rehearse_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::pipeline::{Verifier, VerifyError, VerifyOptions};
 use crate::runtime::{RuntimeChoice, Tags};
@@ -399,18 +399,30 @@ async fn attempt(
     cancel: CancellationToken,
     done: mpsc::UnboundedSender<(String, u64)>,
 ) {
-    let report = match Plan::from_toml(&a.plan_toml) {
-        Ok(plan) => run_plan(&shared, &a, &plan, &cancel).await,
-        Err(e) => Some(worker_failure(
-            "",
-            "",
-            Phase::Fetch,
-            format!("the plan does not parse here: {e}"),
-        )),
-    };
-    if let Some(report) = report {
-        deliver(&shared, &a, &report, &cancel).await;
+    // One trace per job: this attempt's spans hang under the coordinator's span of it.
+    let span = tracing::info_span!(
+        "attempt",
+        rehearse.job.id = %a.job_id,
+        rehearse.token = a.token as i64,
+        rehearse.worker = %shared.config.name,
+    );
+    crate::trace::set_parent(&span, &a.traceparent);
+    async {
+        let report = match Plan::from_toml(&a.plan_toml) {
+            Ok(plan) => run_plan(&shared, &a, &plan, &cancel).await,
+            Err(e) => Some(worker_failure(
+                "",
+                "",
+                Phase::Fetch,
+                format!("the plan does not parse here: {e}"),
+            )),
+        };
+        if let Some(report) = report {
+            deliver(&shared, &a, &report, &cancel).await;
+        }
     }
+    .instrument(span)
+    .await;
     let _ = done.send((a.job_id, a.token));
 }
 

@@ -17,6 +17,7 @@
 //!   `rehearse_core::untar`); what they share (streams, inspection results) beside them.
 //! - [`sample`]: the demo's sample database, dumped with the real pg_dump (also the test fixture).
 //! - [`tail`]: bounded capture of a tool's stderr for failure reasons.
+//! - [`trace`]: an attempt's spans joined to the job's trace (the assignment's `traceparent`).
 //!
 //! Pure decisions (plan, formats, verdict rules, the script filter) live in `rehearse_core`.
 //! Must not depend on: rehearse-coordinator (it speaks to it through `rehearse_proto`'s client).
@@ -30,6 +31,7 @@ pub mod runtime;
 pub mod sample;
 pub mod sandbox;
 pub mod tail;
+pub mod trace;
 
 pub use pipeline::{Verifier, VerifyError, VerifyOptions};
 

@@ -1,4 +1,5 @@
-//! The RTO clock: phases timed on one monotonic clock, each announced as it begins.
+//! The RTO clock: phases timed on one monotonic clock, each announced as it begins, each a
+//! `phase` span (with artifact, engine and the bytes fetched) under the verification's span.
 
 use std::time::Duration;
 
@@ -12,6 +13,13 @@ pub(super) struct Clock {
     pub(super) current: Option<(Phase, Instant)>,
     pub(super) phases: Vec<PhaseReport>,
     pub(super) announce: Option<tokio::sync::watch::Sender<Option<Phase>>>,
+    /// The verification's span: each phase's span is a child of it.
+    pub(super) span: Option<tracing::Span>,
+    pub(super) artifact: String,
+    pub(super) engine: &'static str,
+    /// The artifact's size once fetched, recorded on the phases' spans.
+    pub(super) bytes: Option<u64>,
+    pub(super) current_span: Option<tracing::Span>,
 }
 
 impl Clock {
@@ -22,9 +30,28 @@ impl Clock {
         let now = Instant::now();
         self.start.get_or_insert(now);
         self.current = Some((phase, now));
+        self.current_span = self.span.as_ref().map(|parent| {
+            tracing::info_span!(
+                parent: parent,
+                "phase",
+                otel.name = phase.as_str(),
+                rehearse.phase = phase.as_str(),
+                rehearse.artifact = %self.artifact,
+                rehearse.engine = self.engine,
+                rehearse.bytes = tracing::field::Empty,
+                rehearse.ok = tracing::field::Empty,
+            )
+        });
     }
 
     pub(super) fn end(&mut self, ok: bool) {
+        if let Some(span) = self.current_span.take() {
+            if let Some(bytes) = self.bytes {
+                // As a signed integer: OpenTelemetry has no unsigned one (a u64 would go as text).
+                span.record("rehearse.bytes", bytes as i64);
+            }
+            span.record("rehearse.ok", ok);
+        }
         if let Some((phase, began)) = self.current.take() {
             self.phases.push(PhaseReport {
                 name: phase,

@@ -89,6 +89,7 @@ impl Verifier {
             Err(reason) => fail!(run, Phase::Fetch, reason),
         };
         run.report.artifact.bytes = artifact.bytes;
+        run.clock.bytes = Some(artifact.bytes);
         run.clock.end(true);
 
         // checksum: the one pass over the bytes (already made while downloading).
@@ -124,6 +125,7 @@ impl Verifier {
         };
         artifact.bytes = bytes;
         run.report.artifact.bytes = bytes;
+        run.clock.bytes = Some(bytes);
         run.report.artifact.blake3 = Some(digest.to_hex().to_string());
         // The expected digest: the plan's, or else a sidecar's next to the artifact.
         let expected = match plan.artifact.blake3 {

@@ -296,10 +296,23 @@ impl Verifier {
         if plan.artifact.engine != rehearse_core::plan::Engine::Files {
             report.profile = Some(plan.sandbox.profile.as_str().to_owned());
         }
+        // The verification's span: under the worker's attempt span (and so the job's trace) when
+        // there is one, else the root of its own trace.
+        let span = tracing::info_span!(
+            "verify",
+            rehearse.artifact = %plan.artifact.url,
+            rehearse.engine = plan.artifact.engine.as_str(),
+            rehearse.bytes = tracing::field::Empty,
+            rehearse.verdict = tracing::field::Empty,
+            rehearse.rto_ms = tracing::field::Empty,
+        );
         let mut run = Run {
             report,
             clock: Clock {
                 announce: phases,
+                span: Some(span.clone()),
+                artifact: plan.artifact.url.clone(),
+                engine: plan.artifact.engine.as_str(),
                 ..Clock::default()
             },
             session: None,
@@ -383,6 +396,11 @@ impl Verifier {
             }
         }
         run.report.finish(&plan.targets, disaster_ms, run.newest_ms);
+        span.record("rehearse.bytes", run.report.artifact.bytes as i64);
+        span.record("rehearse.verdict", run.report.verdict.as_str());
+        if let Some(rto) = run.report.rto_ms {
+            span.record("rehearse.rto_ms", rto as i64);
+        }
         info!(verdict = ?run.report.verdict, rto_ms = ?run.report.rto_ms, "verification finished");
         Ok(run.report)
     }
