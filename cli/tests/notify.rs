@@ -122,6 +122,12 @@ async fn a_failed_verdict_reaches_slack_smtp_and_a_signed_webhook_across_a_leade
             .spawn()
             .expect("aiosmtpd (PyPI; scripts/setup installs it)"),
     );
+    // The mailbox's daily digest is due this very minute: the leader sends it at once.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let digest_at = format!("{:02}:{:02}", now_s / 3600 % 24, now_s / 60 % 60);
     let notify = conf.path().join("notify.toml");
     std::fs::write(
         &notify,
@@ -129,7 +135,8 @@ async fn a_failed_verdict_reaches_slack_smtp_and_a_signed_webhook_across_a_leade
             "[webhook.ops]\nurl = \"http://{addr}/hook\"\nsecret = \"s3cret\"\nevents = [\"verdict.failed\", \"verdict.error\"]\n\
              [slack.team]\nurl = \"http://{slack_addr}/slack\"\nevents = [\"verdict.failed\"]\n\
              [smtp.dba]\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"none\"\n\
-             from = \"Rehearse <rehearse@example.org>\"\nto = [\"dba@example.org\"]\nevents = [\"verdict.failed\"]\n"
+             from = \"Rehearse <rehearse@example.org>\"\nto = [\"dba@example.org\"]\nevents = [\"verdict.failed\"]\n\
+             digest = \"{digest_at} UTC\"\n"
         ),
     )
     .expect("notify file");
@@ -156,23 +163,38 @@ async fn a_failed_verdict_reaches_slack_smtp_and_a_signed_webhook_across_a_leade
             .is_some_and(|t| t.starts_with("backup failed verification") && t.contains("checksum")),
         "{text}"
     );
+    let mails = || -> Vec<String> {
+        std::fs::read_dir(maildir.join("new"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mail = loop {
-        let found = std::fs::read_dir(maildir.join("new"))
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| e.ok())
-            .and_then(|e| std::fs::read_to_string(e.path()).ok());
-        if let Some(m) = found {
-            break m;
+    let (mail, digest_mail) = loop {
+        let all = mails();
+        let find = |what: &str| all.iter().find(|m| m.contains(what)).cloned();
+        if let (Some(m), Some(d)) = (
+            find("Subject: [rehearse] backup failed"),
+            find("Subject: [rehearse] daily digest"),
+        ) {
+            break (m, d);
         }
         assert!(
             Instant::now() < deadline,
-            "no mail in {}",
+            "no failure mail and digest in {}: {all:#?}",
             maildir.display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // The digest: the day's counts per state, in a plain-text and an HTML part.
+    assert!(
+        digest_mail.contains("jobs: ")
+            && digest_mail.contains("passed")
+            && digest_mail.contains("Content-Type: text/html")
+            && digest_mail.contains("digest-smtp.dba-"),
+        "{digest_mail}"
+    );
     assert!(
         mail.contains("Subject: [rehearse] backup failed verification")
             && mail.contains("Content-Type: text/plain")
@@ -216,4 +238,19 @@ async fn a_failed_verdict_reaches_slack_smtp_and_a_signed_webhook_across_a_leade
     tokio::time::sleep(Duration::from_secs(3)).await;
     let accepted = receiver.deliveries().iter().filter(|d| d.accepted).count();
     assert_eq!(accepted, 1, "{:#?}", receiver.deliveries());
+    // One digest for the instant, though a new leader took over: the state remembers it was
+    // sent; and only to the channel that asked for it.
+    let digests = mails()
+        .into_iter()
+        .filter(|m| m.contains("Subject: [rehearse] daily digest"))
+        .count();
+    assert_eq!(digests, 1, "{:#?}", mails());
+    assert!(
+        slack
+            .deliveries()
+            .iter()
+            .all(|d| !String::from_utf8_lossy(&d.body).contains("digest")),
+        "{:#?}",
+        slack.deliveries()
+    );
 }

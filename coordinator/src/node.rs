@@ -878,7 +878,8 @@ impl Node {
             | Command::DeleteDrill { .. }
             | Command::ForgetJobs { .. }
             | Command::MarkSent { .. }
-            | Command::DrillOverdue { .. } => return,
+            | Command::DrillOverdue { .. }
+            | Command::Digest { .. } => return,
             // New jobs to place; closed windows cancel jobs that never had a worker.
             Command::DrillTick(_)
             | Command::CloseWindow { .. }
@@ -952,6 +953,7 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::DeleteDrill { at_ms, .. }
         | Command::CloseWindow { at_ms, .. }
         | Command::DrillOverdue { at_ms, .. }
+        | Command::Digest { at_ms, .. }
         | Command::ForgetJobs { at_ms, .. }
         | Command::ApproveGate { at_ms, .. }
         | Command::AbortExercise { at_ms, .. } => *at_ms = now,

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use rehearse_core::jobs::Command;
 use rehearse_core::notify::{Event, KINDS};
+use rehearse_core::schedule::Schedule;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -59,6 +60,9 @@ struct RawWebhook {
     events: Option<Vec<String>>,
     #[serde(default)]
     drills: Option<Vec<String>>,
+    /// A daily digest at this local time: "HH:MM" and an IANA zone (default UTC).
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +73,9 @@ struct RawSlack {
     events: Option<Vec<String>>,
     #[serde(default)]
     drills: Option<Vec<String>>,
+    /// A daily digest at this local time: "HH:MM" and an IANA zone (default UTC).
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +101,9 @@ struct RawSmtp {
     events: Option<Vec<String>>,
     #[serde(default)]
     drills: Option<Vec<String>>,
+    /// A daily digest at this local time: "HH:MM" and an IANA zone (default UTC).
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +141,8 @@ pub struct Webhook {
     target: Target,
     events: Option<Vec<String>>,
     drills: Option<Vec<String>>,
+    /// When its daily digest is due (`digest = "08:00 Europe/Berlin"`).
+    digest: Option<Schedule>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -144,7 +156,20 @@ impl std::fmt::Debug for Webhook {
 }
 
 impl Webhook {
+    /// The name digests are addressed by: `webhook.NAME`, `slack.NAME`, `smtp.NAME`.
+    pub fn channel(&self) -> String {
+        let kind = match self.target {
+            Target::Webhook { .. } => "webhook",
+            Target::Slack { .. } => "slack",
+            Target::Smtp { .. } => "smtp",
+        };
+        format!("{kind}.{}", self.name)
+    }
+
     fn wants(&self, e: &Event) -> bool {
+        if let Some(channel) = &e.channel {
+            return *channel == self.channel();
+        }
         self.events.as_ref().is_none_or(|k| k.contains(&e.kind))
             && self
                 .drills
@@ -193,6 +218,28 @@ fn check_routing(name: &str, events: &Option<Vec<String>>) -> Result<(), String>
         )),
         None => Ok(()),
     }
+}
+
+/// `digest = "HH:MM [Zone]"`: a daily schedule in that zone (UTC when none is named).
+fn digest_at(name: &str, digest: Option<String>) -> Result<Option<Schedule>, String> {
+    let Some(text) = digest else { return Ok(None) };
+    let bad = || {
+        format!(
+            "{name}.digest: {text:?} is not \"HH:MM\" with an optional IANA zone, e.g. \"08:00 Europe/Berlin\""
+        )
+    };
+    let mut parts = text.split_whitespace();
+    let (Some(time), zone, None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let (h, m) = time.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Schedule::new(&format!("{m} {h} * * *"), zone.unwrap_or("UTC"))
+        .map(Some)
+        .map_err(|e| format!("{name}.digest: {e}"))
 }
 
 fn check_url(name: &str, url: &str) -> Result<(), String> {
@@ -296,6 +343,7 @@ impl NotifyConfig {
                 },
                 events: w.events,
                 drills: w.drills,
+                digest: digest_at(&name_, w.digest)?,
             });
         }
         for (name, w) in raw.slack {
@@ -307,17 +355,20 @@ impl NotifyConfig {
                 target: Target::Slack { url: w.url },
                 events: w.events,
                 drills: w.drills,
+                digest: digest_at(&name_, w.digest)?,
             });
         }
         for (name, m) in raw.smtp {
             let name_ = format!("smtp.{name}");
             check_routing(&name_, &m.events)?;
             let (events, drills) = (m.events.clone(), m.drills.clone());
+            let digest = digest_at(&name_, m.digest.clone())?;
             webhooks.push(Webhook {
                 target: smtp(&name_, m)?,
                 name,
                 events,
                 drills,
+                digest,
             });
         }
         Ok(NotifyConfig { webhooks })
@@ -326,6 +377,20 @@ impl NotifyConfig {
 
 /// One line saying what happened: a mail's subject, a Slack message.
 pub fn summary(e: &Event) -> String {
+    if let Some(d) = &e.digest {
+        let j = &d.jobs;
+        let mut line = format!(
+            "daily digest to {}: {} passed, {} failed, {} could not verify",
+            day(d.until_ms),
+            j.passed,
+            j.failed,
+            j.error
+        );
+        if !d.overdue.is_empty() {
+            line.push_str(&format!("; overdue: {}", d.overdue.join(", ")));
+        }
+        return line;
+    }
     let subject = e
         .drill
         .as_deref()
@@ -353,11 +418,23 @@ pub fn summary(e: &Event) -> String {
     }
 }
 
+fn day(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
 /// The event's fields as (label, value) rows, for a mail.
 fn rows(e: &Event) -> Vec<(&'static str, String)> {
-    let at =
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms))
-            .to_string();
+    if let Some(d) = &e.digest {
+        let mut rows = vec![
+            ("Event", e.kind.clone()),
+            ("From", day(d.since_ms)),
+            ("To", day(d.until_ms)),
+        ];
+        rows.extend(d.lines().into_iter().map(|l| ("", l)));
+        rows.push(("Id", e.id.clone()));
+        return rows;
+    }
+    let at = day(e.at_ms);
     [
         ("Event", Some(e.kind.clone())),
         ("At", (e.at_ms > 0).then_some(at)),
@@ -389,7 +466,13 @@ pub fn mail(
 ) -> Result<lettre::Message, String> {
     use lettre::message::{MultiPart, SinglePart, header::ContentType};
     let rows = rows(e);
-    let text: String = rows.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    let text: String = rows
+        .iter()
+        .map(|(k, v)| match k.is_empty() {
+            true => format!("{v}\n"),
+            false => format!("{k}: {v}\n"),
+        })
+        .collect();
     let html = format!(
         "<html><body><h2>{}</h2><table>{}</table></body></html>",
         html_escape(&summary(e)),
@@ -430,6 +513,16 @@ pub fn mail(
         .map_err(|e| format!("mail: {e}"))
 }
 
+/// A Slack message: the summary, and a digest's lines under it.
+fn slack_text(e: &Event) -> String {
+    let mut text = summary(e);
+    for line in e.digest.iter().flat_map(|d| d.lines()) {
+        text.push_str("\n• ");
+        text.push_str(&line);
+    }
+    text
+}
+
 /// `sha256=<hex>` of the body's HMAC-SHA256 with `secret`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
@@ -439,6 +532,21 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 async fn post(client: &reqwest::Client, hook: &Webhook, event: &Event) -> Result<(), String> {
+    // A digest shows the drills the channel follows (`drills`), all of them otherwise.
+    let scoped;
+    let event = match (&event.digest, &hook.drills) {
+        (Some(d), Some(names)) => {
+            let mut d = d.clone();
+            d.drills.retain(|day| names.contains(&day.drill));
+            d.overdue.retain(|name| names.contains(name));
+            scoped = Event {
+                digest: Some(d),
+                ..event.clone()
+            };
+            &scoped
+        }
+        _ => event,
+    };
     let (url, body, secret) = match &hook.target {
         Target::Webhook { url, secret } => (
             url,
@@ -447,7 +555,7 @@ async fn post(client: &reqwest::Client, hook: &Webhook, event: &Event) -> Result
         ),
         Target::Slack { url } => (
             url,
-            serde_json::to_vec(&serde_json::json!({ "text": summary(event) }))
+            serde_json::to_vec(&serde_json::json!({ "text": slack_text(event) }))
                 .map_err(|e| e.to_string())?,
             None,
         ),
@@ -486,6 +594,49 @@ async fn post(client: &reqwest::Client, hook: &Webhook, event: &Event) -> Result
     }
 }
 
+/// A digest instant passed longer ago than this is not sent any more (a cluster down at that
+/// time, a channel configured later in the day): the next day's comes.
+const DIGEST_GRACE_MS: i64 = 60 * 60 * 1000;
+
+/// Proposes each channel's digest whose instant has come (within [`DIGEST_GRACE_MS`]).
+async fn propose_digests(
+    node: &NodeHandle,
+    config: &NotifyConfig,
+    done: &mut HashMap<String, i64>,
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for hook in &config.webhooks {
+        let Some(schedule) = &hook.digest else {
+            continue;
+        };
+        let Some(&fire) = schedule
+            .ticks_between(now - DIGEST_GRACE_MS, now, 1)
+            .0
+            .last()
+        else {
+            continue;
+        };
+        let channel = hook.channel();
+        if done.get(&channel) == Some(&fire) {
+            continue;
+        }
+        let command = Command::Digest {
+            channel: channel.clone(),
+            fire_ms: fire as u64,
+            at_ms: now as u64,
+        };
+        match node.fleet_command(command).await {
+            Ok(_) => {
+                info!(channel = %channel, "daily digest due");
+                done.insert(channel, fire);
+            }
+            Err(e) => debug!(channel = %channel, error = %e, "digest not proposed yet"),
+        }
+    }
+}
+
 /// Delivers the outbox while this node leads (see the module doc).
 pub async fn run(id: u64, node: NodeHandle, config: Arc<NotifyConfig>, stop: CancellationToken) {
     let client = match reqwest::Client::builder()
@@ -501,6 +652,8 @@ pub async fn run(id: u64, node: NodeHandle, config: Arc<NotifyConfig>, stop: Can
     // This leadership's progress: (event, channel) taken, and when each event may be tried again.
     let mut taken: HashSet<(String, String)> = HashSet::new();
     let mut retry: HashMap<String, (Instant, u32)> = HashMap::new();
+    // The digest instant each channel's digest was proposed for (applying one twice is nothing).
+    let mut digests: HashMap<String, i64> = HashMap::new();
     loop {
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
@@ -510,8 +663,10 @@ pub async fn run(id: u64, node: NodeHandle, config: Arc<NotifyConfig>, stop: Can
         if !leads {
             taken.clear();
             retry.clear();
+            digests.clear();
             continue;
         }
+        propose_digests(&node, &config, &mut digests).await;
         let Ok(ReadAnswer::Outbox(events)) = node.read(Read::Outbox).await else {
             continue;
         };
@@ -590,6 +745,8 @@ mod tests {
             worker: None,
             artifact: None,
             reason: None,
+            channel: None,
+            digest: None,
         };
         assert!(hook.wants(&event("verdict.failed", Some("shop"))));
         assert!(!hook.wants(&event("verdict.error", Some("shop"))));
@@ -629,10 +786,56 @@ mod tests {
                 "[slack.a]\nurl = \"http://x\"\nchannel = \"#ops\"\n",
                 "channel",
             ),
+            (
+                "[slack.a]\nurl = \"http://x\"\ndigest = \"25:00\"\n",
+                "is not \"HH:MM\"",
+            ),
+            (
+                "[slack.a]\nurl = \"http://x\"\ndigest = \"08:00 Mars/Olympus\"\n",
+                "Mars/Olympus",
+            ),
         ] {
             let err = NotifyConfig::parse(bad).expect_err(bad);
             assert!(err.contains(says), "{bad}: {err}");
         }
+    }
+
+    /// A digest goes to the one channel it was made for, whatever the channels' `events`.
+    #[test]
+    fn a_digest_goes_to_its_channel_only() {
+        let c = NotifyConfig::parse(
+            "[slack.a]\nurl = \"http://x\"\nevents = [\"verdict.failed\"]\ndigest = \"08:00 Europe/Berlin\"\n\
+             [webhook.a]\nurl = \"http://y\"\n",
+        )
+        .expect("config");
+        let mut e: Event = serde_json::from_str(
+            r#"{"id": "digest-slack.a-1", "kind": "digest", "at_ms": 1, "channel": "slack.a"}"#,
+        )
+        .expect("event");
+        let wants: Vec<String> = c
+            .webhooks
+            .iter()
+            .filter(|h| h.wants(&e))
+            .map(Webhook::channel)
+            .collect();
+        assert_eq!(wants, ["slack.a"]);
+        e.channel = None;
+        e.kind = "verdict.error".into();
+        let wants: Vec<String> = c
+            .webhooks
+            .iter()
+            .filter(|h| h.wants(&e))
+            .map(Webhook::channel)
+            .collect();
+        assert_eq!(wants, ["webhook.a"]);
+        // 08:00 in Berlin is 07:00 UTC in winter.
+        let slack = c
+            .webhooks
+            .iter()
+            .find(|h| h.channel() == "slack.a")
+            .expect("slack");
+        let fire = slack.digest.as_ref().expect("digest").next_after(0);
+        assert_eq!(fire, Some(7 * 3_600_000));
     }
 
     #[test]

@@ -714,6 +714,61 @@ mod tests {
         );
     }
 
+    /// The daily digest counts the day's runs and jobs, gives the RTO trend, and is written
+    /// once per channel and instant however often it is proposed.
+    #[test]
+    fn a_digest_counts_the_day_and_is_written_once_per_instant() {
+        let (mut s, mut i) = store();
+        i += 1;
+        s.apply(i, &Command::SetVersion { version: 6 });
+        for (at, rto, v) in [
+            (10_000, 100, Verdict::Passed),
+            (20_000, 100, Verdict::Passed),
+            (30_000, 150, Verdict::Passed),
+            (40_000, 0, Verdict::Failed),
+        ] {
+            i += 1;
+            let t = tick(&s, at, at as u64);
+            s.apply(i, &t);
+            let mut r = verdict(v, 1000);
+            if v == Verdict::Failed {
+                r.fail("checks", "orders: 0 rows");
+                r.verdict = Verdict::Failed;
+            } else {
+                r.rto_ms = Some(rto);
+            }
+            finish(&mut s, &mut i, at, r);
+        }
+        let digest = |fire_ms: u64| Command::Digest {
+            channel: "smtp.dba".into(),
+            fire_ms,
+            at_ms: fire_ms,
+        };
+        for _ in 0..2 {
+            i += 1;
+            s.apply(i, &digest(50_000));
+        }
+        let events: Vec<_> = s.outbox().filter(|e| e.kind == "digest").collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].channel.as_deref(), Some("smtp.dba"));
+        let d = events[0].digest.as_ref().expect("digest");
+        assert_eq!((d.jobs.passed, d.jobs.failed), (3, 1), "{d:?}");
+        let day = &d.drills[0];
+        assert_eq!((day.drill.as_str(), day.passed, day.failed), ("shop", 3, 1));
+        assert_eq!(day.rto_ms, Some(150));
+        assert_eq!(day.trend, Some(crate::digest::Trend::Up), "150 against 100");
+        assert!(d.lines()[1].contains("RTO 0s ↑"), "{:?}", d.lines());
+        // An earlier instant changes nothing; the next day's is a new event.
+        i += 1;
+        s.apply(i, &digest(40_000));
+        i += 1;
+        s.apply(i, &digest(50_000 + crate::digest::WINDOW_MS));
+        let later: Vec<_> = s.outbox().filter(|e| e.kind == "digest").collect();
+        assert_eq!(later.len(), 2, "{later:?}");
+        let d = later[1].digest.as_ref().expect("digest");
+        assert_eq!((d.jobs.passed, d.drills[0].passed), (0, 0), "{d:?}");
+    }
+
     /// No passed run within `alert_after`: one `drill.overdue` per stretch, none while paused.
     #[test]
     fn an_overdue_drill_is_one_notification_per_stretch_without_a_pass() {

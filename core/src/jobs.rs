@@ -284,6 +284,13 @@ pub enum Command {
         since_ms: u64,
         at_ms: u64,
     },
+    /// A channel's daily digest is due, for its fire instant `fire_ms` (the leader proposes it
+    /// at that instant; see [`crate::digest`]). Once per channel and instant.
+    Digest {
+        channel: String,
+        fire_ms: u64,
+        at_ms: u64,
+    },
     /// Finished jobs last changed before `before_ms` leave the state; their summaries go to the
     /// history (the leader proposes it for `--job-retention`).
     ForgetJobs {
@@ -353,6 +360,7 @@ impl Command {
             | Command::ForgetJobs { .. } => 2,
             Command::Probe { .. } => TEST_PROBE,
             Command::MarkSent { .. } | Command::DrillOverdue { .. } => 5,
+            Command::Digest { .. } => 6,
             Command::Report { report, .. } => {
                 if report.retry_after_ms().is_some() {
                     5
@@ -431,6 +439,9 @@ pub struct JobStore {
     /// Notifications not yet taken by every channel, by event id (see [`crate::notify`]).
     #[serde(default)]
     pub(crate) outbox: BTreeMap<String, crate::notify::Event>,
+    /// Each channel's last digest instant (see [`crate::digest`]).
+    #[serde(default)]
+    pub(crate) digests: BTreeMap<String, u64>,
     /// Which exercise a job belongs to: job id → exercise id. Derived from `exercises`.
     #[serde(skip)]
     pub(crate) exercise_jobs: BTreeMap<String, String>,
@@ -464,6 +475,8 @@ struct StoreData {
     exercises: BTreeMap<String, crate::exercise::Exercise>,
     #[serde(default)]
     outbox: BTreeMap<String, crate::notify::Event>,
+    #[serde(default)]
+    digests: BTreeMap<String, u64>,
 }
 
 fn legacy_version() -> u32 {
@@ -492,6 +505,7 @@ impl From<StoreData> for JobStore {
             drill_exercises,
             exercises: d.exercises,
             outbox: d.outbox,
+            digests: d.digests,
             exercise_jobs,
             history_out: Vec::new(),
             ended: Scratch::default(),
@@ -673,6 +687,12 @@ impl JobStore {
                 at_ms,
             } => {
                 self.drill_overdue(drill, *since_ms, *at_ms);
+                Outcome::Nothing
+            }
+            Command::Digest {
+                channel, fire_ms, ..
+            } => {
+                self.digest(channel, *fire_ms);
                 Outcome::Nothing
             }
             Command::ForgetJobs { before_ms, at_ms } => {

@@ -39,6 +39,7 @@
 pub mod backupset;
 pub mod chart;
 pub mod codec;
+pub mod digest;
 pub mod drill;
 pub mod drills;
 pub mod exercise;

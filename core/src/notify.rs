@@ -14,13 +14,15 @@
 //! - `worker.lost` (silent past its lease), `worker.unhealthy` (its last attempts could not
 //!   verify);
 //! - `leader.changed`: a newly elected leader's first entry (writes paused for the election).
+//! - `digest` (command version 6): a channel's daily digest ([`crate::digest`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::drill::{Run, RunOutcome};
 use crate::jobs::{Job, JobState, JobStore};
 
-/// The event kinds, as channels' `events` name them.
+/// The event kinds, as channels' `events` name them (a `digest` goes to the channel that asked
+/// for it with `digest = "HH:MM Zone"`, whatever its `events`).
 pub const KINDS: [&str; 11] = [
     "verdict.failed",
     "verdict.error",
@@ -57,6 +59,12 @@ pub struct Event {
     /// What happened, in words: the failed phase and why, the targets against what was achieved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The one channel a `digest` is for (every other event goes to each channel that wants it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// A `digest`'s day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<crate::digest::Digest>,
 }
 
 impl Event {
@@ -71,6 +79,8 @@ impl Event {
             worker: None,
             artifact: None,
             reason: None,
+            channel: None,
+            digest: None,
         }
     }
 
@@ -149,6 +159,19 @@ impl JobStore {
             job.notified = true;
             self.notify(event);
         }
+    }
+
+    /// A channel's digest (see [`crate::digest`]).
+    pub(crate) fn notify_digest(
+        &mut self,
+        channel: &str,
+        fire_ms: u64,
+        digest: crate::digest::Digest,
+    ) {
+        let mut e = Event::new("digest", &format!("{channel}-{fire_ms}"), fire_ms);
+        e.channel = Some(channel.to_owned());
+        e.digest = Some(digest);
+        self.notify(e);
     }
 
     /// A drill's run ended (it is sent to the history once: called for each such run once).
