@@ -88,7 +88,7 @@ pub(crate) async fn demo(
         );
         eprintln!();
     }
-    let report = verifier.verify(&plan, cancel).await?;
+    let report = crate::verify::verify_shown(&verifier, &plan, cancel).await?;
     let code = print_report(&report, args.output)?;
     if args.fleet > 0 && report.verdict == Verdict::Passed {
         // Its own dir, open to the sandbox user (the workers' sandboxes live inside it).

@@ -165,8 +165,12 @@ pub(crate) async fn job(cmd: JobCommand) -> Result<ExitCode, CouldNotVerify> {
         } => {
             let mut c = client(&args)?;
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            let shown = crate::progress::wanted().then(|| crate::progress::Waiting::start(&id));
             let job = loop {
                 let job = c.get_job(&id).await?;
+                if let Some(s) = &shown {
+                    s.show(&job.state, &job.phase);
+                }
                 if is_final(&job) {
                     break job;
                 }
@@ -180,6 +184,9 @@ pub(crate) async fn job(cmd: JobCommand) -> Result<ExitCode, CouldNotVerify> {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             };
+            if let Some(s) = shown {
+                s.finish();
+            }
             match args.output {
                 ClientOutput::Json => print_json(&job_json(&job)),
                 ClientOutput::Human => print_job(&job),

@@ -16,6 +16,7 @@ mod demo_fleet;
 mod drill;
 mod exercise;
 mod jobs;
+mod progress;
 mod telemetry;
 mod verify;
 mod worker;

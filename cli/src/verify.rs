@@ -85,8 +85,25 @@ pub(crate) async fn verify(
         None => quick_plan(&args)?,
     };
     let verifier = Verifier::start(args.sandbox.options()?).await?;
-    let report = verifier.verify(&plan, cancel).await?;
+    let report = verify_shown(&verifier, &plan, cancel).await?;
     print_report(&report, args.output)
+}
+
+/// Verifies `plan`, with a progress bar on stderr when it is a terminal.
+pub(crate) async fn verify_shown(
+    verifier: &Verifier,
+    plan: &Plan,
+    cancel: &CancellationToken,
+) -> Result<Report, rehearse_worker::VerifyError> {
+    if !crate::progress::wanted() {
+        return verifier.verify(plan, cancel).await;
+    }
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let meter = std::sync::Arc::new(rehearse_worker::progress::Meter::default());
+    let drawn = crate::progress::verification(rx, meter.clone());
+    let report = verifier.verify_metered(plan, cancel, tx, meter).await;
+    drawn.finish().await;
+    report
 }
 
 pub(crate) fn quick_plan(args: &VerifyArgs) -> anyhow::Result<Plan> {

@@ -381,3 +381,67 @@ fn after_kill_9_the_next_run_reaps_the_orphaned_sandbox() {
     assert_exit(&out, 1);
     assert_clean(work.path());
 }
+
+/// On a terminal (a pseudo-terminal made by util-linux's `script`), `verify` draws its progress
+/// on stderr: each finished phase as a line with its time, the checksum's bytes and throughput;
+/// without one, nothing but the report reaches stdout and no bar reaches stderr.
+#[test]
+fn verify_shows_progress_on_a_terminal_and_nothing_off_one() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (keep, _) = demo_dump(work.path(), 200);
+    let plan = keep.join("plan.toml");
+    let typescript = work.path().join("typescript");
+    let command = format!(
+        "{} verify --plan {} --work-dir {}",
+        env!("CARGO_BIN_EXE_rehearse"),
+        plan.display(),
+        work.path().display()
+    );
+    // util-linux's `script` gives the command a terminal, with bin()'s environment.
+    let out = run(Command::new("script")
+        .args(["-qfec", &command])
+        .arg(&typescript)
+        .env("REHEARSE_RUNTIME", "process")
+        .env(
+            "REHEARSE_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache"),
+        )
+        .env_remove("REHEARSE_PROGRESS"));
+    assert_exit(&out, 0);
+    let shown = String::from_utf8_lossy(&fs::read(&typescript).expect("typescript")).into_owned();
+    for phase in [
+        "fetch",
+        "checksum",
+        "provision",
+        "restore",
+        "checks",
+        "teardown",
+    ] {
+        assert!(
+            shown.contains(&format!("✓ {phase:<9}")),
+            "no line for {phase}: {shown:?}"
+        );
+    }
+    assert!(
+        shown
+            .split("✓ checksum")
+            .nth(1)
+            .is_some_and(|rest| rest.contains("KiB") && rest.contains("/s")),
+        "the checksum's bytes and throughput: {shown:?}"
+    );
+    assert!(shown.contains("PASSED"), "{shown:?}");
+
+    let out = run(bin()
+        .args(["verify", "--plan"])
+        .arg(&plan)
+        .arg("--work-dir")
+        .arg(work.path()));
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(!err.contains('✓') && !err.contains("\x1b["), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("PASSED"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -812,22 +812,17 @@ mod tests {
             r#"{"id": "digest-slack.a-1", "kind": "digest", "at_ms": 1, "channel": "slack.a"}"#,
         )
         .expect("event");
-        let wants: Vec<String> = c
-            .webhooks
-            .iter()
-            .filter(|h| h.wants(&e))
-            .map(Webhook::channel)
-            .collect();
-        assert_eq!(wants, ["slack.a"]);
+        let wants = |e: &Event| -> Vec<String> {
+            c.webhooks
+                .iter()
+                .filter(|h| h.wants(e))
+                .map(Webhook::channel)
+                .collect()
+        };
+        assert_eq!(wants(&e), ["slack.a"]);
         e.channel = None;
         e.kind = "verdict.error".into();
-        let wants: Vec<String> = c
-            .webhooks
-            .iter()
-            .filter(|h| h.wants(&e))
-            .map(Webhook::channel)
-            .collect();
-        assert_eq!(wants, ["webhook.a"]);
+        assert_eq!(wants(&e), ["webhook.a"]);
         // 08:00 in Berlin is 07:00 UTC in winter.
         let slack = c
             .webhooks

@@ -441,6 +441,7 @@ async fn run_plan(
             plan,
             cancel,
             Some(phases_tx),
+            None,
             Tags {
                 job: Some(a.job_id.clone()),
                 attempt: Some(a.token),

@@ -16,6 +16,7 @@
 //!   client in sandbox mode, mariadb-check), `files` (a tar tree extracted entry by entry through
 //!   `rehearse_core::untar`); what they share (streams, inspection results) beside them.
 //! - [`sample`]: the demo's sample database, dumped with the real pg_dump (also the test fixture).
+//! - [`progress`]: the bytes the running phase moved, for a progress bar.
 //! - [`tail`]: bounded capture of a tool's stderr for failure reasons.
 //! - [`trace`]: an attempt's spans joined to the job's trace (the assignment's `traceparent`).
 //!
@@ -27,6 +28,7 @@ pub mod artifact;
 pub mod engines;
 pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 pub mod runtime;
 pub mod sample;
 pub mod sandbox;

@@ -6,6 +6,7 @@
 //! A directory artifact (pg_dump directory format) is hashed through a manifest: one line per file
 //! (`<blake3>  <size>  <relative path>`, sorted by path), and the digest of that manifest.
 
+use crate::progress::Meter;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -22,8 +23,14 @@ const IN_FLIGHT: usize = 3;
 /// A file that fits in one block (most files of a pg_dump directory) is read and hashed in place:
 /// no reading thread and no block buffers, whose start-up cost dwarfed the hashing of a small file.
 pub fn hash_file(path: &Path) -> io::Result<(blake3::Hash, u64)> {
+    hash_file_metered(path, &Meter::default())
+}
+
+/// [`hash_file`], counting the bytes read on `meter` (its total is the file's size).
+pub fn hash_file_metered(path: &Path, meter: &Meter) -> io::Result<(blake3::Hash, u64)> {
     let mut file = File::open(path)?;
     let size = file.metadata()?.len();
+    meter.expect(size);
     if size < BLOCK as u64 {
         // Bounded by BLOCK whatever the metadata said: a file growing under us takes the
         // streaming path for its remainder.
@@ -35,12 +42,13 @@ pub fn hash_file(path: &Path) -> io::Result<(blake3::Hash, u64)> {
         } else {
             hasher.update(&head);
         }
+        meter.add(head.len() as u64);
         if head.len() < BLOCK {
             return Ok((hasher.finalize(), head.len() as u64));
         }
-        return stream(file, hasher, head.len() as u64);
+        return stream(file, hasher, head.len() as u64, meter);
     }
-    stream(file, blake3::Hasher::new(), 0)
+    stream(file, blake3::Hasher::new(), 0, meter)
 }
 
 /// The rest of `file`, read in blocks by one thread while the hasher takes the previous block.
@@ -48,6 +56,7 @@ fn stream(
     mut file: File,
     mut hasher: blake3::Hasher,
     mut total: u64,
+    meter: &Meter,
 ) -> io::Result<(blake3::Hash, u64)> {
     let (full_tx, full_rx) =
         std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(IN_FLIGHT);
@@ -77,6 +86,7 @@ fn stream(
             }
             hasher.update_rayon(&buf[..n]);
             total += n as u64;
+            meter.add(n as u64);
             // The reader may already have finished; a refused buffer is simply dropped.
             let _ = empty_tx.send(buf);
         }

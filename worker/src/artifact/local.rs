@@ -75,6 +75,7 @@ impl ArtifactSource for LocalSource {
         &self,
         url: &str,
         _spill: Option<&std::path::Path>,
+        _meter: &crate::progress::Meter,
     ) -> Result<Fetched, super::FetchError> {
         Ok(Fetched {
             path: local_path(url)?,

@@ -60,8 +60,13 @@ pub trait ArtifactSource: Send + Sync + std::fmt::Debug {
     fn needs_spill(&self) -> bool;
 
     /// The artifact's bytes as a local path: in place, or downloaded into `spill` and hashed on
-    /// the way.
-    async fn fetch(&self, url: &str, spill: Option<&Path>) -> Result<Fetched, FetchError>;
+    /// the way; the bytes moved counted on `meter`.
+    async fn fetch(
+        &self,
+        url: &str,
+        spill: Option<&Path>,
+        meter: &crate::progress::Meter,
+    ) -> Result<Fetched, FetchError>;
 
     /// The digest in `<url>.blake3` beside the artifact, if there is one.
     async fn sidecar(&self, url: &str) -> Result<Option<Blake3Digest>, String>;

@@ -359,6 +359,7 @@ impl ObjectSource {
         url: &str,
         got: object_store::GetResult,
         spill: Option<(std::fs::File, String)>,
+        meter: &crate::progress::Meter,
     ) -> Result<(blake3::Hash, u64), String> {
         let expected = got.meta.size;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
@@ -391,6 +392,7 @@ impl ObjectSource {
                 }
             };
             bytes += chunk.len() as u64;
+            meter.add(chunk.len() as u64);
             block.extend_from_slice(&chunk);
             if block.len() >= HASH_BLOCK {
                 let full = std::mem::replace(&mut block, Vec::with_capacity(HASH_BLOCK));
@@ -459,10 +461,15 @@ impl ArtifactSource for ObjectSource {
         ObjectSource::list(self, url).await
     }
 
-    async fn fetch(&self, url: &str, spill: Option<&Path>) -> Result<Fetched, FetchError> {
+    async fn fetch(
+        &self,
+        url: &str,
+        spill: Option<&Path>,
+        meter: &crate::progress::Meter,
+    ) -> Result<Fetched, FetchError> {
         let dir = spill.ok_or("an object store artifact needs a spill dir")?;
         if url.ends_with('/') {
-            return self.fetch_prefix(url, dir).await;
+            return self.fetch_prefix(url, dir, meter).await;
         }
         let name = url
             .rsplit('/')
@@ -471,10 +478,11 @@ impl ArtifactSource for ObjectSource {
             .unwrap_or("artifact");
         let dest: PathBuf = dir.join(name);
         let got = self.get_artifact(url, url, &[]).await?;
+        meter.expect(got.meta.size);
         let file = std::fs::File::create(&dest)
             .map_err(|e| format!("spill {url} to {}: {e}", dest.display()))?;
         let hashed = self
-            .consume(url, got, Some((file, dest.display().to_string())))
+            .consume(url, got, Some((file, dest.display().to_string())), meter)
             .await?;
         Ok(Fetched {
             path: dest,
@@ -494,7 +502,10 @@ impl ArtifactSource for ObjectSource {
 
     async fn hash(&self, url: &str) -> Result<Option<blake3::Hash>, String> {
         match self.get(url).await? {
-            Some(got) => self.consume(url, got, None).await.map(|(h, _)| Some(h)),
+            Some(got) => self
+                .consume(url, got, None, &crate::progress::Meter::default())
+                .await
+                .map(|(h, _)| Some(h)),
             None => Ok(None),
         }
     }
@@ -504,7 +515,12 @@ impl ObjectSource {
     /// Every object under a prefix (a base backup, a backup directory), downloaded into one
     /// directory of `spill` keyed by their paths below the prefix, each hashed on the way; the
     /// checksum phase then hashes the tree as a whole.
-    async fn fetch_prefix(&self, url: &str, spill: &Path) -> Result<Fetched, FetchError> {
+    async fn fetch_prefix(
+        &self,
+        url: &str,
+        spill: &Path,
+        meter: &crate::progress::Meter,
+    ) -> Result<Fetched, FetchError> {
         use futures_util::TryStreamExt;
         let prefix = self.key(url)?;
         let name = url
@@ -559,8 +575,13 @@ impl ObjectSource {
             let got = self.get_artifact(&object_url, url, &all).await?;
             let file = std::fs::File::create(&dest)
                 .map_err(|e| format!("spill {object_url} to {}: {e}", dest.display()))?;
-            self.consume(&object_url, got, Some((file, dest.display().to_string())))
-                .await?;
+            self.consume(
+                &object_url,
+                got,
+                Some((file, dest.display().to_string())),
+                meter,
+            )
+            .await?;
         }
         Ok(Fetched {
             path: root,

@@ -20,10 +20,14 @@ pub(super) struct Clock {
     /// The artifact's size once fetched, recorded on the phases' spans.
     pub(super) bytes: Option<u64>,
     pub(super) current_span: Option<tracing::Span>,
+    /// The bytes the running phase moved (reset as each begins), for a progress bar.
+    pub(super) meter: std::sync::Arc<crate::progress::Meter>,
 }
 
 impl Clock {
     pub(super) fn begin(&mut self, phase: Phase) {
+        // Reset before the phase is announced: whoever reads both never sees the last count.
+        self.meter.reset();
         if let Some(tx) = &self.announce {
             tx.send_replace(Some(phase));
         }

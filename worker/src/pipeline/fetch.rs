@@ -74,7 +74,10 @@ impl Verifier {
         } else {
             None
         };
-        let fetched = match source.fetch(&picked.url, spill.as_deref()).await {
+        let fetched = match source
+            .fetch(&picked.url, spill.as_deref(), &run.clock.meter)
+            .await
+        {
             Ok(fetched) => fetched,
             Err(FetchError::NotYet {
                 reason,
@@ -109,7 +112,11 @@ impl Verifier {
                     Err(e) => Err(e),
                 }
             }
-            None => tokio::task::spawn_blocking(move || checksum::hash_file(&path)).await,
+            None => {
+                let meter = run.clock.meter.clone();
+                tokio::task::spawn_blocking(move || checksum::hash_file_metered(&path, &meter))
+                    .await
+            }
         };
         let (digest, bytes) = match hashed {
             Ok(Ok(pair)) => pair,

@@ -273,7 +273,20 @@ impl Verifier {
         cancel: &CancellationToken,
         phases: Option<tokio::sync::watch::Sender<Option<Phase>>>,
     ) -> Result<Report, VerifyError> {
-        self.verify_tagged(plan, cancel, phases, Tags::default())
+        self.verify_tagged(plan, cancel, phases, None, Tags::default())
+            .await
+    }
+
+    /// [`Self::verify_watched`], counting the running phase's bytes on `meter` (the CLI's
+    /// progress bar reads it).
+    pub async fn verify_metered(
+        &self,
+        plan: &Plan,
+        cancel: &CancellationToken,
+        phases: tokio::sync::watch::Sender<Option<Phase>>,
+        meter: std::sync::Arc<crate::progress::Meter>,
+    ) -> Result<Report, VerifyError> {
+        self.verify_tagged(plan, cancel, Some(phases), Some(meter), Tags::default())
             .await
     }
 
@@ -283,6 +296,7 @@ impl Verifier {
         plan: &Plan,
         cancel: &CancellationToken,
         phases: Option<tokio::sync::watch::Sender<Option<Phase>>>,
+        meter: Option<std::sync::Arc<crate::progress::Meter>>,
         tags: Tags,
     ) -> Result<Report, VerifyError> {
         let started = SystemTime::now();
@@ -310,6 +324,7 @@ impl Verifier {
             report,
             clock: Clock {
                 announce: phases,
+                meter: meter.unwrap_or_default(),
                 span: Some(span.clone()),
                 artifact: plan.artifact.url.clone(),
                 engine: plan.artifact.engine.as_str(),

@@ -988,7 +988,7 @@ async fn hand_over(
 ) -> Result<blake3::Hash, String> {
     let url = crate::artifact::object::join(archive, name);
     let fetched = source
-        .fetch(&url, Some(spill))
+        .fetch(&url, Some(spill), &crate::progress::Meter::default())
         .await
         .map_err(|r| format!("WAL {name}: {r}"))?;
     let (entry, compression) =
