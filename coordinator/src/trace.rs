@@ -6,11 +6,13 @@
 //! span per attempt (grant to end, with worker, region, token and outcome). A worker's spans of
 //! an attempt take that attempt's span as parent (the assignment carries its `traceparent`), so
 //! the trace reads as one tree across processes. Nothing is emitted unless [`install`] was
-//! called (`--otlp-endpoint`). A job that ends during a leader change may be emitted twice, with
+//! called (`--otlp-endpoint`). The raft thread only copies what the spans need into a bounded
+//! queue; a thread of its own makes and exports them (a full queue drops traces, never waits). A job that ends during a leader change may be emitted twice, with
 //! the same ids (backends keep one), or not at all; traces are diagnostics, not records.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{
@@ -19,24 +21,56 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer};
-use rehearse_core::jobs::{Job, JobState};
+use rehearse_core::jobs::{Attempt, Job, JobState};
 use rehearse_core::trace::{attempt_span, job_trace};
 
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+/// Jobs that ended, on their way to the thread that emits their spans: the raft thread only
+/// copies what the spans need and never waits (a full queue drops the trace).
+static ENDED: OnceLock<SyncSender<Ended>> = OnceLock::new();
+
+/// How many ended jobs may wait for their spans.
+const QUEUE: usize = 65_536;
+
+/// What a job's spans are made of (copied from the job, without its plan and report).
+struct Ended {
+    id: String,
+    state: JobState,
+    verdict: Option<&'static str>,
+    /// Artifact URL, engine and bytes, from the report.
+    artifact: Option<(String, String, u64)>,
+    drill: Option<String>,
+    submitted_at_ms: u64,
+    end_ms: u64,
+    attempts: Vec<Attempt>,
+}
 
 thread_local! {
     /// The ids the next span started on this thread takes (see [`JobIds`]).
     static NEXT: Cell<(Option<TraceId>, Option<SpanId>)> = const { Cell::new((None, None)) };
 }
 
-/// Turns on the job traces: the tracer whose provider exports them and uses [`JobIds`].
+/// Turns on the job traces: the tracer whose provider exports them and uses [`JobIds`]. The
+/// spans are made on a thread of their own.
 pub fn install(tracer: SdkTracer) {
-    let _ = TRACER.set(tracer);
+    let (tx, rx) = sync_channel::<Ended>(QUEUE);
+    if ENDED.set(tx).is_err() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("rehearse-traces".into())
+        .spawn(move || {
+            for ended in rx {
+                emit_job(&tracer, &ended);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread for job traces; none will be exported");
+    }
 }
 
 /// Whether job traces are emitted.
 pub fn enabled() -> bool {
-    TRACER.get().is_some()
+    ENDED.get().is_some()
 }
 
 /// Random ids, except for the spans this module starts with ids derived from the job: the
@@ -90,39 +124,44 @@ fn emit(
     span.end_with_timestamp(at(end_ms));
 }
 
-/// Emits the coordinator's spans of `job`, which has just reached its final state.
+/// Queues the coordinator's spans of `job`, which has just reached its final state.
 pub fn job_ended(job: &Job, drill: Option<&str>) {
-    let Some(tracer) = TRACER.get() else { return };
+    let Some(tx) = ENDED.get() else { return };
+    let _ = tx.try_send(Ended {
+        id: job.id.clone(),
+        state: job.state,
+        verdict: job.report.as_ref().map(|r| r.verdict.as_str()),
+        artifact: job
+            .report
+            .as_ref()
+            .map(|r| (r.artifact.url.clone(), r.engine.clone(), r.artifact.bytes)),
+        drill: drill.map(str::to_owned),
+        submitted_at_ms: job.submitted_at_ms,
+        end_ms: job.updated_at_ms.max(job.submitted_at_ms),
+        attempts: job.attempts.clone(),
+    });
+}
+
+fn emit_job(tracer: &SdkTracer, job: &Ended) {
     let ids = job_trace(&job.id);
     let trace_id = TraceId::from_bytes(ids.trace_id);
     let root_id = SpanId::from_bytes(ids.root);
-    let end_ms = job.updated_at_ms.max(job.submitted_at_ms);
-    let verdict = job
-        .report
-        .as_ref()
-        .map(|r| r.verdict.as_str())
-        .unwrap_or("");
+    let end_ms = job.end_ms;
     let mut attributes = vec![
         KeyValue::new("rehearse.job.id", job.id.clone()),
         KeyValue::new("rehearse.job.state", job.state.as_str()),
         KeyValue::new("rehearse.attempts", job.attempts.len() as i64),
     ];
-    if !verdict.is_empty() {
+    if let Some(verdict) = job.verdict {
         attributes.push(KeyValue::new("rehearse.verdict", verdict));
     }
-    if let Some(report) = &job.report {
-        attributes.push(KeyValue::new(
-            "rehearse.artifact",
-            report.artifact.url.clone(),
-        ));
-        attributes.push(KeyValue::new("rehearse.engine", report.engine.clone()));
-        attributes.push(KeyValue::new(
-            "rehearse.bytes",
-            report.artifact.bytes as i64,
-        ));
+    if let Some((url, engine, bytes)) = &job.artifact {
+        attributes.push(KeyValue::new("rehearse.artifact", url.clone()));
+        attributes.push(KeyValue::new("rehearse.engine", engine.clone()));
+        attributes.push(KeyValue::new("rehearse.bytes", *bytes as i64));
     }
-    if let Some(drill) = drill {
-        attributes.push(KeyValue::new("rehearse.drill", drill.to_owned()));
+    if let Some(drill) = &job.drill {
+        attributes.push(KeyValue::new("rehearse.drill", drill.clone()));
     }
     let failed = matches!(job.state, JobState::Failed | JobState::Error);
     emit(
