@@ -445,3 +445,45 @@ fn verify_shows_progress_on_a_terminal_and_nothing_off_one() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// deploy/systemd's units: `systemd-analyze verify` finds nothing to say (an unknown or misspelt
+/// key is a warning there, so any output fails), and the offline security review rates each
+/// service's exposure "OK" (at most 2.0 of 10).
+#[test]
+fn the_systemd_units_verify_clean_and_are_hardened() {
+    let dir = tempfile::tempdir().expect("dir");
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    for unit in ["rehearse-coordinator.service", "rehearse-worker.service"] {
+        // verify checks that ExecStart's binary exists: point it at the one just built.
+        let text = fs::read_to_string(units.join(unit)).expect("unit");
+        assert!(
+            text.contains("ExecStart=/usr/local/bin/rehearse "),
+            "{unit}"
+        );
+        let path = dir.path().join(unit);
+        fs::write(
+            &path,
+            text.replace("/usr/local/bin/rehearse", env!("CARGO_BIN_EXE_rehearse")),
+        )
+        .expect("write unit");
+        let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+        assert!(
+            out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+            "systemd-analyze verify {unit} (scripts/setup installs systemd): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        let out = run(Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(&path));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let exposure: f64 = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level for {unit}: {text}{}", stderr(&out)));
+        assert!(exposure <= 2.0, "{unit}: exposure {exposure}\n{text}");
+    }
+}
