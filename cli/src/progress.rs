@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rehearse_core::report::Phase;
-use rehearse_worker::progress::Meter;
+use rehearse_worker::progress::{Meter, Reading};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -47,8 +47,9 @@ impl Drawn {
     }
 }
 
-/// A finished phase's line: its name, time, and bytes with throughput when it moved any.
-fn phase_line(phase: Phase, took: Duration, bytes: u64) -> String {
+/// A finished phase's line: its name, time, and what it moved — bytes with throughput, or
+/// archive entries restored of the total.
+fn phase_line(phase: Phase, took: Duration, moved: Reading) -> String {
     let ms = took.as_millis();
     let took_text = if ms < 1000 {
         format!("{ms}ms")
@@ -56,11 +57,13 @@ fn phase_line(phase: Phase, took: Duration, bytes: u64) -> String {
         format!("{:.1}s", took.as_secs_f64())
     };
     let mut line = format!("✓ {:<9} {took_text:>7}", phase.as_str());
-    if bytes > 0 {
-        let rate = bytes as f64 / took.as_secs_f64().max(0.001);
+    if moved.items {
+        line.push_str(&format!("  {}/{} TOC entries", moved.done, moved.total));
+    } else if moved.done > 0 {
+        let rate = moved.done as f64 / took.as_secs_f64().max(0.001);
         line.push_str(&format!(
             "  {}  {}/s",
-            HumanBytes(bytes),
+            HumanBytes(moved.done),
             HumanBytes(rate as u64)
         ));
     }
@@ -77,7 +80,7 @@ pub(crate) fn verification(mut phases: watch::Receiver<Option<Phase>>, meter: Ar
         let mut current: Option<(Phase, std::time::Instant)> = None;
         loop {
             let phase = *phases.borrow_and_update();
-            let (done, total) = meter.read();
+            let now = meter.read();
             if phase != current.map(|(p, _)| p) {
                 if let Some((p, began)) = current {
                     shown.println(phase_line(p, began.elapsed(), meter.previous()));
@@ -88,24 +91,30 @@ pub(crate) fn verification(mut phases: watch::Receiver<Option<Phase>>, meter: Ar
                 shown.set_style(style("{spinner} {msg:<9} {elapsed:>4}"));
             }
             // The meter may still hold the previous phase's count until the new one resets it.
-            if total > 0 {
+            if now.items && now.total > 0 {
+                shown.set_style(style(
+                    "{spinner} {msg:<9} {elapsed:>4} [{bar:30}] {pos}/{len} TOC entries",
+                ));
+                shown.set_length(now.total);
+                shown.set_position(now.done.min(now.total));
+            } else if now.total > 0 {
                 shown.set_style(style(
                     "{spinner} {msg:<9} {elapsed:>4} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
                 ));
-                shown.set_length(total);
-                shown.set_position(done.min(total));
-            } else if done > 0 {
+                shown.set_length(now.total);
+                shown.set_position(now.done.min(now.total));
+            } else if now.done > 0 {
                 shown.set_style(style(
                     "{spinner} {msg:<9} {elapsed:>4} {bytes} {binary_bytes_per_sec}",
                 ));
-                shown.set_position(done);
+                shown.set_position(now.done);
             }
             tokio::select! {
                 changed = phases.changed() => {
                     if changed.is_err() {
                         // The verification is over: its last phase ends here.
                         if let Some((p, began)) = current {
-                            shown.println(phase_line(p, began.elapsed(), meter.read().0));
+                            shown.println(phase_line(p, began.elapsed(), meter.read()));
                         }
                         break;
                     }

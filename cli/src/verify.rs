@@ -99,7 +99,7 @@ pub(crate) async fn verify_shown(
         return verifier.verify(plan, cancel).await;
     }
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let meter = std::sync::Arc::new(rehearse_worker::progress::Meter::default());
+    let meter = std::sync::Arc::new(rehearse_worker::progress::Meter::drawn());
     let drawn = crate::progress::verification(rx, meter.clone());
     let report = verifier.verify_metered(plan, cancel, tx, meter).await;
     drawn.finish().await;

@@ -383,7 +383,8 @@ fn after_kill_9_the_next_run_reaps_the_orphaned_sandbox() {
 }
 
 /// On a terminal (a pseudo-terminal made by util-linux's `script`), `verify` draws its progress
-/// on stderr: each finished phase as a line with its time, the checksum's bytes and throughput;
+/// on stderr: each finished phase as a line with its time, the checksum's bytes and throughput,
+/// the restore's TOC entries done of the archive's total;
 /// without one, nothing but the report reaches stdout and no bar reaches stderr.
 #[test]
 fn verify_shows_progress_on_a_terminal_and_nothing_off_one() {
@@ -428,6 +429,20 @@ fn verify_shows_progress_on_a_terminal_and_nothing_off_one() {
             .nth(1)
             .is_some_and(|rest| rest.contains("KiB") && rest.contains("/s")),
         "the checksum's bytes and throughput: {shown:?}"
+    );
+    // The restore counts the archive's TOC entries as verbose pg_restore finishes them: all of
+    // them, of the total its list gives.
+    let restored = shown
+        .split("✓ restore")
+        .nth(1)
+        .and_then(|rest| rest.split(" TOC entries").next())
+        .and_then(|rest| rest.split_whitespace().last())
+        .and_then(|n| n.split_once('/'))
+        .unwrap_or_else(|| panic!("no TOC entries on the restore line: {shown:?}"));
+    assert_eq!(restored.0, restored.1, "{shown:?}");
+    assert!(
+        restored.1.parse::<u32>().is_ok_and(|n| n > 5),
+        "{restored:?}"
     );
     assert!(shown.contains("PASSED"), "{shown:?}");
 

@@ -7,12 +7,23 @@ const KEEP: usize = 16 * 1024;
 
 /// Reads a stream to its end, keeping only its last [`KEEP`] bytes (bounded memory whatever a
 /// hostile dump makes the tool print).
-pub async fn collect(mut stream: impl AsyncRead + Unpin) -> String {
+pub async fn collect(stream: impl AsyncRead + Unpin) -> String {
+    collect_watched(stream, None).await
+}
+
+/// [`collect`], handing each piece read to `watch` too.
+pub async fn collect_watched(
+    mut stream: impl AsyncRead + Unpin,
+    watch: Option<crate::runtime::StderrWatch>,
+) -> String {
     let mut kept: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 8192];
     while let Ok(n) = stream.read(&mut buf).await {
         if n == 0 {
             break;
+        }
+        if let Some(w) = &watch {
+            (w.0)(&buf[..n]);
         }
         kept.extend_from_slice(&buf[..n]);
         if kept.len() > 2 * KEEP {

@@ -62,6 +62,8 @@ pub struct Env<'a> {
     /// The worker's source profiles (for sources a plan names besides the artifact: a WAL
     /// archive).
     pub sources: &'a crate::artifact::Sources,
+    /// The progress meter, when someone draws it (an engine may then count what it restores).
+    pub meter: Option<std::sync::Arc<crate::progress::Meter>>,
 }
 
 impl Env<'_> {

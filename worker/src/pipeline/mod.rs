@@ -474,6 +474,7 @@ impl Verifier {
             digest: run.report.artifact.blake3.clone().unwrap_or_default(),
             spares: self.opts.spare_templates,
             sources: &self.opts.sources,
+            meter: run.clock.meter.watched().then(|| run.clock.meter.clone()),
         };
 
         run.clock.begin(Phase::Provision);

@@ -657,6 +657,7 @@ async fn oom_kills_in(docker: &Docker, id: &str) -> Option<u64> {
         .to_vec(),
         untrusted: false,
         capture_stdout: true,
+        watch: None,
     };
     let out = run_exec(docker, id, "0", None, tool, None).await.ok()?;
     String::from_utf8_lossy(&out.stdout)
@@ -694,6 +695,7 @@ async fn usage_in_container(docker: &Docker, id: &str) -> Option<u64> {
         args: vec!["-sk".into(), CONTAINER_DATA_DIR.into()],
         untrusted: false,
         capture_stdout: true,
+        watch: None,
     };
     let out = run_exec(docker, id, "0", None, tool, None).await.ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -711,6 +713,7 @@ async fn empty_data_dir(docker: &Docker, id: &str, user: &str) {
             .to_vec(),
         untrusted: true,
         capture_stdout: false,
+        watch: None,
     };
     let _ = run_exec(docker, id, user, None, tool, None).await;
 }
@@ -804,12 +807,16 @@ async fn run_exec(
         return Err(format!("{} started detached", tool.name));
     };
     let capture = tool.capture_stdout;
+    let watch = tool.watch.clone();
     let reader = tokio::spawn(async move {
         let mut stderr: Vec<u8> = Vec::new();
         let mut stdout: Vec<u8> = Vec::new();
         while let Some(Ok(item)) = output.next().await {
             match item {
                 LogOutput::StdErr { message } => {
+                    if let Some(w) = &watch {
+                        (w.0)(&message);
+                    }
                     stderr.extend_from_slice(&message);
                     if stderr.len() > 64 * 1024 {
                         stderr.drain(..stderr.len() - 16 * 1024);

@@ -112,6 +112,18 @@ pub struct Tool {
     pub untrusted: bool,
     /// Keep stdout (up to 16 MiB) instead of discarding it.
     pub capture_stdout: bool,
+    /// Called with each piece of its stderr as it arrives (progress from verbose tools).
+    pub watch: Option<StderrWatch>,
+}
+
+/// A callback on a tool's stderr, as it arrives (pieces, not lines).
+#[derive(Clone)]
+pub struct StderrWatch(pub std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for StderrWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StderrWatch")
+    }
 }
 
 /// What a tool did.

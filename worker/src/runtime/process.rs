@@ -127,7 +127,11 @@ async fn run_process(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("start {}: {e}", tool.name))?;
-    let stderr = child.stderr.take().map(|s| tokio::spawn(tail::collect(s)));
+    let watch = tool.watch.clone();
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(tail::collect_watched(s, watch)));
     let stdout = child.stdout.take().map(|s| tokio::spawn(read_limited(s)));
     let mut feed_error = None;
     if let Some(mut rx) = feed {

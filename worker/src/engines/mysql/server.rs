@@ -210,6 +210,7 @@ impl MariaServer {
             args,
             untrusted: true,
             capture_stdout: false,
+            watch: None,
         }
     }
 
@@ -303,6 +304,7 @@ impl MariaServer {
                     args,
                     untrusted: true,
                     capture_stdout: false,
+                    watch: None,
                 },
                 feed,
             )

@@ -179,6 +179,7 @@ impl PgCluster {
             args: self.client_args(),
             untrusted,
             capture_stdout: false,
+            watch: None,
         }
     }
 
@@ -279,6 +280,7 @@ impl PgCluster {
                         args,
                         untrusted: true,
                         capture_stdout: true,
+                        watch: None,
                     },
                     None,
                 )

@@ -203,7 +203,7 @@ impl Session for PgSession<'_> {
             .input
             .take()
             .ok_or_else(|| Stop::Cannot("restored twice".into()))?;
-        let restored = restore::restore(self.cluster()?, input, env.jobs)
+        let restored = restore::restore(self.cluster()?, input, env.jobs, env.meter.clone())
             .await
             .map_err(Stop::Tool)?;
         let out = Restored {

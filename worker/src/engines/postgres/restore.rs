@@ -19,7 +19,10 @@ use rehearse_core::script::ScriptFilter;
 use super::cluster::PgCluster;
 use super::{SUPERUSER, TARGET_DB};
 use crate::engines::stream::{Compression, Feed, LineFilter, start_feed};
-use crate::runtime::Tool;
+use std::sync::Arc;
+
+use crate::progress::Meter;
+use crate::runtime::{StderrWatch, Tool};
 
 /// What to restore and how.
 #[derive(Debug, Clone)]
@@ -45,22 +48,34 @@ pub struct Restored {
     pub notes: Vec<String>,
 }
 
-/// Restores `input`; `Err` is the failure reason for phase `restore`.
-pub async fn restore(cluster: &PgCluster, input: Input, jobs: usize) -> Result<Restored, String> {
+/// Restores `input`; `Err` is the failure reason for phase `restore`. With a `meter` (someone
+/// draws the progress), an archive file's TOC is listed first and pg_restore runs `--verbose`,
+/// each item it is done with counted on the meter.
+pub async fn restore(
+    cluster: &PgCluster,
+    input: Input,
+    jobs: usize,
+    meter: Option<Arc<Meter>>,
+) -> Result<Restored, String> {
     super::inspect::create_database(&cluster.socket_dir(), TARGET_DB).await?;
     let at = |path: &Path| cluster.sandbox().tool_path(path).into_os_string();
     match input {
         Input::Plain(path, compression) => restore_plain(cluster, path, compression).await,
         // Parallel restore needs a seekable custom or directory archive.
         Input::SeekableArchive(path) => {
+            let counted = count_items(cluster, &at(&path), meter.as_ref()).await;
             restore_archive(
                 cluster,
                 vec![format!("--jobs={}", jobs.max(1)).into(), at(&path)],
                 None,
+                counted,
             )
             .await
         }
-        Input::TarArchive(path) => restore_archive(cluster, vec![at(&path)], None).await,
+        Input::TarArchive(path) => {
+            let counted = count_items(cluster, &at(&path), meter.as_ref()).await;
+            restore_archive(cluster, vec![at(&path)], None, counted).await
+        }
         Input::ArchiveStream(path, compression) => {
             restore_archive(
                 cluster,
@@ -70,6 +85,7 @@ pub async fn restore(cluster: &PgCluster, input: Input, jobs: usize) -> Result<R
                     compression,
                     filter: None,
                 }),
+                None,
             )
             .await
         }
@@ -180,6 +196,7 @@ async fn restore_archive(
     cluster: &PgCluster,
     args: Vec<std::ffi::OsString>,
     feed: Option<Feed<ScriptFilter>>,
+    counted: Option<StderrWatch>,
 ) -> Result<Restored, String> {
     let mut tool = cluster.tool("pg_restore", false);
     let connection = std::mem::take(&mut tool.args);
@@ -194,6 +211,10 @@ async fn restore_archive(
     .map(Into::into)
     .to_vec();
     tool.args.extend(connection);
+    if counted.is_some() {
+        tool.args.push("--verbose".into());
+        tool.watch = counted;
+    }
     tool.args.extend(args);
     run_tool(cluster, tool, feed).await?;
     let note = "archive restored with --no-owner --no-privileges --no-tablespaces (roles are not part of a database dump; tablespaces map to the default)";
@@ -202,6 +223,76 @@ async fn restore_archive(
         databases: vec![TARGET_DB.to_owned()],
         notes: vec![note.to_owned()],
     })
+}
+
+/// The archive's TOC entries (`pg_restore --list`), set as the meter's total, and a watch that
+/// counts each item verbose pg_restore says it processed, finished or skipped. `None` without a
+/// meter, or when the list cannot be had (the restore then runs as it would undrawn).
+async fn count_items(
+    cluster: &PgCluster,
+    archive: &std::ffi::OsStr,
+    meter: Option<&Arc<Meter>>,
+) -> Option<StderrWatch> {
+    let meter = meter?;
+    let mut list = cluster.tool("pg_restore", false);
+    list.args = vec!["--list".into(), archive.to_owned()];
+    list.capture_stdout = true;
+    let out = cluster.sandbox().run(list, None).await.ok()?;
+    if !out.success() {
+        return None;
+    }
+    meter.expect_items(toc_entries(&String::from_utf8_lossy(&out.stdout)));
+    let meter = meter.clone();
+    // Pieces arrive as they were read: a line may span two. An item is counted once, whichever
+    // lines name it (a parallel restore launches, then finishes it).
+    let state = std::sync::Mutex::new((Vec::<u8>::new(), std::collections::HashSet::<u32>::new()));
+    Some(StderrWatch(Arc::new(move |piece: &[u8]| {
+        let Ok(mut guard) = state.lock() else { return };
+        let (line, seen) = &mut *guard;
+        for &b in piece {
+            if b != b'\n' {
+                // A line longer than this says nothing we count.
+                if line.len() < 512 {
+                    line.push(b);
+                }
+                continue;
+            }
+            if let Some(item) = item_of(line)
+                && seen.insert(item)
+            {
+                meter.add(1);
+            }
+            line.clear();
+        }
+    })))
+}
+
+/// How many entries `pg_restore --list` says the archive's TOC has: its header's "TOC Entries: N"
+/// (which counts the entries the list itself leaves out, such as ENCODING), else the listed lines.
+fn toc_entries(list: &str) -> u64 {
+    list.lines()
+        .find_map(|l| l.split("TOC Entries:").nth(1)?.trim().parse().ok())
+        .unwrap_or_else(|| {
+            list.lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
+                .count() as u64
+        })
+}
+
+/// The TOC item a verbose pg_restore line says it processed, launched, finished or skipped.
+fn item_of(line: &[u8]) -> Option<u32> {
+    let line = String::from_utf8_lossy(line);
+    let said = line.strip_prefix("pg_restore: ").unwrap_or(&line);
+    let rest = [
+        "processing item ",
+        "launching item ",
+        "finished item ",
+        "processing missed item ",
+        "skipping item ",
+    ]
+    .iter()
+    .find_map(|p| said.strip_prefix(p))?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 impl LineFilter for ScriptFilter {
@@ -240,4 +331,38 @@ async fn run_tool(
         return Err(out.failure(&name));
     }
     Ok(filter_back)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbose_lines_name_the_items_done() {
+        assert_eq!(
+            item_of(b"pg_restore: processing item 215 TABLE public orders"),
+            Some(215)
+        );
+        assert_eq!(
+            item_of(b"pg_restore: finished item 3345 TABLE DATA orders"),
+            Some(3345)
+        );
+        assert_eq!(item_of(b"pg_restore: launching item 7 INDEX x"), Some(7));
+        assert_eq!(
+            item_of(b"pg_restore: creating TABLE \"public.orders\""),
+            None
+        );
+        assert_eq!(item_of(b"pg_restore: error: could not execute query"), None);
+        assert_eq!(item_of(b"pg_restore: processing item x"), None);
+    }
+
+    #[test]
+    fn the_toc_size_comes_from_the_list_header() {
+        let list = ";\n; Archive created at 2026-12-06\n;     TOC Entries: 16\n;\n215; 1259 16385 TABLE public orders postgres\n";
+        assert_eq!(toc_entries(list), 16);
+        assert_eq!(
+            toc_entries("215; 1259 16385 TABLE public orders postgres\n;comment\n"),
+            1
+        );
+    }
 }
