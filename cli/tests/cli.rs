@@ -502,3 +502,54 @@ fn the_systemd_units_verify_clean_and_are_hardened() {
         assert!(exposure <= 2.0, "{unit}: exposure {exposure}\n{text}");
     }
 }
+
+/// deploy/k8s's manifests validate strictly (no unknown field) against the Kubernetes 1.30 API
+/// schemas (kubernetes-validate, PyPI: no cluster runs here), and keep what the coordinators
+/// need: stable ids from a StatefulSet started in parallel behind a headless service, a volume
+/// each, readiness from the gRPC health check, and a disruption budget that keeps the quorum.
+#[test]
+fn the_kubernetes_manifests_validate_and_keep_the_quorum_safe() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s");
+    let files: Vec<PathBuf> = fs::read_dir(&dir)
+        .expect("deploy/k8s")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let out = run(Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", "1.30.0"])
+        .args(&files));
+    assert!(
+        out.status.success(),
+        "kubernetes-validate (scripts/setup installs it): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let coordinator = fs::read_to_string(dir.join("coordinator.yaml")).expect("coordinator.yaml");
+    for needed in [
+        "kind: StatefulSet",
+        "podManagementPolicy: Parallel",
+        "clusterIP: None",
+        "publishNotReadyAddresses: true",
+        "volumeClaimTemplates:",
+        "grpc:\n              port: 7000",
+        "kind: PodDisruptionBudget",
+        "minAvailable: 2",
+        "--id \"$(( ${HOSTNAME##*-} + 1 ))\"",
+    ] {
+        assert!(
+            coordinator.contains(needed),
+            "coordinator.yaml lacks {needed:?}"
+        );
+    }
+    // The peer list names every ordinal the StatefulSet makes.
+    for ordinal in 0..3 {
+        assert!(
+            coordinator.contains(&format!(
+                "{}=rehearse-coordinator-{ordinal}.rehearse-coordinator",
+                ordinal + 1
+            )),
+            "peer {ordinal}"
+        );
+    }
+}
