@@ -79,6 +79,7 @@ impl Fleet {
         }
         cluster.spawn_all();
         cluster.leader().await;
+        cluster.wait_current_version().await;
         // Under the system temp dir: a deep path could overflow the unix socket path limit.
         let root = tempfile::Builder::new()
             .prefix("rh-fleet-")

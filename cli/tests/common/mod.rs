@@ -184,6 +184,44 @@ impl TestCluster {
         panic!("no leader elected; logs in {}", self.dir.path().display());
     }
 
+    /// Waits until the cluster runs this release's command version: the leader raises it once
+    /// every member has said it reads it. A member never heard from is named in the panic. A
+    /// node that could not bind its port (another test's socket took it between `free_port` and
+    /// the bind) is started again; one that exited for any other reason fails the test.
+    pub async fn wait_current_version(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        while Instant::now() < deadline {
+            let exited: Vec<u64> = self
+                .procs
+                .iter_mut()
+                .filter_map(|(id, p)| matches!(p.try_wait(), Ok(Some(_))).then_some(*id))
+                .collect();
+            for id in exited {
+                let log = fs::read_to_string(self.log(id)).unwrap_or_default();
+                assert!(
+                    log.contains("in use"),
+                    "coordinator {id} exited at start: {log}"
+                );
+                eprintln!("coordinator {id} found its port taken; starting it again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.spawn(id, false);
+            }
+            if let Ok(s) = self.client().status().await {
+                if s.cluster_version >= rehearse_core::codec::CURRENT {
+                    return;
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the cluster's command version was not raised to {} in 60 s; last status {last:#?}; logs in {}",
+            rehearse_core::codec::CURRENT,
+            self.dir.path().display()
+        );
+    }
+
     /// This node's own view (not forwarded to the leader).
     pub async fn local_status(&self, id: u64) -> Option<pb::ClusterStatusResponse> {
         let mut c = CoordinatorClient::connect(format!("http://{}", self.addrs[&id]))
