@@ -67,8 +67,19 @@ pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVer
         c.membership(kind, id, &addr).await?;
     }
     let s = c.status().await?;
+    let regions = rehearse_core::quorum::by_region(
+        s.members
+            .iter()
+            .map(|m| (m.role.as_str(), m.region.as_str())),
+    );
+    let warning = rehearse_core::quorum::majority_warning(&regions);
     match args.output {
         ClientOutput::Json => print_json(&json!({
+            "regions": regions
+                .iter()
+                .map(|(r, c)| (r.clone(), json!({"voters": c.voters, "learners": c.learners})))
+                .collect::<serde_json::Map<_, _>>(),
+            "warnings": warning.iter().collect::<Vec<_>>(),
             "id": s.id,
             "leader": s.leader,
             "term": s.term,
@@ -92,6 +103,15 @@ pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVer
                     m.command_version,
                     if m.id == s.leader { "  (leader)" } else { "" }
                 );
+            }
+            for (region, count) in &regions {
+                println!(
+                    "  region {region}: {} voters, {} learners",
+                    count.voters, count.learners
+                );
+            }
+            if let Some(w) = &warning {
+                println!("warning: {w}");
             }
         }
     }

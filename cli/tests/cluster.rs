@@ -564,6 +564,15 @@ async fn the_cli_commands_speak_json() {
         && m["addr"].is_string()
         && m["role"] == "voter"
         && m["region"].is_string()));
+    // Nodes 1 and 3 are in region us, node 2 in eu: us holds the quorum, and status says so.
+    assert_eq!(status["regions"]["us"]["voters"], 2, "{status}");
+    assert_eq!(status["regions"]["eu"]["voters"], 1, "{status}");
+    assert!(
+        status["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("region us holds 2 of the 3 voters")),
+        "{status}"
+    );
     // a bad plan: one line, exit 2, nothing written
     fs::write(
         &plan,

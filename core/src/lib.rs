@@ -59,6 +59,7 @@ pub mod mysqlxml;
 pub mod notify;
 pub mod placement;
 pub mod plan;
+pub mod quorum;
 pub mod render;
 pub mod report;
 pub mod schedule;
