@@ -35,6 +35,20 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Region failover while a quorum survives: promote the learners of REGION and remove the
+    /// members of other regions that do not answer, one committed change at a time (promotions
+    /// first, so the voters never lose their majority). Without a quorum it refuses and names
+    /// the survivor to force a new cluster on (docs/cluster.md).
+    Failover {
+        /// The region that takes over.
+        #[arg(long = "to-region")]
+        to_region: String,
+        /// How long a member may take to answer before it counts as lost.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        probe_timeout: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Upgrade tests: commit a no-op of the test-only newest command kind (version 3); refused
     /// unless every member reads it.
     #[command(hide = true)]
@@ -57,6 +71,11 @@ pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVer
             (client, Some((Kind::Promote, *id, String::new())))
         }
         ClusterCommand::Remove { id, client } => (client, Some((Kind::Remove, *id, String::new()))),
+        ClusterCommand::Failover {
+            to_region,
+            probe_timeout,
+            client: args,
+        } => return failover(to_region, *probe_timeout, args).await,
         ClusterCommand::Probe { note, client: args } => {
             client(args)?.probe(note).await?;
             return Ok(ExitCode::SUCCESS);
@@ -114,6 +133,105 @@ pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVer
                 println!("warning: {w}");
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a member answers its own status within `wait` (asked alone, not through the leader).
+async fn answers(addr: &str, args: &ClientArgs, wait: std::time::Duration) -> Option<u64> {
+    let mut alone = rehearse_proto::client::Client::new(vec![addr.to_owned()]).ok()?;
+    if let Some(files) = args.cluster.tls.files() {
+        alone = alone.with_tls(&files).ok()?;
+    }
+    match tokio::time::timeout(wait, alone.local_status()).await {
+        Ok(Ok(s)) => Some(s.applied),
+        _ => None,
+    }
+}
+
+async fn failover(
+    to_region: &str,
+    probe_timeout: std::time::Duration,
+    args: &ClientArgs,
+) -> Result<ExitCode, CouldNotVerify> {
+    use pb::membership_request::Kind;
+    let started = std::time::Instant::now();
+    let mut c = client(args)?;
+    // The member list comes from whoever answers; the leader's when there is one.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), c.status())
+        .await
+        .map_err(|_| anyhow::anyhow!("no coordinator answered within 10s"))??;
+    let mut reachable = std::collections::BTreeMap::new();
+    for m in &status.members {
+        reachable.insert(m.id, answers(&m.addr, args, probe_timeout).await);
+    }
+    // No leader, or one that does not answer (a survivor's view from before the loss).
+    if status.leader == 0 || reachable.get(&status.leader).is_none_or(Option::is_none) {
+        let survivor = reachable
+            .iter()
+            .filter_map(|(id, applied)| applied.map(|a| (a, *id)))
+            .max();
+        return Err(anyhow::anyhow!(
+            "no quorum survives (no leader; {} of {} members answer): nothing was changed. Force a new cluster on the most up-to-date survivor{}: stop it, restart it with --force-new-cluster, then run this again (writes it had not received are lost; docs/cluster.md)",
+            reachable.values().filter(|a| a.is_some()).count(),
+            status.members.len(),
+            survivor.map(|(a, id)| format!(" (node {id}, applied {a})")).unwrap_or_default()
+        )
+        .into());
+    }
+    // The changes go to the leader first (the others follow it if it changes).
+    let mut first = status
+        .members
+        .iter()
+        .filter(|m| m.id == status.leader)
+        .map(|m| m.addr.clone())
+        .collect::<Vec<_>>();
+    first.extend(args.cluster.coordinators.iter().cloned());
+    let mut c = rehearse_proto::client::Client::new(first).map_err(anyhow::Error::from)?;
+    if let Some(files) = args.cluster.tls.files() {
+        c = c.with_tls(&files).map_err(anyhow::Error::from)?;
+    }
+    let mut promoted = Vec::new();
+    let mut removed = Vec::new();
+    for m in status
+        .members
+        .iter()
+        .filter(|m| m.region == to_region && m.role == "learner" && reachable[&m.id].is_some())
+    {
+        c.membership(Kind::Promote, m.id, "").await?;
+        eprintln!("rehearse: promoted {} ({}) to voter", m.id, m.region);
+        promoted.push(m.id);
+    }
+    // Voters first: each removal lowers the majority the rest need.
+    let mut lost: Vec<&pb::Member> = status
+        .members
+        .iter()
+        .filter(|m| m.region != to_region && reachable[&m.id].is_none())
+        .collect();
+    lost.sort_by_key(|m| m.role != "voter");
+    for m in lost {
+        c.membership(Kind::Remove, m.id, "").await?;
+        eprintln!(
+            "rehearse: removed {} ({} {}, not answering)",
+            m.id, m.region, m.role
+        );
+        removed.push(m.id);
+    }
+    let after = c.status().await?;
+    let took_ms = started.elapsed().as_millis() as u64;
+    match args.output {
+        ClientOutput::Json => print_json(&json!({
+            "to_region": to_region,
+            "promoted": promoted,
+            "removed": removed,
+            "leader": after.leader,
+            "voters": after.members.iter().filter(|m| m.role == "voter").map(|m| m.id).collect::<Vec<_>>(),
+            "took_ms": took_ms,
+        })),
+        ClientOutput::Human => println!(
+            "failover to {to_region}: promoted {promoted:?}, removed {removed:?}; leader {} ({took_ms} ms)",
+            after.leader
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

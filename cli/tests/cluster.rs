@@ -717,3 +717,83 @@ async fn json_logs_are_one_object_per_line() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Region failover: region eu (voter 2, learner 4) is lost, a quorum survives in us (voters 1
+/// and 3). `cluster failover --to-region us` promotes us's learner 5 and removes eu's members,
+/// one change at a time; the cluster then takes jobs and every acknowledged one is still there.
+/// With no quorum left it changes nothing and names the survivor to force a new cluster on.
+#[tokio::test]
+async fn failover_promotes_the_region_s_learners_and_removes_the_lost_members() {
+    let mut c = TestCluster::start(3, 10_000);
+    c.leader().await;
+    let before = submit_n(&mut c.client(), 5).await;
+    for id in [4, 5] {
+        let addr = c.add_node(id);
+        c.client()
+            .membership(pb::membership_request::Kind::AddLearner, id, &addr)
+            .await
+            .expect("add learner");
+        let commit = c.client().status().await.expect("status").commit;
+        c.wait_caught_up(id, commit).await;
+    }
+    c.kill(2);
+    c.kill(4);
+    let coordinators = [1, 3, 5]
+        .iter()
+        .map(|id| c.addrs[id].clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let failover = |coordinators: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rehearse"))
+            .args([
+                "cluster",
+                "failover",
+                "--to-region",
+                "us",
+                "--output",
+                "json",
+            ])
+            .env("REHEARSE_COORDINATORS", coordinators)
+            .output()
+            .expect("run")
+    };
+    let out = failover(&coordinators);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(done["promoted"], serde_json::json!([5]), "{done}");
+    assert_eq!(
+        done["removed"],
+        serde_json::json!([2, 4]),
+        "voters first: {done}"
+    );
+    assert_eq!(done["voters"], serde_json::json!([1, 3, 5]), "{done}");
+    let status = c.client().status().await.expect("status");
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    assert!(
+        status.members.iter().all(|m| m.region == "us"),
+        "{status:?}"
+    );
+    // Writes go on, and nothing acknowledged before was lost.
+    let after = submit_n(&mut c.client(), 2).await;
+    let ids = all_ids(&mut c.client()).await;
+    for id in before.iter().chain(&after) {
+        assert!(ids.contains(id), "{id} lost");
+    }
+
+    // Now only node 5 is left of the voters 1, 3 and 5: no quorum, nothing changes.
+    c.kill(1);
+    c.kill(3);
+    let out = failover(&c.addrs[&5]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no quorum survives")
+            && err.contains("node 5")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+}

@@ -213,6 +213,12 @@ impl Client {
     }
 
     /// The status as the leader sees it (any node's view while there is no leader).
+    /// The first node that answers, about itself (not forwarded to the leader).
+    pub async fn local_status(&mut self) -> Result<pb::ClusterStatusResponse, ClientError> {
+        self.call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+            .await
+    }
+
     pub async fn status(&mut self) -> Result<pb::ClusterStatusResponse, ClientError> {
         let first = self
             .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
