@@ -158,15 +158,33 @@ async fn failover(
     let started = std::time::Instant::now();
     let mut c = client(args)?;
     // The member list comes from whoever answers; the leader's when there is one.
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), c.status())
+    let mut status = tokio::time::timeout(std::time::Duration::from_secs(10), c.status())
         .await
         .map_err(|_| anyhow::anyhow!("no coordinator answered within 10s"))??;
     let mut reachable = std::collections::BTreeMap::new();
     for m in &status.members {
         reachable.insert(m.id, answers(&m.addr, args, probe_timeout).await);
     }
+    let voters: Vec<u64> = status
+        .members
+        .iter()
+        .filter(|m| m.role == "voter")
+        .map(|m| m.id)
+        .collect();
+    let answering = voters.iter().filter(|id| reachable[*id].is_some()).count();
+    let leads = |s: &pb::ClusterStatusResponse| {
+        s.leader != 0 && reachable.get(&s.leader).is_some_and(Option::is_some)
+    };
+    // A quorum answers but the loss took the leader: let the survivors elect one.
+    let election = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !leads(&status) && answering * 2 > voters.len() && std::time::Instant::now() < election {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if let Ok(Ok(s)) = tokio::time::timeout(probe_timeout, c.status()).await {
+            status = s;
+        }
+    }
     // No leader, or one that does not answer (a survivor's view from before the loss).
-    if status.leader == 0 || reachable.get(&status.leader).is_none_or(Option::is_none) {
+    if !leads(&status) {
         let survivor = reachable
             .iter()
             .filter_map(|(id, applied)| applied.map(|a| (a, *id)))
