@@ -64,8 +64,30 @@ pub(crate) struct CoordinatorArgs {
     /// Give every coordinator the same file: the leader sends.
     #[arg(long, env = "REHEARSE_NOTIFY")]
     pub(crate) notify: Option<std::path::PathBuf>,
+    /// Sign evidence exports with this OpenSSH ed25519 private key (no passphrase); give every
+    /// coordinator the same key. Without it, `rehearse evidence export` is refused.
+    #[arg(long, env = "REHEARSE_EVIDENCE_KEY")]
+    pub(crate) evidence_key: Option<std::path::PathBuf>,
+    /// `required`: every gRPC and HTTP call needs a token (`rehearse token create`) whose role
+    /// may make it; `off`: anyone who reaches the port may do anything (loopback, trusted nets).
+    #[arg(long, value_enum, default_value = "off", env = "REHEARSE_AUTH")]
+    pub(crate) auth: Auth,
+    /// With --auth required: a file holding the first admin token (one secret per line), read at
+    /// start; give every coordinator the same file. Make a secret with `rehearse token secret`.
+    #[arg(long, env = "REHEARSE_ADMIN_TOKEN_FILE")]
+    pub(crate) admin_token_file: Option<std::path::PathBuf>,
+    /// With --auth required: serve the dashboard's pages without a token (read-only; the API
+    /// still needs one).
+    #[arg(long)]
+    pub(crate) dashboard_open: bool,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Auth {
+    Off,
+    Required,
 }
 
 pub(crate) async fn coordinator(
@@ -76,6 +98,32 @@ pub(crate) async fn coordinator(
         Some(path) => rehearse_coordinator::notify::NotifyConfig::load(path)
             .map_err(|e| anyhow::anyhow!(e))?,
         None => Default::default(),
+    };
+    let evidence_key = match &args.evidence_key {
+        Some(path) => Some(std::sync::Arc::new(
+            rehearse_coordinator::evidence::Signer::load(path).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        None => None,
+    };
+    let admin = match &args.admin_token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("admin token file {}: {e}", path.display()))?,
+        None => String::new(),
+    };
+    let gate = match args.auth {
+        Auth::Off => {
+            if args.admin_token_file.is_some() {
+                return Err(CouldNotVerify(anyhow::anyhow!(
+                    "--admin-token-file is given but --auth is off: say --auth required"
+                )));
+            }
+            rehearse_coordinator::auth::Gate::off()
+        }
+        Auth::Required => rehearse_coordinator::auth::Gate::required(
+            &admin,
+            args.tls.files().is_some(),
+            args.dashboard_open,
+        ),
     };
     let config = rehearse_coordinator::CoordinatorConfig {
         id: args.id,
@@ -95,6 +143,8 @@ pub(crate) async fn coordinator(
         http_listen: args.http_listen,
         http_advertise: args.http_advertise,
         notify: std::sync::Arc::new(notify),
+        evidence_key,
+        auth: std::sync::Arc::new(gate),
     };
     rehearse_coordinator::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)

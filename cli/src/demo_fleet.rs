@@ -43,6 +43,11 @@ pub async fn run(
     for id in peers.keys() {
         http.insert(*id, free_addr()?);
     }
+    // The cluster signs evidence exports; the demo makes its key (a real one is --evidence-key).
+    let evidence_key = std::sync::Arc::new(
+        rehearse_coordinator::evidence::Signer::generate("rehearse-demo")
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
     let mut tasks = Vec::new();
     for (i, (id, addr)) in peers.iter().enumerate() {
         let config = CoordinatorConfig {
@@ -63,6 +68,8 @@ pub async fn run(
             http_listen: Some(http[id]),
             http_advertise: None,
             notify: Default::default(),
+            evidence_key: Some(evidence_key.clone()),
+            auth: std::sync::Arc::new(rehearse_coordinator::auth::Gate::off()),
         };
         let token = stop.clone();
         tasks.push(tokio::spawn(async move {

@@ -14,6 +14,7 @@ mod coordinator;
 mod demo;
 mod demo_fleet;
 mod drill;
+mod evidence;
 mod exercise;
 mod jobs;
 mod progress;
@@ -106,6 +107,10 @@ enum Command {
     /// a gate, abort; or run one on this machine without a cluster.
     #[command(subcommand)]
     Exercise(exercise::ExerciseCommand),
+    /// Evidence for auditors: export the verdicts of a period as a signed HTML report and JSON,
+    /// or verify an export's hash chain and signatures offline.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
 }
 
 /// Exit code 2, with a one-line reason.
@@ -158,6 +163,7 @@ fn main() -> ExitCode {
             Command::Workers(args) => worker::workers(args).await,
             Command::Drill(cmd) => drill::run(cmd).await,
             Command::Exercise(cmd) => exercise::run(cmd, &cancel).await,
+            Command::Evidence(cmd) => evidence::run(cmd).await,
         }
     });
     telemetry.shutdown();

@@ -22,6 +22,8 @@ pub use rehearse_proto::{LEADER_METADATA, new_job_id};
 
 pub struct Api {
     pub node: NodeHandle,
+    /// Signs evidence exports (`--evidence-key`).
+    pub evidence_key: Option<std::sync::Arc<crate::evidence::Signer>>,
 }
 
 /// An API error as a gRPC status, through the one table in [`crate::errors`]. "Not leader"
@@ -159,6 +161,10 @@ fn assignment_set(
 }
 
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentSet, Status>> + Send>>;
+type EvidenceStream = Pin<Box<dyn Stream<Item = Result<pb::EvidenceChunk, Status>> + Send>>;
+
+/// An export's files are sent in chunks of at most this many bytes.
+const EVIDENCE_CHUNK: usize = 1 << 20;
 
 #[tonic::async_trait]
 impl Coordinator for Api {
@@ -544,5 +550,39 @@ impl Coordinator for Api {
         request: Request<pb::ExerciseCall>,
     ) -> Result<Response<pb::ExerciseAnswer>, Status> {
         crate::exercise_api::grpc::abort(&self.node, request.into_inner()).await
+    }
+
+    type ExportEvidenceStream = EvidenceStream;
+
+    async fn export_evidence(
+        &self,
+        request: Request<pb::EvidenceRequest>,
+    ) -> Result<Response<Self::ExportEvidenceStream>, Status> {
+        let req = request.into_inner();
+        let window = rehearse_core::evidence::Window {
+            since_ms: req.since_ms,
+            until_ms: req.until_ms,
+            drill: (!req.drill.is_empty()).then_some(req.drill),
+        };
+        let files = crate::evidence::export_now(&self.node, self.evidence_key.as_ref(), window)
+            .await
+            .map_err(status_of)?;
+        let chunks: Vec<Result<pb::EvidenceChunk, Status>> = files
+            .into_iter()
+            .flat_map(|(file, data)| {
+                let parts: Vec<Vec<u8>> = if data.is_empty() {
+                    vec![Vec::new()]
+                } else {
+                    data.chunks(EVIDENCE_CHUNK).map(<[u8]>::to_vec).collect()
+                };
+                parts.into_iter().map(move |data| {
+                    Ok(pb::EvidenceChunk {
+                        file: file.clone(),
+                        data,
+                    })
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 }

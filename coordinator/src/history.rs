@@ -24,6 +24,8 @@ use crate::storage::StoreError;
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("history_runs");
 /// Forgotten jobs' summaries by job id.
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("history_jobs");
+/// The evidence chain's records by `evidence::key` (sequence number).
+const EVIDENCE: TableDefinition<&str, &[u8]> = TableDefinition::new("history_evidence");
 
 fn write_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Write(e.to_string())
@@ -42,11 +44,12 @@ pub struct History {
     pub jobs: Vec<JobSummary>,
 }
 
-/// The two history tables, as the `Peer.History` call numbers them.
+/// The history tables, as the `Peer.History` call numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Table {
     Runs,
     Jobs,
+    Evidence,
 }
 
 impl Table {
@@ -54,6 +57,7 @@ impl Table {
         match n {
             0 => Some(Table::Runs),
             1 => Some(Table::Jobs),
+            2 => Some(Table::Evidence),
             _ => None,
         }
     }
@@ -62,6 +66,7 @@ impl Table {
         match self {
             Table::Runs => 0,
             Table::Jobs => 1,
+            Table::Evidence => 2,
         }
     }
 
@@ -69,6 +74,7 @@ impl Table {
         match self {
             Table::Runs => RUNS,
             Table::Jobs => JOBS,
+            Table::Evidence => EVIDENCE,
         }
     }
 }
@@ -90,8 +96,10 @@ impl Copying {
         }
     }
 
-    /// Where the copy stands after a page: `None` once the last table is done.
-    pub fn next(&self, last_key: Option<&str>, done: bool) -> Option<Copying> {
+    /// Where the copy stands after a page: `None` once the last table is done. The evidence
+    /// table is copied only when the installed state has a chain (`evidence`): a cluster
+    /// before command version 7 has none, and its older members do not know the table.
+    pub fn next(&self, last_key: Option<&str>, done: bool, evidence: bool) -> Option<Copying> {
         match (done, self.table) {
             (false, table) => Some(Copying {
                 table,
@@ -101,7 +109,11 @@ impl Copying {
                 table: Table::Jobs,
                 after: None,
             }),
-            (true, Table::Jobs) => None,
+            (true, Table::Jobs) if evidence => Some(Copying {
+                table: Table::Evidence,
+                after: None,
+            }),
+            (true, Table::Jobs | Table::Evidence) => None,
         }
     }
 }
@@ -159,6 +171,9 @@ pub fn write_page(
         let readable = match table {
             Table::Runs => serde_json::from_slice::<Run>(value).is_ok(),
             Table::Jobs => serde_json::from_slice::<JobSummary>(value).is_ok(),
+            Table::Evidence => {
+                serde_json::from_slice::<rehearse_core::evidence::Record>(value).is_ok()
+            }
         };
         if !readable {
             return Err(StoreError::Corrupt(format!(
@@ -171,9 +186,9 @@ pub fn write_page(
     Ok(())
 }
 
-/// Empties both tables (a snapshot was installed; the copy starts from nothing).
+/// Empties the tables (a snapshot was installed; the copy starts from nothing).
 pub fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
-    for table in [RUNS, JOBS] {
+    for table in [RUNS, JOBS, EVIDENCE] {
         txn.delete_table(table).map_err(write_err)?;
     }
     Ok(())
@@ -186,6 +201,7 @@ pub fn write(txn: &WriteTransaction, ops: &[HistoryOp]) -> Result<(), StoreError
     }
     let mut runs = txn.open_table(RUNS).map_err(write_err)?;
     let mut jobs = txn.open_table(JOBS).map_err(write_err)?;
+    let mut evidence = None;
     for op in ops {
         match op {
             HistoryOp::Run(run) => {
@@ -210,9 +226,43 @@ pub fn write(txn: &WriteTransaction, ops: &[HistoryOp]) -> Result<(), StoreError
                 runs.retain_in(start.as_str()..end.as_str(), |_, _| false)
                     .map_err(write_err)?;
             }
+            HistoryOp::Evidence(record) => {
+                if evidence.is_none() {
+                    evidence = Some(txn.open_table(EVIDENCE).map_err(write_err)?);
+                }
+                let bytes = serde_json::to_vec(record).map_err(write_err)?;
+                if let Some(t) = evidence.as_mut() {
+                    t.insert(
+                        rehearse_core::evidence::key(record.seq).as_str(),
+                        bytes.as_slice(),
+                    )
+                    .map_err(write_err)?;
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The evidence chain's records in order, from the first (`evidence export` checks and selects
+/// from them; see `rehearse_core::evidence`).
+pub fn evidence(db: &Database) -> Result<Vec<rehearse_core::evidence::Record>, StoreError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = match txn.open_table(EVIDENCE) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut out = Vec::new();
+    for item in table.iter().map_err(read_err)? {
+        let (key, value) = item.map_err(read_err)?;
+        out.push(
+            serde_json::from_slice(value.value()).map_err(|e| {
+                StoreError::Corrupt(format!("evidence record {}: {e}", key.value()))
+            })?,
+        );
+    }
+    Ok(out)
 }
 
 /// Replaces the whole history (a snapshot from the leader).

@@ -23,9 +23,11 @@
 //! Must not depend on: rehearse-worker.
 
 pub mod api;
+pub mod auth;
 pub mod copier;
 pub mod drill_api;
 pub mod errors;
+pub mod evidence;
 pub mod exercise_api;
 pub mod fleet;
 pub mod handle;
@@ -96,6 +98,10 @@ pub struct CoordinatorConfig {
     pub http_advertise: Option<String>,
     /// Notification channels (`--notify FILE`); none: events are marked sent at once.
     pub notify: Arc<notify::NotifyConfig>,
+    /// Signs evidence exports (`--evidence-key`); none: exports are refused.
+    pub evidence_key: Option<Arc<evidence::Signer>>,
+    /// Who may call what (`--auth`, `--admin-token-file`; see [`auth`]).
+    pub auth: Arc<auth::Gate>,
 }
 
 /// The default `--job-retention`.
@@ -294,6 +300,7 @@ pub async fn run(
             lease: config.lease,
             command_version: config.command_version,
             job_retention: config.job_retention,
+            gate: config.auth.clone(),
         },
         fleet.clone(),
         metrics.clone(),
@@ -334,6 +341,8 @@ pub async fn run(
         let state = http::AppState {
             node: handle.clone(),
             metrics: metrics.clone(),
+            gate: config.auth.clone(),
+            evidence_key: config.evidence_key.clone(),
         };
         let http_stop = stop.clone();
         info!(http = %http_advertise, "HTTP API listening");
@@ -398,11 +407,15 @@ pub async fn run(
             .map_err(|e| CoordinatorError::Config(format!("TLS: {e}")))?;
     }
     let server = builder
+        .layer(auth::GrpcAuthLayer {
+            gate: config.auth.clone(),
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
             CoordinatorServer::new(api::Api {
                 node: handle.clone(),
+                evidence_key: config.evidence_key.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE),
         )

@@ -46,6 +46,8 @@ pub struct NodeOptions {
     /// Finished jobs last changed longer ago than this leave the state (their summaries stay
     /// in the history).
     pub job_retention: Duration,
+    /// The API's token table, refreshed here when the applied tokens change.
+    pub gate: std::sync::Arc<crate::auth::Gate>,
 }
 
 /// How long the leader lets requests gather before a turn (see `run`).
@@ -249,6 +251,7 @@ impl Node {
                 self.on_ready()?;
             }
             self.publish_fleet();
+            self.opts.gate.refresh(&self.raw.store().sm.jobs);
             self.refresh_metrics();
             if stop {
                 break;
@@ -879,7 +882,9 @@ impl Node {
             | Command::ForgetJobs { .. }
             | Command::MarkSent { .. }
             | Command::DrillOverdue { .. }
-            | Command::Digest { .. } => return,
+            | Command::Digest { .. }
+            | Command::CreateToken(_)
+            | Command::RevokeToken { .. } => return,
             // New jobs to place; closed windows cancel jobs that never had a worker.
             Command::DrillTick(_)
             | Command::CloseWindow { .. }
@@ -956,7 +961,9 @@ fn stamp(command: &mut Command, now: u64) {
         | Command::Digest { at_ms, .. }
         | Command::ForgetJobs { at_ms, .. }
         | Command::ApproveGate { at_ms, .. }
-        | Command::AbortExercise { at_ms, .. } => *at_ms = now,
+        | Command::AbortExercise { at_ms, .. }
+        | Command::RevokeToken { at_ms, .. } => *at_ms = now,
+        Command::CreateToken(token) => token.created_at_ms = now,
         Command::DrillTick(tick) => tick.at_ms = now,
         Command::StartExercise(start) => start.at_ms = now,
         Command::ExpireGates { now_ms } => *now_ms = now,

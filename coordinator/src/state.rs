@@ -128,6 +128,11 @@ impl StateMachine {
         self.jobs.applied()
     }
 
+    /// The database the history tables live in (read off the raft thread, e.g. evidence).
+    pub fn db(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
+    }
+
     /// Persists the applied state with the next commit.
     pub fn persist(&self, writes: &mut StateWrites) {
         writes.persist = true;
@@ -175,7 +180,8 @@ impl StateMachine {
         if copying.table != table {
             return;
         }
-        self.history_copy = copying.next(records.last().map(|(k, _)| k.as_str()), done);
+        let evidence = self.jobs.evidence_head().is_some();
+        self.history_copy = copying.next(records.last().map(|(k, _)| k.as_str()), done, evidence);
         writes.copy = true;
         writes.page = Some((table, records));
     }

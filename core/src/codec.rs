@@ -20,11 +20,12 @@ use crate::jobs::Command;
 /// 3 adds `[pitr]`, `[promote]` and `targets.promote` in plans (and the `promote` phase and
 /// `recovery` in their reports); 4 adds DR exercises and `[artifact] before` in plans; 5 adds
 /// reports of an artifact not readable yet (`retry_after_ms`: an archived object being restored)
-/// and the notifications' outbox; 6 adds the daily digest (`Command::Digest`).
-pub const CURRENT: u32 = 6;
+/// and the notifications' outbox; 6 adds the daily digest (`Command::Digest`); 7 starts the
+/// evidence chain (no new command: from version 7 on, every replica appends each final verdict).
+pub const CURRENT: u32 = 7;
 /// A command kind newer than any release, for upgrade tests only (`Command::Probe`): a node
-/// runs at this version only when told to (`rehearse coordinator --command-version 7`).
-pub const TEST_PROBE: u32 = 7;
+/// runs at this version only when told to (`rehearse coordinator --command-version 8`).
+pub const TEST_PROBE: u32 = 8;
 /// What nodes that predate versioning read (and what a peer that never said is taken to read).
 pub const LEGACY: u32 = 1;
 

@@ -27,6 +27,8 @@ pub enum HistoryOp {
     Job(JobSummary),
     /// Runs of `drill` whose tick is before `before_tick_ms` are past the drill's `keep`.
     Prune { drill: String, before_tick_ms: i64 },
+    /// A final verdict appended to the evidence chain, under [`crate::evidence::key`].
+    Evidence(Box<crate::evidence::Record>),
 }
 
 /// What stays of a job after it left the state.

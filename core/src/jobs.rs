@@ -317,6 +317,12 @@ pub enum Command {
     ExpireGates {
         now_ms: u64,
     },
+    /// Adds an API token (its hash only; see [`crate::tokens`]).
+    CreateToken(crate::tokens::Token),
+    RevokeToken {
+        name: String,
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -361,6 +367,7 @@ impl Command {
             Command::Probe { .. } => TEST_PROBE,
             Command::MarkSent { .. } | Command::DrillOverdue { .. } => 5,
             Command::Digest { .. } => 6,
+            Command::CreateToken(_) | Command::RevokeToken { .. } => 7,
             Command::Report { report, .. } => {
                 if report.retry_after_ms().is_some() {
                     5
@@ -442,6 +449,15 @@ pub struct JobStore {
     /// Each channel's last digest instant (see [`crate::digest`]).
     #[serde(default)]
     pub(crate) digests: BTreeMap<String, u64>,
+    /// The evidence chain's last record (see [`crate::evidence`]); its records are history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) evidence: Option<crate::evidence::Head>,
+    /// API tokens by name (hashes only; see [`crate::tokens`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) tokens: BTreeMap<String, crate::tokens::Token>,
+    /// The log index of the last change to `tokens`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) tokens_changed_at: u64,
     /// Which exercise a job belongs to: job id → exercise id. Derived from `exercises`.
     #[serde(skip)]
     pub(crate) exercise_jobs: BTreeMap<String, String>,
@@ -477,6 +493,16 @@ struct StoreData {
     outbox: BTreeMap<String, crate::notify::Event>,
     #[serde(default)]
     digests: BTreeMap<String, u64>,
+    #[serde(default)]
+    evidence: Option<crate::evidence::Head>,
+    #[serde(default)]
+    tokens: BTreeMap<String, crate::tokens::Token>,
+    #[serde(default)]
+    tokens_changed_at: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn legacy_version() -> u32 {
@@ -506,6 +532,9 @@ impl From<StoreData> for JobStore {
             exercises: d.exercises,
             outbox: d.outbox,
             digests: d.digests,
+            evidence: d.evidence,
+            tokens: d.tokens,
+            tokens_changed_at: d.tokens_changed_at,
             exercise_jobs,
             history_out: Vec::new(),
             ended: Scratch::default(),
@@ -549,6 +578,7 @@ impl JobStore {
     /// Puts the job in the pending queue or takes it out, after its state changed.
     /// Also where a drill's run learns that one of its jobs ended.
     pub(crate) fn sync_pending(&mut self, id: &str) {
+        self.chain_evidence(id);
         self.drill_job_changed(id);
         self.exercise_job_changed(id);
         self.notify_job_changed(id);
@@ -664,6 +694,8 @@ impl JobStore {
                 Outcome::Nothing
             }
             Command::Probe { .. } => Outcome::Done(Ok(())),
+            Command::CreateToken(token) => Outcome::Done(self.create_token(token, index)),
+            Command::RevokeToken { name, .. } => Outcome::Done(self.revoke_token(name, index)),
             Command::ApplyDrill { spec, at_ms } => Outcome::Done(self.apply_drill(spec, *at_ms)),
             Command::PauseDrill {
                 name,

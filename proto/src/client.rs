@@ -336,6 +336,44 @@ impl Client {
         .map(drop)
     }
 
+    /// An evidence export's files (name, bytes), signed by the leader.
+    pub async fn export_evidence(
+        &mut self,
+        since_ms: u64,
+        until_ms: u64,
+        drill: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>, ClientError> {
+        let drill = drill.unwrap_or_default().to_owned();
+        let mut stream = self
+            .call(|mut c| {
+                let req = pb::EvidenceRequest {
+                    since_ms,
+                    until_ms,
+                    drill: drill.clone(),
+                };
+                async move { c.export_evidence(req).await }
+            })
+            .await?;
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(chunk)) => match files.last_mut() {
+                    Some((name, data)) if *name == chunk.file => {
+                        data.extend_from_slice(&chunk.data)
+                    }
+                    _ => files.push((chunk.file, chunk.data)),
+                },
+                Ok(None) => return Ok(files),
+                Err(status) => {
+                    return Err(ClientError::Refused(format!(
+                        "the export stopped: {}",
+                        status.message()
+                    )));
+                }
+            }
+        }
+    }
+
     /// Opens the worker's assignment stream on the leader.
     pub async fn assignments(
         &mut self,

@@ -8,6 +8,8 @@
 //! - `drills`: list, get, history, apply, pause, resume, run, delete.
 //! - `exercises`: list, get, start, approve (a gate), abort.
 //! - `fleet`: `GET /v1/workers`, `GET /v1/cluster`.
+//! - `auth`: with `--auth required`, every route but `/healthz`, `/readyz`, `/openapi.json`,
+//!   `/docs` and `/login` needs a bearer token (or the dashboard's cookie, set by `/login`).
 //! - `/healthz` (the process serves), `/readyz` (this node knows a leader), `/metrics`
 //!   (Prometheus, this node's own; see [`crate::metrics`]).
 //! - `dashboard`: the HTML pages (`/`, `/drills/{name}`, `/jobs/{id}`, `/exercises/{id}`,
@@ -19,6 +21,7 @@
 //! on the leader with its method and body. Without a known leader address the answer is `503`
 //! with the code `not_leader`.
 
+mod auth;
 mod dashboard;
 mod drills;
 mod error;
@@ -48,6 +51,10 @@ pub struct AppState {
     pub node: NodeHandle,
     /// What `/metrics` shows.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Who may call what (see [`crate::auth`]).
+    pub gate: std::sync::Arc<crate::auth::Gate>,
+    /// Signs evidence exports (`GET /v1/evidence`).
+    pub evidence_key: Option<std::sync::Arc<crate::evidence::Signer>>,
 }
 
 #[derive(OpenApi)]
@@ -109,7 +116,17 @@ pub fn router(state: AppState) -> Router {
         .route("/fleet", get(dashboard::fleet).with_state(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics).with_state(state.clone()))
-        .route("/readyz", get(ready).with_state(state))
+        .route("/readyz", get(ready).with_state(state.clone()))
+        .route(
+            "/login",
+            get(auth::login_page)
+                .post(auth::login)
+                .with_state(state.gate.clone()),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.gate.clone(),
+            auth::middleware,
+        ))
 }
 
 /// Prometheus' scrape: this node's metrics in the OpenMetrics text format (every node answers

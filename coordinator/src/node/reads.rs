@@ -99,6 +99,20 @@ impl Node {
                 Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
                 Read::Drills(name) => drills_answer(&self.raw.store().sm, name),
                 Read::Outbox => Ok(ReadAnswer::Outbox(jobs.outbox().cloned().collect())),
+                Read::Evidence => match &self.raw.store().sm.history_copy {
+                    Some(_) => Err(ApiError::Unavailable(format!(
+                        "node {} is copying its history from a peer; ask another node",
+                        self.opts.id
+                    ))),
+                    None => Ok(ReadAnswer::Evidence {
+                        db: self.raw.store().sm.db(),
+                        head: jobs.evidence_head().cloned(),
+                        drills: jobs
+                            .drills()
+                            .map(|d| rehearse_core::evidence::DrillInfo::of(&d.spec))
+                            .collect(),
+                    }),
+                },
                 Read::Exercises(None) => Ok(ReadAnswer::Exercises(
                     jobs.exercises().into_iter().cloned().collect(),
                 )),

@@ -46,6 +46,8 @@ pub enum Read {
     Exercises(Option<String>),
     /// The notifications not yet taken by every channel.
     Outbox,
+    /// Where the evidence chain is read from, once this node has applied up to the read.
+    Evidence,
 }
 
 #[derive(Debug)]
@@ -56,6 +58,13 @@ pub enum ReadAnswer {
     Workers(Vec<Worker>),
     Exercises(Vec<rehearse_core::exercise::Exercise>),
     Outbox(Vec<rehearse_core::notify::Event>),
+    /// The history database (its evidence table is read off the raft thread), the chain's head
+    /// and the drills' targets, at an index at least the read's.
+    Evidence {
+        db: std::sync::Arc<redb::Database>,
+        head: Option<rehearse_core::evidence::Head>,
+        drills: Vec<rehearse_core::evidence::DrillInfo>,
+    },
     /// Drills with their runs (oldest first); a drill deleted but with history has `None`.
     Drills(
         Vec<(
