@@ -64,6 +64,23 @@ pub(crate) struct Coordinators {
     pub(crate) coordinators: Vec<String>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
+    /// The API token, for a cluster run with --auth required (`rehearse token create`).
+    #[arg(long, env = "REHEARSE_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+}
+
+impl Coordinators {
+    /// A client of these addresses, with this cluster's TLS and token.
+    pub(crate) fn client_of(&self, addrs: Vec<String>) -> anyhow::Result<Client> {
+        let mut client = Client::new(addrs)?;
+        if let Some(files) = self.tls.files() {
+            client = client.with_tls(&files)?;
+        }
+        if let Some(token) = &self.token {
+            client = client.with_token(token)?;
+        }
+        Ok(client)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -204,11 +221,7 @@ impl SandboxArgs {
 }
 
 pub(crate) fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    let client = Client::new(args.cluster.coordinators.clone())?;
-    Ok(match args.cluster.tls.files() {
-        Some(files) => client.with_tls(&files)?,
-        None => client,
-    })
+    args.cluster.client_of(args.cluster.coordinators.clone())
 }
 
 pub(crate) fn print_json(v: &Value) {

@@ -139,10 +139,7 @@ pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVer
 
 /// Whether a member answers its own status within `wait` (asked alone, not through the leader).
 async fn answers(addr: &str, args: &ClientArgs, wait: std::time::Duration) -> Option<u64> {
-    let mut alone = rehearse_proto::client::Client::new(vec![addr.to_owned()]).ok()?;
-    if let Some(files) = args.cluster.tls.files() {
-        alone = alone.with_tls(&files).ok()?;
-    }
+    let mut alone = args.cluster.client_of(vec![addr.to_owned()]).ok()?;
     match tokio::time::timeout(wait, alone.local_status()).await {
         Ok(Ok(s)) => Some(s.applied),
         _ => None,
@@ -205,10 +202,7 @@ async fn failover(
         .map(|m| m.addr.clone())
         .collect::<Vec<_>>();
     first.extend(args.cluster.coordinators.iter().cloned());
-    let mut c = rehearse_proto::client::Client::new(first).map_err(anyhow::Error::from)?;
-    if let Some(files) = args.cluster.tls.files() {
-        c = c.with_tls(&files).map_err(anyhow::Error::from)?;
-    }
+    let mut c = args.cluster.client_of(first)?;
     let mut promoted = Vec::new();
     let mut removed = Vec::new();
     for m in status

@@ -83,6 +83,7 @@ pub async fn run(
         let config = AgentConfig {
             coordinators: coordinators.clone(),
             tls: None,
+            token: None,
             name: name.to_owned(),
             region: region.to_owned(),
             labels: BTreeMap::new(),

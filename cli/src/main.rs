@@ -19,6 +19,7 @@ mod exercise;
 mod jobs;
 mod progress;
 mod telemetry;
+mod token;
 mod verify;
 mod worker;
 
@@ -111,6 +112,10 @@ enum Command {
     /// or verify an export's hash chain and signatures offline.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// API tokens for a cluster run with --auth required: create (the secret is shown once),
+    /// list, revoke; `secret` makes one for --admin-token-file.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Exit code 2, with a one-line reason.
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
             Command::Drill(cmd) => drill::run(cmd).await,
             Command::Exercise(cmd) => exercise::run(cmd, &cancel).await,
             Command::Evidence(cmd) => evidence::run(cmd).await,
+            Command::Token(cmd) => token::run(cmd).await,
         }
     });
     telemetry.shutdown();

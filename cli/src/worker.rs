@@ -87,6 +87,7 @@ pub(crate) async fn worker(
     let config = rehearse_worker::agent::AgentConfig {
         coordinators: args.cluster.coordinators,
         tls: args.cluster.tls.files(),
+        token: args.cluster.token,
         name,
         region: args.region,
         labels: args.labels,

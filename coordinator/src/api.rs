@@ -111,6 +111,18 @@ fn done(outcome: Outcome) -> Result<(), Status> {
     }
 }
 
+/// A token command's outcome: "no token" is NOT_FOUND, other refusals FAILED_PRECONDITION.
+fn token_done(outcome: Outcome) -> Result<(), Status> {
+    match outcome {
+        Outcome::Done(Ok(())) => Ok(()),
+        Outcome::Done(Err(reason)) if reason.starts_with("no token") => {
+            Err(status_of(ApiError::NotFound(reason)))
+        }
+        Outcome::Done(Err(reason)) => Err(status_of(ApiError::Refused(reason))),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
 /// Names and regions: 1..=64 of [A-Za-z0-9_.-].
 fn check_name(what: &str, name: &str) -> Result<(), Status> {
     if name.is_empty()
@@ -550,6 +562,64 @@ impl Coordinator for Api {
         request: Request<pb::ExerciseCall>,
     ) -> Result<Response<pb::ExerciseAnswer>, Status> {
         crate::exercise_api::grpc::abort(&self.node, request.into_inner()).await
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::TokenCall>,
+    ) -> Result<Response<pb::TokenAnswer>, Status> {
+        let req = request.into_inner();
+        let role = rehearse_core::tokens::Role::parse(&req.role).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "role {:?}: one of read, operate, admin, worker",
+                req.role
+            ))
+        })?;
+        rehearse_core::tokens::check_name(&req.name).map_err(Status::invalid_argument)?;
+        let command = Command::CreateToken(rehearse_core::tokens::Token {
+            name: req.name,
+            role,
+            hash: req.hash.to_ascii_lowercase(),
+            created_at_ms: 0,
+        });
+        token_done(self.node.fleet_command(command).await.map_err(status_of)?)?;
+        self.list_tokens(Request::new(pb::TokenCall::default()))
+            .await
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<pb::TokenCall>,
+    ) -> Result<Response<pb::TokenAnswer>, Status> {
+        let tokens = match self.node.read(Read::Tokens).await.map_err(status_of)? {
+            ReadAnswer::Tokens(t) => t,
+            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
+        };
+        Ok(Response::new(pb::TokenAnswer {
+            tokens: tokens
+                .into_iter()
+                .map(|t| pb::TokenInfo {
+                    name: t.name,
+                    role: t.role.as_str().to_owned(),
+                    created_at_ms: t.created_at_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::TokenCall>,
+    ) -> Result<Response<pb::TokenAnswer>, Status> {
+        let name = request.into_inner().name;
+        token_done(
+            self.node
+                .fleet_command(Command::RevokeToken { name, at_ms: 0 })
+                .await
+                .map_err(status_of)?,
+        )?;
+        self.list_tokens(Request::new(pb::TokenCall::default()))
+            .await
     }
 
     type ExportEvidenceStream = EvidenceStream;

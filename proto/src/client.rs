@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::v1 as pb;
 use crate::v1::coordinator_client::CoordinatorClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -23,6 +24,30 @@ pub enum ClientError {
     NotFound(String),
 }
 
+/// The token calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRpc {
+    Create,
+    List,
+    Revoke,
+}
+
+/// Puts the token, when there is one, on every call (`authorization: Bearer …`).
+#[derive(Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to one coordinator, with the token interceptor.
+pub type Conn = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+
 /// Cloning shares the open connection (HTTP/2 multiplexes the calls on it).
 #[derive(Clone)]
 pub struct Client {
@@ -30,11 +55,13 @@ pub struct Client {
     next: usize,
     leader: Option<String>,
     /// The open connection and its address, reused while it works.
-    conn: Option<(String, CoordinatorClient<Channel>)>,
+    conn: Option<(String, Conn)>,
     /// How long one call keeps trying (elections, restarts) before giving up.
     pub patience: Duration,
     /// mTLS material; `None`: plaintext.
     tls: Option<Tls>,
+    /// The API token (`--token`, `REHEARSE_TOKEN`), sent on every call.
+    bearer: Bearer,
 }
 
 impl Client {
@@ -54,6 +81,7 @@ impl Client {
             conn: None,
             patience: Duration::from_secs(15),
             tls: None,
+            bearer: Bearer::default(),
         })
     }
 
@@ -63,7 +91,20 @@ impl Client {
         Ok(self)
     }
 
-    async fn connect(addr: &str, tls: Option<&Tls>) -> Result<CoordinatorClient<Channel>, String> {
+    /// Sends this token on every call (a coordinator with `--auth required` needs one).
+    pub fn with_token(mut self, secret: &str) -> Result<Client, ClientError> {
+        let secret = secret.trim();
+        if secret.is_empty() {
+            return Ok(self);
+        }
+        let value = format!("Bearer {secret}").parse().map_err(|_| {
+            ClientError::Refused("the token holds characters a header cannot carry".into())
+        })?;
+        self.bearer = Bearer(Some(value));
+        Ok(self)
+    }
+
+    async fn connect(addr: &str, tls: Option<&Tls>, bearer: &Bearer) -> Result<Conn, String> {
         let mut endpoint = Endpoint::from_shared(url(addr, tls)).map_err(|e| e.to_string())?;
         if let Some(tls) = tls {
             endpoint = endpoint
@@ -76,13 +117,14 @@ impl Client {
             .connect()
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        Ok(CoordinatorClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+        Ok(CoordinatorClient::with_interceptor(channel, bearer.clone())
+            .max_decoding_message_size(256 * 1024 * 1024))
     }
 
     /// Calls until a node that can answer does, following leader hints.
     async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, ClientError>
     where
-        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.patience;
@@ -103,7 +145,7 @@ impl Client {
                 .map(|(_, c)| c.clone());
             let connected = match cached {
                 Some(c) => Ok(c),
-                None => Self::connect(&addr, self.tls.as_ref()).await,
+                None => Self::connect(&addr, self.tls.as_ref(), &self.bearer).await,
             };
             let client = match connected {
                 Ok(c) => {
@@ -231,7 +273,7 @@ impl Client {
             .iter()
             .find(|m| m.id == first.leader)
             .map(|m| m.addr.clone())
-            && let Ok(mut c) = Self::connect(&leader, self.tls.as_ref()).await
+            && let Ok(mut c) = Self::connect(&leader, self.tls.as_ref(), &self.bearer).await
             && let Ok(r) = c.cluster_status(pb::ClusterStatusRequest {}).await
         {
             return Ok(r.into_inner());
@@ -372,6 +414,27 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Creates (`create`), lists or revokes tokens; answers the tokens as they are then.
+    pub async fn tokens(
+        &mut self,
+        rpc: TokenRpc,
+        call: pb::TokenCall,
+    ) -> Result<Vec<pb::TokenInfo>, ClientError> {
+        let answer = self
+            .call(|mut c| {
+                let req = call.clone();
+                async move {
+                    match rpc {
+                        TokenRpc::Create => c.create_token(req).await,
+                        TokenRpc::List => c.list_tokens(req).await,
+                        TokenRpc::Revoke => c.revoke_token(req).await,
+                    }
+                }
+            })
+            .await?;
+        Ok(answer.tokens)
     }
 
     /// Opens the worker's assignment stream on the leader.

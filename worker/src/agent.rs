@@ -38,6 +38,8 @@ use crate::runtime::{RuntimeChoice, Tags};
 pub struct AgentConfig {
     pub coordinators: Vec<String>,
     pub tls: Option<TlsFiles>,
+    /// A `worker` token for a cluster with `--auth required` (not needed with mTLS).
+    pub token: Option<String>,
     pub name: String,
     pub region: String,
     pub labels: BTreeMap<String, String>,
@@ -94,9 +96,12 @@ impl Shared {
 }
 
 fn new_client(config: &AgentConfig) -> Result<Client, ClientError> {
-    let client = Client::new(config.coordinators.clone())?;
-    match &config.tls {
-        Some(files) => client.with_tls(files),
+    let mut client = Client::new(config.coordinators.clone())?;
+    if let Some(files) = &config.tls {
+        client = client.with_tls(files)?;
+    }
+    match &config.token {
+        Some(token) => client.with_token(token),
         None => Ok(client),
     }
 }

@@ -58,12 +58,34 @@ impl Fleet {
         Fleet::start_inner(workers, &[], true).await
     }
 
+    /// Three coordinators with `--auth required`, `admin` as the `--admin-token-file` secret
+    /// (the test's own clients send it), `flags` more, the HTTP API on; no workers yet (they
+    /// need a token: `spawn_worker_with(.., &["--token", …])`).
+    pub async fn start_auth(admin: &str, flags: &[&str]) -> Fleet {
+        let file = std::env::temp_dir().join(format!("rh-admin-{}", std::process::id()));
+        fs::write(&file, format!("{admin}\n")).expect("admin token file");
+        let file = file.display().to_string();
+        let mut all = vec!["--auth", "required", "--admin-token-file", &file];
+        all.extend_from_slice(flags);
+        Fleet::start_full(&[], &all, true, Some(admin)).await
+    }
+
     async fn start_inner(
         workers: &[(&str, &str, u32)],
         coordinator_flags: &[&str],
         http: bool,
     ) -> Fleet {
+        Fleet::start_full(workers, coordinator_flags, http, None).await
+    }
+
+    async fn start_full(
+        workers: &[(&str, &str, u32)],
+        coordinator_flags: &[&str],
+        http: bool,
+        token: Option<&str>,
+    ) -> Fleet {
         let mut cluster = TestCluster::new(super::loopback_addrs(3), 10_000);
+        cluster.token = token.map(str::to_owned);
         cluster.extra = vec!["--lease".into(), LEASE.into()];
         cluster
             .extra

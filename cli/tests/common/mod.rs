@@ -43,6 +43,8 @@ pub struct TestCluster {
     pub node_extra: BTreeMap<u64, Vec<String>>,
     pub procs: BTreeMap<u64, Child>,
     pub compact_after: u64,
+    /// The token the test's clients send (a cluster run with `--auth required`).
+    pub token: Option<String>,
 }
 
 impl TestCluster {
@@ -56,6 +58,7 @@ impl TestCluster {
             node_extra: BTreeMap::new(),
             procs: BTreeMap::new(),
             compact_after,
+            token: None,
         }
     }
 
@@ -164,11 +167,20 @@ impl TestCluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(self.addrs.values().cloned().collect()).expect("client")
+        self.with_token(Client::new(self.addrs.values().cloned().collect()).expect("client"))
     }
 
     pub fn client_of(&self, ids: &[u64]) -> Client {
-        Client::new(ids.iter().map(|id| self.addrs[id].clone()).collect()).expect("client")
+        self.with_token(
+            Client::new(ids.iter().map(|id| self.addrs[id].clone()).collect()).expect("client"),
+        )
+    }
+
+    fn with_token(&self, client: Client) -> Client {
+        match &self.token {
+            Some(t) => client.with_token(t).expect("token"),
+            None => client,
+        }
     }
 
     pub async fn leader(&self) -> u64 {
@@ -227,10 +239,12 @@ impl TestCluster {
         let mut c = CoordinatorClient::connect(format!("http://{}", self.addrs[&id]))
             .await
             .ok()?;
-        c.cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        let mut req = tonic::Request::new(pb::ClusterStatusRequest {});
+        if let Some(t) = &self.token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().ok()?);
+        }
+        c.cluster_status(req).await.ok().map(|r| r.into_inner())
     }
 
     pub async fn wait_caught_up(&self, id: u64, index: u64) {

@@ -99,6 +99,9 @@ impl Node {
                 Read::Workers => Ok(ReadAnswer::Workers(jobs.workers().cloned().collect())),
                 Read::Drills(name) => drills_answer(&self.raw.store().sm, name),
                 Read::Outbox => Ok(ReadAnswer::Outbox(jobs.outbox().cloned().collect())),
+                Read::Tokens => Ok(ReadAnswer::Tokens(
+                    jobs.tokens().values().cloned().collect(),
+                )),
                 Read::Evidence => match &self.raw.store().sm.history_copy {
                     Some(_) => Err(ApiError::Unavailable(format!(
                         "node {} is copying its history from a peer; ask another node",

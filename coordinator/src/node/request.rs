@@ -48,6 +48,8 @@ pub enum Read {
     Outbox,
     /// Where the evidence chain is read from, once this node has applied up to the read.
     Evidence,
+    /// The API tokens (names, roles; hashes stay inside).
+    Tokens,
 }
 
 #[derive(Debug)]
@@ -58,6 +60,7 @@ pub enum ReadAnswer {
     Workers(Vec<Worker>),
     Exercises(Vec<rehearse_core::exercise::Exercise>),
     Outbox(Vec<rehearse_core::notify::Event>),
+    Tokens(Vec<rehearse_core::tokens::Token>),
     /// The history database (its evidence table is read off the raft thread), the chain's head
     /// and the drills' targets, at an index at least the read's.
     Evidence {
