@@ -174,6 +174,90 @@ async fn pages_render_in_chromium_with_a_mark_per_run() {
     );
     assert!(job.contains("w1"));
 
+    // A DR exercise: the database step, then a gate approved by a person; its page draws the
+    // steps on one clock with the critical path heavy.
+    let mut exercise = toml::Table::new();
+    exercise.insert(
+        "exercise".into(),
+        toml::Value::Table(toml::from_str("name = \"shop recovery\"").expect("exercise")),
+    );
+    let mut db: toml::Table = toml::from_str("name = \"db\"\ncritical = true").expect("step");
+    db.insert(
+        "plan".into(),
+        toml::Value::Table(toml::from_str(&f.plan).expect("plan")),
+    );
+    let gate: toml::Table =
+        toml::from_str("name = \"cutover\"\nkind = \"gate\"\nafter = [\"db\"]").expect("gate");
+    exercise.insert(
+        "step".into(),
+        toml::Value::Array(vec![toml::Value::Table(db), toml::Value::Table(gate)]),
+    );
+    let started: Value = http
+        .post(api("/v1/exercises"))
+        .header(CONTENT_TYPE, "application/toml")
+        .body(toml::to_string(&exercise).expect("toml"))
+        .send()
+        .await
+        .expect("start")
+        .json()
+        .await
+        .expect("json");
+    let id = started["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an exercise id: {started}"))
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut approved = false;
+    loop {
+        let r: Value = http
+            .get(api(&format!("/v1/exercises/{id}")))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if r["state"] != "running" {
+            assert_eq!(r["state"], "passed", "{r}");
+            break;
+        }
+        let gate_open = r["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "cutover" && s["state"] == "running")
+        });
+        if gate_open && !approved {
+            let ok = http
+                .post(api(&format!("/v1/exercises/{id}/approve")))
+                .header(CONTENT_TYPE, "application/json")
+                .body(r#"{"step": "cutover", "by": "dashboard test"}"#)
+                .send()
+                .await
+                .expect("approve");
+            assert!(
+                ok.status().is_success(),
+                "{}",
+                ok.text().await.unwrap_or_default()
+            );
+            approved = true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exercise did not end: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let page = browse(
+        profile.path(),
+        &api(&format!("/exercises/{id}")),
+        "exercise",
+    );
+    assert!(page.contains("Critical path: db"), "{page}");
+    assert!(
+        page.contains(r#"<g class="step critical" data-step="db""#),
+        "{page}"
+    );
+    assert!(page.contains(r#"data-step="cutover""#), "{page}");
+
     let fleet = browse(profile.path(), &api("/fleet"), "fleet");
     assert!(
         fleet.contains(r#"<tr class="worker"><td>w1</td>"#),

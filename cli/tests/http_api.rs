@@ -394,3 +394,31 @@ async fn drills_workers_cluster_and_the_openapi_document() {
             .contains("swagger")
     );
 }
+
+/// Schemathesis (PyPI) generates requests from `/openapi.json` — examples, boundary values,
+/// fuzzed bodies and parameters, stateful sequences — against the leader of a real cluster with a
+/// worker: no answer may be a 5xx, and every answer must match the schema the document gives.
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
+    let f = Fleet::start_http(&[("w1", "eu", 1)]).await;
+    let leader = f.cluster.leader().await;
+    let out = std::process::Command::new("schemathesis")
+        .args(["run", &format!("{}/openapi.json", f.http[&leader])])
+        .args(["--checks", "not_a_server_error,response_schema_conformance"])
+        .args(["--max-examples", "30", "--request-timeout", "30"])
+        .args(["--no-color"])
+        .current_dir(f.root.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("schemathesis is installed (scripts/setup installs it from PyPI)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(" generated, "),
+        "schemathesis ran no test:\n{said}"
+    );
+}
