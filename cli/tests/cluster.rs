@@ -451,6 +451,8 @@ fn make_certs(dir: &std::path::Path, names: &[&str]) {
     assert!(ok, "scripts/make-certs failed");
 }
 
+/// Also with `--auth required`: a certificate of the cluster CA stands for a worker (its calls
+/// need no token), but anything else still needs a token.
 #[tokio::test]
 async fn mutual_tls_admits_only_holders_of_the_cluster_ca() {
     let certs = tempfile::tempdir().expect("certs");
@@ -463,6 +465,9 @@ async fn mutual_tls_admits_only_holders_of_the_cluster_ca() {
         key: dir.join(format!("{name}.key")),
     };
     let node = tls(certs.path(), "node");
+    let admin = "rh_mtls-test-admin";
+    let admin_file = certs.path().join("admin-token");
+    fs::write(&admin_file, admin).expect("admin token file");
     let mut c = TestCluster::new(loopback_addrs(3), 10_000);
     c.extra = vec![
         "--tls-ca".into(),
@@ -471,13 +476,19 @@ async fn mutual_tls_admits_only_holders_of_the_cluster_ca() {
         node.cert.display().to_string(),
         "--tls-key".into(),
         node.key.display().to_string(),
+        "--auth".into(),
+        "required".into(),
+        "--admin-token-file".into(),
+        admin_file.display().to_string(),
     ];
     c.spawn_all();
     // Peers elect over mTLS, and a client with a certificate from the cluster CA is served.
     let mut good = c
         .client()
         .with_tls(&tls(certs.path(), "cli"))
-        .expect("tls client");
+        .expect("tls client")
+        .with_token(admin)
+        .expect("token");
     let id = good.submit(PLAN).await.expect("submit over mTLS");
     assert_eq!(good.get_job(&id).await.expect("read").state, "pending");
     let log = fs::read_to_string(c.log(1)).expect("log");
@@ -502,6 +513,27 @@ async fn mutual_tls_admits_only_holders_of_the_cluster_ca() {
         "a client of another CA was served"
     );
     assert_eq!(good.list_jobs(None).await.expect("list").len(), 1);
+    // The certificate alone: a worker's calls pass, a client's need a token.
+    let mut cert_only = c
+        .client()
+        .with_tls(&tls(certs.path(), "cli"))
+        .expect("tls client");
+    cert_only.patience = Duration::from_secs(5);
+    let refused = cert_only.submit(PLAN).await.expect_err("no token");
+    assert!(
+        refused.to_string().contains("requires a token"),
+        "{refused}"
+    );
+    cert_only
+        .register_worker(pb::RegisterWorkerRequest {
+            name: "mtls-worker".into(),
+            incarnation: 1,
+            region: "eu".into(),
+            labels: Default::default(),
+            slots: 1,
+        })
+        .await
+        .expect("a worker with a cluster certificate needs no token");
 }
 
 #[tokio::test]
