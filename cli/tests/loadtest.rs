@@ -21,6 +21,7 @@ fn options(jobs: u64, workers: u64) -> Options {
         fail: false,
         notify: None,
         patience: Duration::from_secs(60),
+        seed: 1,
     }
 }
 
@@ -82,4 +83,43 @@ async fn worker_churn_loses_and_doubles_nothing() {
         f.redelivered > 0,
         "no job was delivered again after its worker died: {f:?}"
     );
+}
+
+/// Two minutes of random faults — leader and follower kills, pauses, a node cut off by its
+/// links, worker deaths — while jobs flow at 60/s and a drill fires every 2 s; then the history
+/// checker. The seed comes from the clock and is printed on failure (`--seed` replays it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nemesis_loses_doubles_and_goes_stale_on_nothing() {
+    let mut opts = options(60 * 120, 12);
+    opts.rate = Some(60.0);
+    opts.slots = 4;
+    opts.delay = Duration::from_millis(50);
+    opts.patience = Duration::from_secs(90);
+    opts.seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64);
+    let f = run(Scenario::Nemesis, opts).await.expect("run");
+    let said = f.human();
+    assert_sound(&f);
+    assert_eq!(f.stale_verdicts, 0, "{said}");
+    assert_eq!(f.doubled_ticks, 0, "{said}");
+    assert!(f.drill_runs >= 20, "the drill ran along: {said}");
+    assert!(f.faults.len() >= 15, "faults were injected: {said}");
+    let kinds: std::collections::HashSet<&str> = f
+        .faults
+        .iter()
+        .map(|x| match x.kind {
+            "leader-kill" | "follower-kill" => "kill",
+            k => k,
+        })
+        .collect();
+    assert!(
+        kinds.len() >= 3,
+        "kills, pauses, partitions, worker deaths: {said}"
+    );
+    let json = serde_json::to_value(&f).expect("json");
+    for key in ["lost", "duplicated", "faults", "lifecycles_per_sec", "seed"] {
+        assert!(json.get(key).is_some(), "{key} in the JSON figures");
+    }
+    assert!(json["faults"][0]["at_s"].is_number() && json["faults"][0]["kind"].is_string());
 }

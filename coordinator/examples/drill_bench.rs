@@ -13,11 +13,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rehearse_core::drill::DrillSpec;
 use rehearse_core::schedule::jitter_ms;
-use rehearse_loadtest::cluster::{Cluster, PLAN, percentile};
-use rehearse_proto::client::DrillRpc;
-use rehearse_proto::v1 as pb;
+use rehearse_loadtest::cluster::{Cluster, percentile};
 
 const WINDOW_MS: u64 = 10 * 60 * 1000;
 
@@ -48,36 +45,12 @@ async fn main() {
     let leader_pid = c.procs[&leader].id();
 
     let applied = Instant::now();
-    let mut tasks = Vec::new();
-    for chunk in (0..drills)
-        .collect::<Vec<_>>()
-        .chunks(drills.div_ceil(16).max(1))
-    {
-        let chunk = chunk.to_vec();
-        let mut client = c.client();
-        tasks.push(tokio::spawn(async move {
-            for i in chunk {
-                let text = format!(
-                    "[drill]\nname = \"drill-{i}\"\nschedule = \"* * * * *\"\nwindow = \"10m\"\noverlap = \"queue\"\n[plan]\n{}",
-                    PLAN.replace("[artifact]", "[plan.artifact]")
-                );
-                let spec = DrillSpec::from_toml(&text, |_| Err("no files".into())).expect("drill");
-                client
-                    .drill(
-                        DrillRpc::Apply,
-                        pb::DrillCall {
-                            spec_json: serde_json::to_string(&spec).expect("json"),
-                            ..pb::DrillCall::default()
-                        },
-                    )
-                    .await
-                    .expect("apply");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("apply task");
-    }
+    c.apply_drills(drills, |i| {
+        format!(
+            "[drill]\nname = \"drill-{i}\"\nschedule = \"* * * * *\"\nwindow = \"10m\"\noverlap = \"queue\""
+        )
+    })
+    .await;
     let apply_s = applied.elapsed().as_secs_f64();
 
     // Measure whole minutes: from the next minute boundary on.

@@ -13,6 +13,7 @@
 //! Layout: [`cluster`] (coordinator processes), [`run`] (the scenario driver).
 
 pub mod cluster;
+pub mod nemesis;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ pub enum Scenario {
     Steady,
     LeaderKill,
     WorkerChurn,
+    /// Random faults while jobs flow (see [`nemesis`]).
+    Nemesis,
 }
 
 impl Scenario {
@@ -44,6 +47,7 @@ impl Scenario {
             Scenario::Steady => "steady",
             Scenario::LeaderKill => "leader-kill",
             Scenario::WorkerChurn => "worker-churn",
+            Scenario::Nemesis => "nemesis",
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct Options {
     pub fail: bool,
     /// `--notify FILE` of the cluster this tool starts.
     pub notify: Option<PathBuf>,
+    /// The nemesis' random choices start from this seed (the same seed, the same faults).
+    pub seed: u64,
 }
 
 /// Percentiles in milliseconds.
@@ -133,6 +139,15 @@ pub struct Figures {
     pub workers_killed: u64,
     /// What the scenario did (kills, churned workers); only what happened.
     pub events: Vec<String>,
+    /// The nemesis' faults, each with its time and kind.
+    pub faults: Vec<nemesis::Fault>,
+    /// Jobs whose verdict came from an attempt that was not their last (a stale token accepted).
+    pub stale_verdicts: u64,
+    /// Drill ticks that ran more than once (nemesis: a drill firing every 2 s rides along).
+    pub doubled_ticks: u64,
+    /// Drill runs the history checker saw (0 without a drill).
+    pub drill_runs: u64,
+    pub seed: u64,
 }
 
 /// Shared by submitters and simulated workers.
@@ -192,13 +207,13 @@ fn synthetic_report(fail: bool) -> anyhow::Result<String> {
 }
 
 /// A simulated worker: its tasks and its off switch.
-struct SimWorker {
+pub(crate) struct SimWorker {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl SimWorker {
-    fn kill(self) {
+    pub(crate) fn kill(self) {
         self.stop.cancel();
         for t in self.tasks {
             t.abort();
@@ -206,19 +221,23 @@ impl SimWorker {
     }
 }
 
-struct Env {
-    addrs: Vec<String>,
+pub(crate) struct Env {
+    pub(crate) addrs: Vec<String>,
     stats: Arc<Stats>,
     report: Arc<String>,
     opts: Options,
 }
 
-fn client(addrs: &[String]) -> anyhow::Result<Client> {
+pub(crate) fn client(addrs: &[String]) -> anyhow::Result<Client> {
     Ok(Client::new(addrs.to_vec())?)
 }
 
 /// Registers a worker and starts its heartbeat and stream tasks.
-async fn start_worker(env: &Env, name: String, incarnation: u64) -> anyhow::Result<SimWorker> {
+pub(crate) async fn start_worker(
+    env: &Env,
+    name: String,
+    incarnation: u64,
+) -> anyhow::Result<SimWorker> {
     let mut c = client(&env.addrs)?;
     c.patience = Duration::from_secs(60);
     let req = pb::RegisterWorkerRequest {
@@ -383,7 +402,12 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
                 extra.push("--notify".into());
                 extra.push(file.to_string_lossy().into_owned());
             }
-            Some(Cluster::start(opts.bin.to_string_lossy().into_owned(), 3, extra).await)
+            let bin = opts.bin.to_string_lossy().into_owned();
+            Some(if scenario == Scenario::Nemesis {
+                Cluster::start_proxied(bin, 3, extra).await
+            } else {
+                Cluster::start(bin, 3, extra).await
+            })
         }
     };
     let addrs = match (&opts.coordinators, &cluster) {
@@ -403,6 +427,12 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
         workers.push(start_worker(&env, format!("sim-{run_id}-{i}"), 1).await?);
     }
     let mut events = Vec::new();
+    let mut faults = Vec::new();
+    let drill = if scenario == Scenario::Nemesis {
+        Some(nemesis::apply_drill(&addrs, &run_id).await?)
+    } else {
+        None
+    };
 
     // Submitters take job numbers from a shared counter, paced by --rate if given.
     let started = Instant::now();
@@ -487,6 +517,15 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
                 events.push(format!("{k} workers died silently and {k} joined"));
             }
         }
+        Scenario::Nemesis => {
+            let Some(c) = cluster.as_mut() else {
+                bail!("nemesis needs the cluster this tool starts (no --coordinators)");
+            };
+            let done = || next.load(Ordering::Relaxed) >= opts.jobs;
+            faults = nemesis::run(c, &env, &mut workers, &run_id, opts.seed, started, done).await?;
+            workers_killed = faults.iter().filter(|f| f.kind == "worker-kill").count() as u64;
+            leader_kills = faults.iter().filter(|f| f.kind == "leader-kill").count() as u64;
+        }
     }
 
     for s in submitters {
@@ -545,6 +584,15 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
         .filter(|n| **n > 1)
         .count() as u64;
     let rss = cluster.as_ref().and_then(Cluster::peak_rss_mb);
+    let stale_verdicts = if scenario == Scenario::Nemesis {
+        nemesis::stale_verdicts(&mut c, &acked).await?
+    } else {
+        0
+    };
+    let (drill_runs, doubled_ticks) = match &drill {
+        Some(name) => nemesis::check_ticks(&mut c, name).await?,
+        None => (0, 0),
+    };
     for w in workers {
         w.kill();
     }
@@ -566,6 +614,11 @@ pub async fn run(scenario: Scenario, opts: Options) -> anyhow::Result<Figures> {
         leader_kills,
         workers_killed,
         events,
+        faults,
+        stale_verdicts,
+        doubled_ticks,
+        drill_runs,
+        seed: opts.seed,
     })
 }
 
@@ -599,6 +652,19 @@ impl Figures {
         }
         for e in &self.events {
             out.push_str(&format!("  {e}\n"));
+        }
+        if !self.faults.is_empty() {
+            out.push_str(&format!(
+                "  {} faults (seed {}); stale verdicts {} · drill runs {} · doubled ticks {}\n",
+                self.faults.len(),
+                self.seed,
+                self.stale_verdicts,
+                self.drill_runs,
+                self.doubled_ticks
+            ));
+            for f in &self.faults {
+                out.push_str(&format!("    {:>7.2} s  {}\n", f.at_s, f.what));
+            }
         }
         out
     }

@@ -28,6 +28,23 @@ enum Command {
     LeaderKill(Flags),
     /// Every 250 ms a worker dies silently and a new one joins.
     WorkerChurn(Flags),
+    /// Random faults for --duration while jobs flow at --rate: leader and follower kills
+    /// (SIGKILL), pauses (SIGSTOP/SIGCONT), one node cut from the others (TCP links between the
+    /// nodes), worker kills; then a history checker (lost, duplicated, stale verdicts, doubled
+    /// drill ticks). Exit 1 when anything was lost or doubled.
+    Nemesis(NemesisFlags),
+}
+
+#[derive(Debug, Args)]
+struct NemesisFlags {
+    /// How long jobs are submitted while faults are injected.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The seed of the fault choices [default: from the clock; printed in the output].
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    flags: Flags,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,22 +113,42 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let (scenario, flags) = match cli.scenario {
+    let mut seed = 0;
+    let (scenario, mut flags) = match cli.scenario {
         Command::Steady(f) => (Scenario::Steady, f),
         Command::LeaderKill(f) => (Scenario::LeaderKill, f),
         Command::WorkerChurn(f) => (Scenario::WorkerChurn, f),
+        Command::Nemesis(n) => {
+            seed = n.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+            let mut f = n.flags;
+            // Jobs flow at a rate for the duration: --jobs follows from them.
+            let rate = *f.rate.get_or_insert(100.0);
+            f.jobs = (rate * n.duration.as_secs_f64()).ceil().max(1.0) as u64;
+            (Scenario::Nemesis, f)
+        }
     };
+    if scenario == Scenario::Nemesis && flags.workers == 500 {
+        // The default fleet is sized for throughput; faults need fewer, busier workers.
+        flags.workers = 20;
+        flags.slots = flags.slots.max(4);
+    }
     let bin = flags.bin.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("rehearse")))
             .unwrap_or_else(|| PathBuf::from("rehearse"))
     });
-    let lease = flags.lease.unwrap_or(if scenario == Scenario::WorkerChurn {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(10)
-    });
+    let lease = flags.lease.unwrap_or(
+        if matches!(scenario, Scenario::WorkerChurn | Scenario::Nemesis) {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(10)
+        },
+    );
     let opts = Options {
         jobs: flags.jobs,
         workers: flags.workers,
@@ -126,6 +163,7 @@ fn main() -> ExitCode {
         job_retention: flags.job_retention,
         fail: flags.verdict == SimVerdict::Failed,
         notify: flags.notify,
+        seed,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,7 +184,11 @@ fn main() -> ExitCode {
                 ),
                 Output::Human => print!("{}", figures.human()),
             }
-            if figures.lost == 0 && figures.duplicated == 0 {
+            if figures.lost == 0
+                && figures.duplicated == 0
+                && figures.stale_verdicts == 0
+                && figures.doubled_ticks == 0
+            {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
