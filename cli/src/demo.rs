@@ -108,6 +108,7 @@ pub(crate) async fn demo(
             &plan_file,
             args.sandbox.run.runtime.choice(),
             args.fleet,
+            args.keep.as_ref().map(|k| k.join("evidence")),
             cancel,
         )
         .await?;

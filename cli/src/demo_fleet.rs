@@ -24,12 +24,14 @@ fn free_addr() -> anyhow::Result<std::net::SocketAddr> {
 }
 
 /// Runs the fleet part of the demo in `dir` for the plan in `plan_file`, until `runs` runs of
-/// the drill passed (or `cancel`).
+/// the drill passed (or `cancel`); the evidence export goes to `evidence_dir` (`--keep`), or
+/// into `dir`, which goes away with the demo.
 pub async fn run(
     dir: &Path,
     plan_file: &Path,
     runtime: RuntimeChoice,
     runs: usize,
+    evidence_dir: Option<std::path::PathBuf>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let stop = cancel.child_token();
@@ -103,7 +105,17 @@ pub async fn run(
         }));
     }
     let dashboard = format!("http://{}/", http[&1]);
-    let result = drive(dir, plan_file, &coordinators, &dashboard, runs, &stop).await;
+    let kept = evidence_dir.is_some();
+    let evidence_dir = evidence_dir.unwrap_or_else(|| dir.join("evidence"));
+    let result = drive(
+        dir,
+        plan_file,
+        &coordinators,
+        (&dashboard, &evidence_dir, kept),
+        runs,
+        &stop,
+    )
+    .await;
     stop.cancel();
     for t in tasks {
         let _ = t.await;
@@ -115,7 +127,7 @@ async fn drive(
     dir: &Path,
     plan_file: &Path,
     coordinators: &[String],
-    dashboard: &str,
+    (dashboard, evidence_dir, kept): (&str, &Path, bool),
     runs: usize,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -200,7 +212,34 @@ async fn drive(
         status(&mut client, &spec.name).await
     );
     exercise(dir, plan_file, &mut client, stop).await?;
+    evidence(evidence_dir, kept, &mut client).await?;
     eprintln!("\nrehearse demo: stopping the fleet.");
+    Ok(())
+}
+
+/// Every verdict so far, exported as an auditor gets it: signed HTML and JSON.
+async fn evidence(out: &Path, kept: bool, client: &mut Client) -> anyhow::Result<()> {
+    let files = client
+        .export_evidence(0, crate::args::now_ms() + 1, None)
+        .await
+        .context("evidence export")?;
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    for (name, data) in &files {
+        std::fs::write(out.join(name), data).with_context(|| format!("write {name}"))?;
+    }
+    let verified = rehearse_coordinator::evidence::verify_dir(out, None)
+        .map_err(|e| anyhow::anyhow!("the demo's evidence does not check: {e}"))?;
+    eprintln!(
+        "\nrehearse demo: evidence for auditors — {} verdicts in a hash chain, exported and signed to {}\n  \
+         (open evidence.html; check: ssh-keygen -Y verify -f allowed_signers -I rehearse -n rehearse-evidence -s evidence.json.sig < evidence.json){}",
+        verified.records,
+        out.display(),
+        if kept {
+            ""
+        } else {
+            "\n  It goes away with the demo: rehearse demo --fleet N --keep DIR keeps it in DIR/evidence."
+        }
+    );
     Ok(())
 }
 

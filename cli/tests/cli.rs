@@ -183,6 +183,11 @@ fn demo_fleet_runs_the_dump_as_a_drill_and_cleans_up() {
     assert!(err.contains("exercise \"shop DR to us\""), "{err}");
     assert!(err.contains("critical path: db → approve cutover"), "{err}");
     assert!(err.contains(": PASSED"), "{err}");
+    // Every verdict so far, chained and exported signed.
+    assert!(
+        err.contains("evidence for auditors") && err.contains("verdicts in a hash chain"),
+        "{err}"
+    );
     let left: Vec<_> = fleet_dirs().difference(&before).cloned().collect();
     assert!(left.is_empty(), "the fleet's dir was left behind: {left:?}");
 }

@@ -127,7 +127,7 @@ pub fn export(
         records,
         drills,
     };
-    let json = serde_json::to_vec_pretty(&doc).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let json = serde_json::to_vec(&doc).map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let html = render_html(&doc)
         .map_err(|e| ApiError::Unavailable(format!("rendering the report: {e}")))?
         .into_bytes();

@@ -285,22 +285,32 @@ pub fn replace(txn: &WriteTransaction, history: &History) -> Result<(), StoreErr
 
 /// A drill's ended runs, oldest first.
 pub fn runs_of(db: &Database, drill: &str) -> Result<Vec<Run>, StoreError> {
+    Ok(runs_of_many(db, &[drill])?.pop().unwrap_or_default())
+}
+
+/// Each drill's ended runs, oldest first, read in one transaction (a listing of every drill
+/// opens one, not one per drill).
+pub fn runs_of_many(db: &Database, drills: &[&str]) -> Result<Vec<Vec<Run>>, StoreError> {
     let txn = db.begin_read().map_err(read_err)?;
     let table = match txn.open_table(RUNS) {
         Ok(t) => t,
-        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(TableError::TableDoesNotExist(_)) => return Ok(vec![Vec::new(); drills.len()]),
         Err(e) => return Err(read_err(e)),
     };
-    let (start, end) = drill_range(drill);
-    let mut out = Vec::new();
-    for item in table
-        .range(start.as_str()..end.as_str())
-        .map_err(read_err)?
-    {
-        let (_, value) = item.map_err(read_err)?;
-        out.push(serde_json::from_slice(value.value()).map_err(read_err)?);
+    let mut all = Vec::with_capacity(drills.len());
+    for drill in drills {
+        let (start, end) = drill_range(drill);
+        let mut out = Vec::new();
+        for item in table
+            .range(start.as_str()..end.as_str())
+            .map_err(read_err)?
+        {
+            let (_, value) = item.map_err(read_err)?;
+            out.push(serde_json::from_slice(value.value()).map_err(read_err)?);
+        }
+        all.push(out);
     }
-    Ok(out)
+    Ok(all)
 }
 
 /// Names of the drills with history.

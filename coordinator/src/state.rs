@@ -143,6 +143,14 @@ impl StateMachine {
         crate::history::runs_of(&self.db, drill)
     }
 
+    /// Each drill's ended runs from the history table, in one read.
+    pub fn history_runs_many(
+        &self,
+        drills: &[&str],
+    ) -> Result<Vec<Vec<rehearse_core::drill::Run>>, StoreError> {
+        crate::history::runs_of_many(&self.db, drills)
+    }
+
     /// Drills that have history.
     pub fn history_drills(&self) -> Result<Vec<String>, StoreError> {
         crate::history::drills(&self.db)

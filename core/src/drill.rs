@@ -803,19 +803,28 @@ pub struct DrillView {
 }
 
 impl DrillView {
-    /// `upcoming`: how many next fire times; `history`: include every run.
+    /// `upcoming`: how many next fire times; `history`: include every run. `schedule`: the
+    /// drill's schedule when the caller has it parsed already (parsing a cron pattern costs
+    /// about 20 µs; a listing of 10,000 drills shares them), else it is parsed here.
     pub fn new(
         name: &str,
         drill: Option<&Drill>,
         runs: &[Run],
         now_ms: u64,
-        upcoming: usize,
-        history: bool,
+        (upcoming, history): (usize, bool),
+        schedule: Option<&crate::schedule::Schedule>,
     ) -> DrillView {
         let refs: Vec<&Run> = runs.iter().collect();
         let next = drill
             .and_then(|d| {
-                let s = d.spec.schedule().ok()?;
+                let parsed;
+                let s = match schedule {
+                    Some(s) => s,
+                    None => {
+                        parsed = d.spec.schedule().ok()?;
+                        &parsed
+                    }
+                };
                 Some(s.upcoming(d.last_tick_ms.max(now_ms as i64), upcoming))
             })
             .unwrap_or_default();

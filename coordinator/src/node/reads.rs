@@ -149,10 +149,12 @@ fn drills_answer(store: &StateMachine, name: Option<String>) -> Result<ReadAnswe
         return Err(ApiError::NotFound(format!("no drill {want:?}")));
     }
     let mut out = Vec::with_capacity(names.len());
-    for n in names {
-        let mut runs: std::collections::BTreeMap<String, rehearse_core::drill::Run> = store
-            .history_runs(&n)
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let histories = store
+        .history_runs_many(&refs)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    for (n, history) in names.into_iter().zip(histories) {
+        let mut runs: std::collections::BTreeMap<String, rehearse_core::drill::Run> = history
             .into_iter()
             .map(|r| {
                 (
