@@ -167,7 +167,11 @@ fn verify(
         ),
         None => None,
     };
-    let result = rehearse_coordinator::evidence::verify_dir(dir, key.as_deref());
+    let result = match rehearse_coordinator::evidence::verify_dir(dir, key.as_deref()) {
+        Err(e @ rehearse_coordinator::evidence::EvidenceError::Broken(_)) => Err(e.to_string()),
+        Err(e) => return Err(CouldNotVerify(anyhow::anyhow!("evidence verify: {e}"))),
+        Ok(v) => Ok(v),
+    };
     match (&result, output) {
         (Ok(v), ClientOutput::Json) => crate::args::print_json(&json!({
             "ok": true, "records": v.records, "links": v.links, "signer": v.signer,

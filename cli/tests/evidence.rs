@@ -161,20 +161,25 @@ async fn exports_sign_chain_and_name_the_first_broken_link() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("evidence intact: 3 records"));
 
+    // A copy of the export with its JSON changed; what `evidence verify` says of it (exit 1).
+    let tampered = |name: &str, doc: &Value| {
+        let dir = fleet.root.path().join(name);
+        copy_dir(&out_dir, &dir);
+        std::fs::write(
+            dir.join("evidence.json"),
+            serde_json::to_vec_pretty(doc).expect("json"),
+        )
+        .expect("write");
+        let bad = verify(&dir);
+        assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+        (dir, String::from_utf8_lossy(&bad.stderr).into_owned())
+    };
+    let seq = records[1]["seq"].as_u64().expect("seq");
+
     // An edited record: the failure made to look like a pass.
-    let edited = fleet.root.path().join("edited");
-    copy_dir(&out_dir, &edited);
     let mut doc_edit = doc.clone();
     doc_edit["records"][1]["verdict"] = "passed".into();
-    std::fs::write(
-        edited.join("evidence.json"),
-        serde_json::to_vec_pretty(&doc_edit).expect("json"),
-    )
-    .expect("write");
-    let bad = verify(&edited);
-    assert_eq!(bad.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&bad.stderr);
-    let seq = records[1]["seq"].as_u64().expect("seq");
+    let (edited, said) = tampered("edited", &doc_edit);
     assert!(
         said.contains(&format!("record {seq} (job {})", ids[1].0)) && said.contains("changed"),
         "{said}"
@@ -187,35 +192,25 @@ async fn exports_sign_chain_and_name_the_first_broken_link() {
     );
 
     // A removed record (its link kept, or removed with it).
-    let removed = fleet.root.path().join("removed");
-    copy_dir(&out_dir, &removed);
     let mut doc_cut = doc.clone();
     doc_cut["records"]
         .as_array_mut()
         .expect("records")
         .remove(1);
-    std::fs::write(
-        removed.join("evidence.json"),
-        serde_json::to_vec_pretty(&doc_cut).expect("json"),
-    )
-    .expect("write");
-    let bad = verify(&removed);
-    assert_eq!(bad.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&bad.stderr);
+    let (_, said) = tampered("removed", &doc_cut);
     assert!(
         said.contains(&format!("record {seq}")) && said.contains("removed"),
         "{said}"
     );
     doc_cut["links"].as_array_mut().expect("links").remove(1);
-    std::fs::write(
-        removed.join("evidence.json"),
-        serde_json::to_vec_pretty(&doc_cut).expect("json"),
-    )
-    .expect("write");
-    let bad = verify(&removed);
-    assert_eq!(bad.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&bad.stderr);
+    let (_, said) = tampered("removed-with-link", &doc_cut);
     assert!(said.contains(&format!("record {seq} is missing")), "{said}");
+
+    // Not an export at all: could not check (exit 2), not "broken".
+    let junk = fleet.root.path().join("junk");
+    copy_dir(&out_dir, &junk);
+    std::fs::write(junk.join("evidence.json"), "not json").expect("write");
+    assert_eq!(verify(&junk).status.code(), Some(2));
 
     // Another key than the coordinator's is refused, even with the export intact.
     let other_dir = keys.path().join("other");

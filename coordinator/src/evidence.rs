@@ -21,6 +21,20 @@ pub const ALLOWED_SIGNERS: &str = "allowed_signers";
 /// The principal the `allowed_signers` file names (`ssh-keygen -Y verify -I rehearse`).
 pub const PRINCIPAL: &str = "rehearse";
 
+/// What can go wrong with keys and exports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvidenceError {
+    /// A key that cannot be used (unreadable, not OpenSSH, encrypted, not ed25519).
+    #[error("{0}")]
+    Key(String),
+    /// Not an export this release can check (missing files, not JSON, another format).
+    #[error("{0}")]
+    Unreadable(String),
+    /// The export does not hold: a broken chain, a signature that does not match, another key.
+    #[error("{0}")]
+    Broken(String),
+}
+
 /// The coordinator's signing key (`--evidence-key`): an OpenSSH ed25519 private key.
 pub struct Signer {
     key: PrivateKey,
@@ -34,48 +48,41 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// Reads the key file; says what is wrong with it in one line.
-    pub fn load(path: &Path) -> Result<Signer, String> {
+    pub fn load(path: &Path) -> Result<Signer, EvidenceError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("evidence key {}: {e}", path.display()))?;
+            .map_err(|e| EvidenceError::Key(format!("evidence key {}: {e}", path.display())))?;
         let key = PrivateKey::from_openssh(text.trim()).map_err(|e| {
-            format!(
+            EvidenceError::Key(format!(
                 "evidence key {}: not an OpenSSH private key ({e}); make one with ssh-keygen -t ed25519 -N ''",
                 path.display()
-            )
+            ))
         })?;
         if key.is_encrypted() {
-            return Err(format!(
+            return Err(EvidenceError::Key(format!(
                 "evidence key {}: the key is encrypted with a passphrase; the coordinator signs unattended, give it a key without one",
                 path.display()
-            ));
+            )));
         }
         if key.algorithm() != ssh_key::Algorithm::Ed25519 {
-            return Err(format!(
+            return Err(EvidenceError::Key(format!(
                 "evidence key {}: the key is {}, evidence is signed with ed25519 only",
                 path.display(),
                 key.algorithm()
-            ));
+            )));
         }
         Ok(Signer { key })
     }
 
     /// A new random key (the demo's; a real cluster gives `--evidence-key`).
-    pub fn generate(comment: &str) -> Result<Signer, String> {
+    pub fn generate(comment: &str) -> Result<Signer, EvidenceError> {
         let mut seed = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-            .map_err(|_| "evidence key: no randomness from the system".to_owned())?;
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).map_err(
+            |_| EvidenceError::Key("evidence key: no randomness from the system".into()),
+        )?;
         let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
         let key = PrivateKey::new(ssh_key::private::KeypairData::Ed25519(pair), comment)
-            .map_err(|e| format!("evidence key: {e}"))?;
+            .map_err(|e| EvidenceError::Key(format!("evidence key: {e}")))?;
         Ok(Signer { key })
-    }
-
-    /// The key in OpenSSH private-key format (to write the demo's key file).
-    pub fn to_openssh(&self) -> Result<String, String> {
-        self.key
-            .to_openssh(LineEnding::LF)
-            .map(|s| s.to_string())
-            .map_err(|e| e.to_string())
     }
 
     /// The public half, OpenSSH format.
@@ -84,11 +91,11 @@ impl Signer {
     }
 
     /// An SSHSIG signature of `data` (PEM armoured, as `ssh-keygen -Y sign` writes).
-    pub fn sign(&self, data: &[u8]) -> Result<String, String> {
+    pub fn sign(&self, data: &[u8]) -> Result<String, EvidenceError> {
         self.key
             .sign(evidence::NAMESPACE, HashAlg::Sha512, data)
             .and_then(|sig| sig.to_pem(LineEnding::LF))
-            .map_err(|e| format!("signing evidence: {e}"))
+            .map_err(|e| EvidenceError::Key(format!("signing evidence: {e}")))
     }
 }
 
@@ -131,7 +138,11 @@ pub fn export(
     let html = render_html(&doc)
         .map_err(|e| ApiError::Unavailable(format!("rendering the report: {e}")))?
         .into_bytes();
-    let sign = |data: &[u8]| signer.sign(data).map_err(ApiError::Unavailable);
+    let sign = |data: &[u8]| {
+        signer
+            .sign(data)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))
+    };
     let json_sig = sign(&json)?;
     let html_sig = sign(&html)?;
     Ok(vec![
@@ -162,28 +173,31 @@ pub struct Verified {
 /// Re-checks an export directory: the chain (naming the first broken link), then each file's
 /// signature with the export's key — or with `key` (an OpenSSH public key) when the auditor
 /// holds the coordinator's key from elsewhere, which is what makes the check mean something.
-pub fn verify_dir(dir: &Path, key: Option<&str>) -> Result<Verified, String> {
+pub fn verify_dir(dir: &Path, key: Option<&str>) -> Result<Verified, EvidenceError> {
+    use EvidenceError::{Broken, Unreadable};
     let read = |name: &str| {
-        std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+        std::fs::read(dir.join(name))
+            .map_err(|e| Unreadable(format!("{}: {e}", dir.join(name).display())))
     };
     let json = read(JSON)?;
     let doc: Export = serde_json::from_slice(&json)
-        .map_err(|e| format!("{JSON}: not an evidence export ({e})"))?;
+        .map_err(|e| Unreadable(format!("{JSON}: not an evidence export ({e})")))?;
     if doc.format != evidence::FORMAT {
-        return Err(format!(
+        return Err(Unreadable(format!(
             "{JSON}: format {} (this release reads {})",
             doc.format,
             evidence::FORMAT
-        ));
+        )));
     }
-    evidence::check_export(&doc).map_err(|b| format!("{JSON}: the chain is broken at {b}"))?;
+    evidence::check_export(&doc)
+        .map_err(|b| Broken(format!("{JSON}: the chain is broken at {b}")))?;
     let public = PublicKey::from_openssh(key.unwrap_or(&doc.signer).trim())
-        .map_err(|e| format!("signer key: not an OpenSSH public key ({e})"))?;
+        .map_err(|e| Unreadable(format!("signer key: not an OpenSSH public key ({e})")))?;
     if key.is_some() && PublicKey::from_openssh(doc.signer.trim()).ok().as_ref() != Some(&public) {
-        return Err(format!(
+        return Err(Broken(format!(
             "{JSON}: signed by {}, not by the key given",
             doc.signer.trim()
-        ));
+        )));
     }
     for name in [JSON, HTML] {
         let data = read(name)?;
@@ -192,11 +206,11 @@ pub fn verify_dir(dir: &Path, key: Option<&str>) -> Result<Verified, String> {
         let sig = std::str::from_utf8(&sig)
             .ok()
             .and_then(|s| SshSig::from_pem(s).ok())
-            .ok_or_else(|| format!("{sig_name}: not an SSH signature"))?;
+            .ok_or_else(|| Broken(format!("{sig_name}: not an SSH signature")))?;
         public
             .verify(evidence::NAMESPACE, &data, &sig)
             .map_err(|_| {
-                format!("{name}: the signature in {sig_name} does not match it (the file was changed after signing, or signed by another key)")
+                Broken(format!("{name}: the signature in {sig_name} does not match it (the file was changed after signing, or signed by another key)"))
             })?;
     }
     Ok(Verified {
