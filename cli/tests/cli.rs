@@ -415,14 +415,7 @@ fn verify_shows_progress_on_a_terminal_and_nothing_off_one() {
         .env_remove("REHEARSE_PROGRESS"));
     assert_exit(&out, 0);
     let shown = String::from_utf8_lossy(&fs::read(&typescript).expect("typescript")).into_owned();
-    for phase in [
-        "fetch",
-        "checksum",
-        "provision",
-        "restore",
-        "checks",
-        "teardown",
-    ] {
+    for phase in rehearse_core::report::Phase::UNPROMOTED.map(|p| p.as_str()) {
         assert!(
             shown.contains(&format!("✓ {phase:<9}")),
             "no line for {phase}: {shown:?}"

@@ -305,14 +305,7 @@ async fn an_otlp_collector_receives_one_linked_trace_per_job() {
         let verify = one("rehearse-worker", "verify");
         assert_eq!(verify["parent_span_id"], worker_attempt["span_id"]);
         assert_eq!(verify["attributes"]["rehearse.verdict"], "passed");
-        for phase in [
-            "fetch",
-            "checksum",
-            "provision",
-            "restore",
-            "checks",
-            "teardown",
-        ] {
+        for phase in rehearse_core::report::Phase::UNPROMOTED.map(|p| p.as_str()) {
             let span = one("rehearse-worker", phase);
             assert_eq!(span["parent_span_id"], verify["span_id"], "{span}");
             assert_eq!(span["attributes"]["rehearse.engine"], "postgres", "{span}");

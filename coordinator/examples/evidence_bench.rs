@@ -58,21 +58,14 @@ fn record(seq: u64, prev: &str) -> Record {
                 ok: true,
             },
         ],
-        phases: [
-            "fetch",
-            "checksum",
-            "provision",
-            "restore",
-            "checks",
-            "teardown",
-        ]
-        .iter()
-        .map(|p| PhaseTime {
-            name: (*p).into(),
-            ms: 7_000,
-            ok: true,
-        })
-        .collect(),
+        phases: rehearse_core::report::Phase::UNPROMOTED
+            .iter()
+            .map(|p| PhaseTime {
+                name: p.as_str().into(),
+                ms: 7_000,
+                ok: true,
+            })
+            .collect(),
         checks: vec![
             CheckResult {
                 name: "orders".into(),

@@ -43,18 +43,11 @@ fn run(i: u64) -> Run {
             blake3: Some("ab".repeat(32)),
             rto_ms: Some(41_000),
             rpo_ms: Some(3_600_000),
-            phases: [
-                "fetch",
-                "checksum",
-                "provision",
-                "restore",
-                "checks",
-                "teardown",
-            ]
-            .iter()
-            .enumerate()
-            .map(|(k, p)| ((*p).to_owned(), 100 * k as u64 + 7))
-            .collect::<BTreeMap<_, _>>(),
+            phases: rehearse_core::report::Phase::UNPROMOTED
+                .iter()
+                .enumerate()
+                .map(|(k, p)| (p.as_str().to_owned(), 100 * k as u64 + 7))
+                .collect::<BTreeMap<_, _>>(),
             tables: (0..5)
                 .map(|t| TableRows {
                     name: format!("public.table_{t}"),

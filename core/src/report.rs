@@ -26,6 +26,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phases of a restore without a promotion (a dump, a base backup not promoted), in
+    /// order.
+    pub const UNPROMOTED: [Phase; 6] = [
+        Phase::Fetch,
+        Phase::Checksum,
+        Phase::Provision,
+        Phase::Restore,
+        Phase::Checks,
+        Phase::Teardown,
+    ];
+
     pub const ALL: [Phase; 7] = [
         Phase::Fetch,
         Phase::Checksum,

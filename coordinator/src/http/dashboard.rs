@@ -288,24 +288,22 @@ pub async fn drill(
         })
         .collect();
     let charted = &measured[measured.len().saturating_sub(CHART_RUNS)..];
-    const ORDER: [&str; 6] = [
-        "fetch",
-        "checksum",
-        "provision",
-        "restore",
-        "checks",
-        "teardown",
-    ];
     let bars: Vec<Bar> = charted
         .iter()
         .map(|r| {
             let result = &r.results[0];
             Bar {
                 label: run_label(r),
-                segments: ORDER
+                // Every phase up to the checks (a promotion too): what the RTO counts.
+                segments: rehearse_core::report::Phase::ALL
                     .iter()
-                    .filter(|p| **p != "teardown")
-                    .filter_map(|p| result.phases.get(*p).map(|ms| ((*p).to_owned(), *ms)))
+                    .filter(|p| **p != rehearse_core::report::Phase::Teardown)
+                    .filter_map(|p| {
+                        result
+                            .phases
+                            .get(p.as_str())
+                            .map(|ms| (p.as_str().to_owned(), *ms))
+                    })
                     .collect(),
                 passed: r.outcome == rehearse_core::drill::RunOutcome::Passed,
             }
