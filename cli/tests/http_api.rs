@@ -384,6 +384,15 @@ async fn drills_workers_cluster_and_the_openapi_document() {
             "{path} missing from /openapi.json"
         );
     }
+    // Tokens: a bearer scheme, and 401/403 in the error shape on every operation.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let submit = &doc["paths"]["/v1/verifications"]["post"]["responses"];
+    for code in ["401", "403"] {
+        assert!(submit.get(code).is_some(), "{code} documented: {submit}");
+    }
     let r = c.get(at(leader, "/docs/")).send().await.expect("docs");
     assert_eq!(r.status(), StatusCode::OK);
     assert!(

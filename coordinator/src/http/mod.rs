@@ -72,6 +72,66 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
+/// With `--auth required` every operation takes a bearer token and may answer 401 or 403 in the
+/// error shape: the document says so (a `bearer` scheme, both answers on every operation).
+/// Applied to the document once the routes are in it.
+struct Auth;
+
+impl utoipa::Modify for Auth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            Http, HttpAuthScheme, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        doc.components
+            .get_or_insert_with(utoipa::openapi::Components::new)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        doc.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (code, what) in [
+                    (
+                        "401",
+                        "No token, or one the cluster does not know (--auth required)",
+                    ),
+                    ("403", "The token's role may not make this call"),
+                ] {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(what)
+                                    .content(
+                                        "application/json",
+                                        ContentBuilder::new()
+                                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
+                        });
+                }
+            }
+        }
+    }
+}
+
 /// The routes and the OpenAPI document they generate.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -93,6 +153,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(fleet::cluster))
         .with_state(state.clone())
         .split_for_parts();
+    let mut doc = doc;
+    utoipa::Modify::modify(&Auth, &mut doc);
     let doc = Arc::new(doc);
     let json = {
         let doc = doc.clone();
