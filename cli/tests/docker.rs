@@ -157,3 +157,84 @@ fn docker_runtime_without_the_image_exits_2_with_one_line() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("rehearse/none:0"), "{stderr}");
 }
+
+/// `deploy/images/build rehearse` makes the binary image from this build with no base image: it
+/// prints its version, serves a coordinator whose HTTP API answers on a published port, and holds
+/// nothing else (no shell).
+#[test]
+fn the_binary_image_runs_a_coordinator_and_holds_nothing_else() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build");
+    let built = run(Command::new(script)
+        .arg("rehearse")
+        .env("REHEARSE_BIN", env!("CARGO_BIN_EXE_rehearse"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")));
+    assert!(
+        built.status.success(),
+        "deploy/images/build rehearse: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let image = "rehearse/rehearse:local";
+    let version = run(Command::new("docker").args(["run", "--rm", image, "--version"]));
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("rehearse "),
+        "{version:?}"
+    );
+    let shell = run(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/sh",
+        image,
+        "-c",
+        "true",
+    ]));
+    assert!(!shell.status.success(), "the image has no shell");
+
+    let started = run(Command::new("docker").args([
+        "run",
+        "-d",
+        "--label",
+        "rehearse.test=binary-image",
+        "-p",
+        "127.0.0.1::8080",
+        image,
+        "coordinator",
+        "--id",
+        "1",
+        "--listen",
+        "0.0.0.0:7000",
+        "--advertise",
+        "127.0.0.1:7000",
+        "--peers",
+        "1=127.0.0.1:7000",
+        "--data-dir",
+        "/var/lib/rehearse/data",
+        "--http-listen",
+        "0.0.0.0:8080",
+    ]));
+    assert!(started.status.success(), "{started:?}");
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let port = run(Command::new("docker").args(["port", &id, "8080"]));
+    let addr = String::from_utf8_lossy(&port.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = String::new();
+    while Instant::now() < deadline {
+        let out = run(Command::new("curl").args(["-sf", &format!("http://{addr}/readyz")]));
+        answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = run(Command::new("docker").args(["logs", &id]));
+    let _ = run(Command::new("docker").args(["rm", "-f", &id]));
+    assert!(
+        answer.starts_with("ready: leader 1"),
+        "the coordinator in the image did not become ready: {answer:?}; logs: {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+}
