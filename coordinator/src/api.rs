@@ -123,19 +123,9 @@ fn token_done(outcome: Outcome) -> Result<(), Status> {
     }
 }
 
-/// Names and regions: 1..=64 of [A-Za-z0-9_.-].
+/// Names and regions: 1..=64 of [A-Za-z0-9_.-] (`rehearse_core::fleet::check_name`).
 fn check_name(what: &str, name: &str) -> Result<(), Status> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(Status::invalid_argument(format!(
-            "{what} {name:?}: 1 to 64 of [A-Za-z0-9_.-]"
-        )));
-    }
-    Ok(())
+    rehearse_core::fleet::check_name(what, name).map_err(Status::invalid_argument)
 }
 
 /// The worker's set as the stream sends it, or why the stream cannot go on.

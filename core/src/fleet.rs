@@ -563,6 +563,19 @@ fn plan_timeout_ms(plan: &crate::plan::RawPlan) -> u64 {
     u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Names of workers, regions and tokens: 1..=64 of [A-Za-z0-9_.-]; `what` names it in the error.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!("{what} {name:?}: 1 to 64 of [A-Za-z0-9_.-]"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

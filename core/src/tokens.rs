@@ -129,19 +129,9 @@ pub fn secret_from(bytes: &[u8; 32]) -> String {
     s
 }
 
-/// Token names: 1..=64 of [A-Za-z0-9_.-].
+/// Token names: as worker names ([`crate::fleet::check_name`]).
 pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(format!(
-            "token name {name:?}: 1 to 64 letters, digits, '-', '_' or '.'"
-        ));
-    }
-    Ok(())
+    crate::fleet::check_name("token name", name)
 }
 
 impl crate::jobs::JobStore {
