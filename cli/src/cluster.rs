@@ -11,8 +11,12 @@ use crate::args::{ClientArgs, ClientOutput, client, print_json};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClusterCommand {
-    /// Leader, term, commit index and members.
+    /// Leader, term, commit index and members, as the leader sees them.
     Status {
+        /// This node's own view instead (the first of --coordinators that answers): its applied
+        /// index and the leader it knows, e.g. to find the most up-to-date survivor.
+        #[arg(long)]
+        local: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -37,8 +41,10 @@ pub(crate) enum ClusterCommand {
     },
     /// Region failover while a quorum survives: promote the learners of REGION and remove the
     /// members of other regions that do not answer, one committed change at a time (promotions
-    /// first, so the voters never lose their majority). Without a quorum it refuses and names
-    /// the survivor to force a new cluster on (docs/cluster.md).
+    /// first, so the voters never lose their majority). Without a quorum it refuses, unless
+    /// --force: then the most up-to-date survivor of REGION becomes the only voter of a new
+    /// cluster (writes it had not received are lost) and the other survivors its learners,
+    /// before the promotions (docs/cluster.md).
     Failover {
         /// The region that takes over.
         #[arg(long = "to-region")]
@@ -46,6 +52,12 @@ pub(crate) enum ClusterCommand {
         /// How long a member may take to answer before it counts as lost.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         probe_timeout: std::time::Duration,
+        /// Without a quorum, force a new cluster on the survivors (asks on a terminal).
+        #[arg(long)]
+        force: bool,
+        /// With --force: do not ask (needed when not on a terminal).
+        #[arg(long, requires = "force")]
+        yes: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -63,7 +75,7 @@ pub(crate) enum ClusterCommand {
 pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVerify> {
     use pb::membership_request::Kind;
     let (args, change) = match &cmd {
-        ClusterCommand::Status { client } => (client, None),
+        ClusterCommand::Status { client, .. } => (client, None),
         ClusterCommand::AddLearner { id, addr, client } => {
             (client, Some((Kind::AddLearner, *id, addr.clone())))
         }
@@ -74,8 +86,13 @@ pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVer
         ClusterCommand::Failover {
             to_region,
             probe_timeout,
+            force,
+            yes,
             client: args,
-        } => return failover(to_region, *probe_timeout, args).await,
+        } => {
+            let force = force.then_some(Confirm { yes: *yes });
+            return failover(to_region, *probe_timeout, force, args).await;
+        }
         ClusterCommand::Probe { note, client: args } => {
             client(args)?.probe(note).await?;
             return Ok(ExitCode::SUCCESS);
@@ -85,7 +102,10 @@ pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVer
     if let Some((kind, id, addr)) = change {
         c.membership(kind, id, &addr).await?;
     }
-    let s = c.status().await?;
+    let s = match cmd {
+        ClusterCommand::Status { local: true, .. } => c.local_status().await?,
+        _ => c.status().await?,
+    };
     let regions = rehearse_core::quorum::by_region(
         s.members
             .iter()
@@ -137,18 +157,196 @@ pub(crate) async fn cluster(cmd: ClusterCommand) -> Result<ExitCode, CouldNotVer
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether a member answers its own status within `wait` (asked alone, not through the leader).
-async fn answers(addr: &str, args: &ClientArgs, wait: std::time::Duration) -> Option<u64> {
-    let mut alone = args.cluster.client_of(vec![addr.to_owned()]).ok()?;
-    match tokio::time::timeout(wait, alone.local_status()).await {
-        Ok(Ok(s)) => Some(s.applied),
-        _ => None,
+/// The members that answered a probe: the region each says it is in.
+type Regions = std::collections::BTreeMap<u64, String>;
+
+/// Which members answer their own status within `wait` (each asked alone, not through the
+/// leader, all at once), with the index each has applied (`None`: lost) and the region each
+/// gives for itself (another node may not know it yet: regions are learned from raft traffic).
+async fn probe_members(
+    members: &[pb::Member],
+    args: &ClientArgs,
+    wait: std::time::Duration,
+) -> (std::collections::BTreeMap<u64, Option<u64>>, Regions) {
+    let mut reachable: std::collections::BTreeMap<u64, Option<u64>> =
+        members.iter().map(|m| (m.id, None)).collect();
+    let mut probes = tokio::task::JoinSet::new();
+    for m in members {
+        let (id, alone) = (m.id, args.cluster.client_of(vec![m.addr.clone()]).ok());
+        probes.spawn(async move {
+            let mut alone = alone?;
+            match tokio::time::timeout(wait, alone.local_status()).await {
+                Ok(Ok(s)) => {
+                    let region = s
+                        .members
+                        .iter()
+                        .find(|m| m.id == s.id)
+                        .map(|m| m.region.clone())
+                        .unwrap_or_default();
+                    Some((id, s.applied, region))
+                }
+                _ => None,
+            }
+        });
+    }
+    let mut regions = Regions::new();
+    while let Some(answer) = probes.join_next().await {
+        if let Ok(Some((id, applied, region))) = answer {
+            reachable.insert(id, Some(applied));
+            regions.insert(id, region);
+        }
+    }
+    (reachable, regions)
+}
+
+/// Puts each answering member's own region into a status.
+fn own_regions(status: &mut pb::ClusterStatusResponse, regions: &Regions) {
+    for m in &mut status.members {
+        if let Some(r) = regions.get(&m.id).filter(|r| !r.is_empty()) {
+            m.region = r.clone();
+        }
+    }
+}
+
+/// `--force` was given; `yes`: without asking.
+struct Confirm {
+    yes: bool,
+}
+
+impl Confirm {
+    /// Asks on the terminal for the chosen node's id; refuses without a terminal unless `--yes`.
+    fn ask(&self, id: u64) -> Result<(), CouldNotVerify> {
+        use std::io::IsTerminal as _;
+        if self.yes {
+            return Ok(());
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(anyhow::anyhow!(
+                "--force asks for confirmation on a terminal, and stdin is not one: give --yes to go on without asking"
+            )
+            .into());
+        }
+        eprint!(
+            "rehearse: type {id} to force the new cluster on node {id}, anything else to stop: "
+        );
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| anyhow::anyhow!("read the confirmation: {e}"))?;
+        if line.trim() != id.to_string() {
+            return Err(anyhow::anyhow!("not confirmed: nothing was changed").into());
+        }
+        Ok(())
+    }
+}
+
+/// What forcing a new cluster did.
+struct Forced {
+    node: u64,
+    applied: u64,
+    lost: Vec<u64>,
+}
+
+/// No quorum survives: the most up-to-date survivor of `to_region` (a voter first on a tie)
+/// becomes the only voter of a new membership and every other survivor its learner. Each
+/// survivor is told the same sets and restarts into them; the lost members are left out for
+/// good. Returns once the chosen node leads.
+async fn force_new_cluster(
+    to_region: &str,
+    status: &pb::ClusterStatusResponse,
+    reachable: &std::collections::BTreeMap<u64, Option<u64>>,
+    confirm: &Confirm,
+    args: &ClientArgs,
+) -> Result<Forced, CouldNotVerify> {
+    let survivors: Vec<&pb::Member> = status
+        .members
+        .iter()
+        .filter(|m| reachable[&m.id].is_some())
+        .collect();
+    let chosen = survivors
+        .iter()
+        .filter(|m| m.region == to_region)
+        .max_by_key(|m| {
+            (
+                reachable[&m.id].unwrap_or(0),
+                m.role == "voter",
+                std::cmp::Reverse(m.id),
+            )
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no member of region {to_region} answers: there is nothing to force a new cluster on"
+            )
+        })?;
+    let applied = reachable[&chosen.id].unwrap_or(0);
+    let learners: Vec<u64> = survivors
+        .iter()
+        .filter(|m| m.id != chosen.id)
+        .map(|m| m.id)
+        .collect();
+    let lost: Vec<u64> = status
+        .members
+        .iter()
+        .filter(|m| reachable[&m.id].is_none())
+        .map(|m| m.id)
+        .collect();
+    eprintln!(
+        "rehearse: no quorum survives. Forcing a new cluster: node {} ({}, applied {applied}) becomes its only voter{}; {lost:?} are left out for good. Writes the lost members committed after index {applied} are lost, and none of them may be started again with its data dir (docs/cluster.md).",
+        chosen.id,
+        chosen.region,
+        if learners.is_empty() {
+            String::new()
+        } else {
+            format!(", {learners:?} its learners")
+        }
+    );
+    confirm.ask(chosen.id)?;
+    // The others first: when the chosen node leads, its learners already share its membership.
+    let order = survivors
+        .iter()
+        .filter(|m| m.id != chosen.id)
+        .chain(std::iter::once(chosen));
+    for m in order {
+        let mut one = args.cluster.client_of(vec![m.addr.clone()])?;
+        one.force_new_cluster(&[chosen.id], &learners)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("node {} did not take the forced membership: {e}", m.id)
+            })?;
+        eprintln!(
+            "rehearse: node {} stores the forced membership and restarts",
+            m.id
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if let Ok(mut one) = args.cluster.client_of(vec![chosen.addr.clone()])
+            && let Ok(Ok(s)) =
+                tokio::time::timeout(std::time::Duration::from_secs(2), one.local_status()).await
+            && s.leader == chosen.id
+        {
+            eprintln!("rehearse: node {} leads the new cluster", chosen.id);
+            return Ok(Forced {
+                node: chosen.id,
+                applied,
+                lost,
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow::anyhow!(
+                "node {} took the forced membership but did not lead within 30s: see its log",
+                chosen.id
+            )
+            .into());
+        }
     }
 }
 
 async fn failover(
     to_region: &str,
     probe_timeout: std::time::Duration,
+    force: Option<Confirm>,
     args: &ClientArgs,
 ) -> Result<ExitCode, CouldNotVerify> {
     use pb::membership_request::Kind;
@@ -158,10 +356,8 @@ async fn failover(
     let mut status = tokio::time::timeout(std::time::Duration::from_secs(10), c.status())
         .await
         .map_err(|_| anyhow::anyhow!("no coordinator answered within 10s"))??;
-    let mut reachable = std::collections::BTreeMap::new();
-    for m in &status.members {
-        reachable.insert(m.id, answers(&m.addr, args, probe_timeout).await);
-    }
+    let (reachable, regions) = probe_members(&status.members, args, probe_timeout).await;
+    own_regions(&mut status, &regions);
     let voters: Vec<u64> = status
         .members
         .iter()
@@ -178,21 +374,37 @@ async fn failover(
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         if let Ok(Ok(s)) = tokio::time::timeout(probe_timeout, c.status()).await {
             status = s;
+            own_regions(&mut status, &regions);
         }
     }
-    // No leader, or one that does not answer (a survivor's view from before the loss).
-    if !leads(&status) {
-        let survivor = reachable
+    // No leader, one that does not answer (a survivor's view from before the loss), or a leader
+    // that answers but has lost its majority (it cannot commit anything).
+    let mut forced = None;
+    if !leads(&status) || answering * 2 <= voters.len() {
+        let Some(confirm) = &force else {
+            let survivor = reachable
+                .iter()
+                .filter_map(|(id, applied)| applied.map(|a| (a, *id)))
+                .max();
+            return Err(anyhow::anyhow!(
+                "no quorum survives ({answering} of {} voters answer; {} of {} members): nothing was changed. Run again with --force to make the most up-to-date survivor{} the only voter of a new cluster (writes it had not received are lost; docs/cluster.md)",
+                voters.len(),
+                reachable.values().filter(|a| a.is_some()).count(),
+                status.members.len(),
+                survivor.map(|(a, id)| format!(" (node {id}, applied {a})")).unwrap_or_default()
+            )
+            .into());
+        };
+        let done = force_new_cluster(to_region, &status, &reachable, confirm, args).await?;
+        let addr = status
+            .members
             .iter()
-            .filter_map(|(id, applied)| applied.map(|a| (a, *id)))
-            .max();
-        return Err(anyhow::anyhow!(
-            "no quorum survives (no leader; {} of {} members answer): nothing was changed. Force a new cluster on the most up-to-date survivor{}: stop it, restart it with --force-new-cluster, then run this again (writes it had not received are lost; docs/cluster.md)",
-            reachable.values().filter(|a| a.is_some()).count(),
-            status.members.len(),
-            survivor.map(|(a, id)| format!(" (node {id}, applied {a})")).unwrap_or_default()
-        )
-        .into());
+            .find(|m| m.id == done.node)
+            .map(|m| m.addr.clone())
+            .unwrap_or_default();
+        status = args.cluster.client_of(vec![addr])?.local_status().await?;
+        own_regions(&mut status, &regions);
+        forced = Some(done);
     }
     // The changes go to the leader first (the others follow it if it changes).
     let mut first = status
@@ -234,6 +446,7 @@ async fn failover(
     match args.output {
         ClientOutput::Json => print_json(&json!({
             "to_region": to_region,
+            "forced": forced.as_ref().map(|f| json!({"node": f.node, "applied": f.applied, "left_out": f.lost})),
             "promoted": promoted,
             "removed": removed,
             "leader": after.leader,
@@ -241,7 +454,14 @@ async fn failover(
             "took_ms": took_ms,
         })),
         ClientOutput::Human => println!(
-            "failover to {to_region}: promoted {promoted:?}, removed {removed:?}; leader {} ({took_ms} ms)",
+            "failover to {to_region}{}: promoted {promoted:?}, removed {removed:?}; leader {} ({took_ms} ms)",
+            forced
+                .as_ref()
+                .map(|f| format!(
+                    " (a new cluster forced on node {} at index {}, {:?} left out)",
+                    f.node, f.applied, f.lost
+                ))
+                .unwrap_or_default(),
             after.leader
         ),
     }

@@ -20,6 +20,27 @@ async fn submit_n(client: &mut Client, n: usize) -> Vec<String> {
     ids
 }
 
+/// Starts nodes with --join, adds them as learners and waits until each has caught up.
+async fn add_learners(c: &mut TestCluster, ids: &[u64]) {
+    for id in ids {
+        let addr = c.add_node(*id);
+        c.client()
+            .membership(pb::membership_request::Kind::AddLearner, *id, &addr)
+            .await
+            .expect("add learner");
+        let commit = c.client().status().await.expect("status").commit;
+        c.wait_caught_up(*id, commit).await;
+    }
+}
+
+/// The addresses of these nodes, as REHEARSE_COORDINATORS takes them.
+fn addrs_of(c: &TestCluster, ids: &[u64]) -> String {
+    ids.iter()
+        .map(|id| c.addrs[id].clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 async fn all_ids(client: &mut Client) -> Vec<String> {
     client
         .list_jobs(None)
@@ -759,22 +780,10 @@ async fn failover_promotes_the_region_s_learners_and_removes_the_lost_members() 
     let mut c = TestCluster::start(3, 10_000);
     c.leader().await;
     let before = submit_n(&mut c.client(), 5).await;
-    for id in [4, 5] {
-        let addr = c.add_node(id);
-        c.client()
-            .membership(pb::membership_request::Kind::AddLearner, id, &addr)
-            .await
-            .expect("add learner");
-        let commit = c.client().status().await.expect("status").commit;
-        c.wait_caught_up(id, commit).await;
-    }
+    add_learners(&mut c, &[4, 5]).await;
     c.kill(2);
     c.kill(4);
-    let coordinators = [1, 3, 5]
-        .iter()
-        .map(|id| c.addrs[id].clone())
-        .collect::<Vec<_>>()
-        .join(",");
+    let coordinators = addrs_of(&c, &[1, 3, 5]);
     let failover = |coordinators: &str| {
         Command::new(env!("CARGO_BIN_EXE_rehearse"))
             .args([
@@ -828,4 +837,127 @@ async fn failover_promotes_the_region_s_learners_and_removes_the_lost_members() 
             && err.trim_end().lines().count() == 1,
         "{err}"
     );
+}
+
+/// The compose layout: voters 2 and 4 in `eu`, voter 1 in `us`, learners 3 and 5 in `us`. `eu`
+/// is lost, so no quorum survives: the failover refuses, then with `--force --yes` makes the most
+/// up-to-date survivor the only voter of a new cluster, the other survivors its learners, and
+/// promotes them. Every survivor ends with the same membership, nothing acknowledged is lost, and
+/// a lost voter started again with its old data dir cannot disturb the new cluster.
+#[tokio::test]
+async fn a_forced_failover_without_quorum_keeps_the_survivors_data_and_fences_the_lost() {
+    let addrs = [1, 2, 4]
+        .into_iter()
+        .map(|id| (id, format!("127.0.0.1:{}", common::free_port())))
+        .collect();
+    let mut c = TestCluster::new(addrs, 10_000);
+    c.spawn_all();
+    c.leader().await;
+    let before = submit_n(&mut c.client(), 5).await;
+    add_learners(&mut c, &[3, 5]).await;
+    c.kill(2);
+    c.kill(4);
+    let survivors = addrs_of(&c, &[1, 3, 5]);
+    let failover = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rehearse"))
+            .args([
+                "cluster",
+                "failover",
+                "--to-region",
+                "us",
+                "--output",
+                "json",
+            ])
+            .args(extra)
+            .env("REHEARSE_COORDINATORS", &survivors)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    };
+    let out = failover(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    // Not on a terminal, --force alone asks nobody and changes nothing.
+    let out = failover(&["--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--yes"), "{err}");
+
+    let out = failover(&["--force", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Writes the lost members committed after index"),
+        "{err}"
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        done["forced"]["left_out"],
+        serde_json::json!([2, 4]),
+        "{done}"
+    );
+    assert_eq!(done["voters"], serde_json::json!([1, 3, 5]), "{done}");
+    // Every survivor, asked alone, comes to hold the same membership.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for id in [1, 3, 5] {
+        loop {
+            let own = c.client_of(&[id]).local_status().await.expect("status");
+            let voters: Vec<u64> = own
+                .members
+                .iter()
+                .filter(|m| m.role == "voter")
+                .map(|m| m.id)
+                .collect();
+            if voters == [1, 3, 5] && own.members.len() == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id}: {own:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let after = submit_n(&mut c.client_of(&[1, 3, 5]), 2).await;
+    let ids = all_ids(&mut c.client_of(&[1, 3, 5])).await;
+    for id in before.iter().chain(&after) {
+        assert!(ids.contains(id), "{id} lost");
+    }
+
+    // The lost voters started again with their old data dirs still believe in the old
+    // membership, where they are a majority: they elect a leader of their own (killed and
+    // restarted until its term is above the new cluster's, so that its messages would win), which
+    // sends to node 1. The new cluster refuses their messages, so its leader and term stay.
+    let status = c.client_of(&[1, 3, 5]).status().await.expect("status");
+    c.spawn(2, false);
+    c.spawn(4, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(own) = c.client_of(&[2, 4]).local_status().await
+            && [2, 4].contains(&own.leader)
+        {
+            if own.term > status.term {
+                break;
+            }
+            c.kill(own.leader);
+            c.spawn(own.leader, false);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old voters never elected a leader above term {}",
+            status.term
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..20 {
+        let later = c.client_of(&[1]).local_status().await.expect("status");
+        assert_eq!(
+            (later.leader, later.term),
+            (status.leader, status.term),
+            "the old voters disturbed the new cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = fs::read_to_string(c.log(1)).unwrap_or_default()
+        + &fs::read_to_string(c.log(3)).unwrap_or_default()
+        + &fs::read_to_string(c.log(5)).unwrap_or_default();
+    assert!(log.contains("taking the forced membership"), "{log}");
 }

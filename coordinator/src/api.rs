@@ -24,7 +24,22 @@ pub struct Api {
     pub node: NodeHandle,
     /// Signs evidence exports (`--evidence-key`).
     pub evidence_key: Option<std::sync::Arc<crate::evidence::Signer>>,
+    /// What `ForceNewCluster` needs to restart this node into a forced membership.
+    pub force: ForceSwitch,
 }
+
+/// Restarts the node in-process once a forced membership is stored (see [`crate::force`]).
+pub struct ForceSwitch {
+    pub id: u64,
+    pub data_dir: std::path::PathBuf,
+    /// Cancelling it stops this run of the node...
+    pub stop: tokio_util::sync::CancellationToken,
+    /// ...and this tells the run that a restart was asked for.
+    pub requested: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long the answer to `ForceNewCluster` has to reach the caller before the node stops.
+const FORCE_ANSWER_GRACE: Duration = Duration::from_millis(200);
 
 /// An API error as a gRPC status, through the one table in [`crate::errors`]. "Not leader"
 /// carries the leader in the `rehearse-leader` metadata (`ID=ADDR`), which clients follow.
@@ -268,6 +283,42 @@ impl Coordinator for Api {
                 .collect(),
             cluster_version: s.cluster_version,
         }))
+    }
+
+    async fn force_new_cluster(
+        &self,
+        request: Request<pb::ForceNewClusterRequest>,
+    ) -> Result<Response<pb::ForceNewClusterResponse>, Status> {
+        let req = request.into_inner();
+        let conf = crate::force::ForcedConf {
+            voters: req.voters,
+            learners: req.learners,
+        };
+        conf.check(self.force.id)
+            .map_err(Status::invalid_argument)?;
+        let applied = self.node.status().await.map_err(status_of)?.applied;
+        let (dir, stored) = (self.force.data_dir.clone(), conf.clone());
+        tokio::task::spawn_blocking(move || crate::force::write(&dir, &stored))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                Status::unavailable(format!("could not store the forced membership: {e}"))
+            })?;
+        tracing::warn!(
+            voters = ?conf.voters,
+            learners = ?conf.learners,
+            applied,
+            "a forced new membership was stored; restarting to take it"
+        );
+        self.force
+            .requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let stop = self.force.stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FORCE_ANSWER_GRACE).await;
+            stop.cancel();
+        });
+        Ok(Response::new(pb::ForceNewClusterResponse { applied }))
     }
 
     async fn write_probe(

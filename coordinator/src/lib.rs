@@ -30,6 +30,7 @@ pub mod errors;
 pub mod evidence;
 pub mod exercise_api;
 pub mod fleet;
+pub mod force;
 pub mod handle;
 pub mod history;
 pub mod http;
@@ -47,6 +48,7 @@ pub use rehearse_proto::{client, tls};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rehearse_proto::v1::coordinator_server::CoordinatorServer;
@@ -167,11 +169,39 @@ fn incoming(
     })
 }
 
-/// Runs a coordinator until `shutdown` is cancelled.
+/// Runs a coordinator until `shutdown` is cancelled. A forced new membership
+/// (`cluster failover --force`, see [`force`]) restarts it in-process, on the same ports.
 pub async fn run(
     config: CoordinatorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
+    let mut config = config;
+    loop {
+        match run_once(config.clone(), shutdown.clone()).await? {
+            Ended::Shutdown => return Ok(()),
+            Ended::Restart => {
+                warn!(
+                    id = config.id,
+                    "restarting to take a forced membership (cluster failover --force)"
+                );
+                // The start that follows applies the file in the data dir; a flag given at the
+                // first start has done its work.
+                config.force_new_cluster = false;
+            }
+        }
+    }
+}
+
+/// How one run of the node ended.
+enum Ended {
+    Shutdown,
+    Restart,
+}
+
+async fn run_once(
+    config: CoordinatorConfig,
+    shutdown: CancellationToken,
+) -> Result<Ended, CoordinatorError> {
     if config.id == 0 {
         return Err(CoordinatorError::Config(
             "--id must be a positive number".into(),
@@ -229,11 +259,28 @@ pub async fn run(
             id = config.id,
             "forcing a new cluster with this node as its only voter (--force-new-cluster)"
         );
-        store.force_single_voter(config.id)?;
+        store.force_conf(&[config.id], &[])?;
+    } else if let Some(conf) = force::pending(&config.data_dir).map_err(CoordinatorError::Config)? {
+        conf.check(config.id).map_err(CoordinatorError::Config)?;
+        warn!(
+            id = config.id,
+            voters = ?conf.voters,
+            learners = ?conf.learners,
+            "taking the forced membership of a new cluster"
+        );
+        store.force_conf(&conf.voters, &conf.learners)?;
+        force::done(&config.data_dir)
+            .map_err(|e| CoordinatorError::Config(format!("remove {}: {e}", force::FORCE_FILE)))?;
     }
     let mut batch = Batch::default();
+    // `--peers` names the first members; once the membership is stored, a member removed since
+    // (or left out of a forced new cluster) is not let back in by the flag.
+    let initialized = store.is_initialized();
     for (id, addr) in &config.peers {
-        if *id != config.id && store.peers.get(id).is_none_or(|p| p.addr != *addr) {
+        if *id != config.id
+            && (!initialized || store.is_member(*id))
+            && store.peers.get(id).is_none_or(|p| p.addr != *addr)
+        {
             let region = store
                 .peers
                 .get(id)
@@ -251,7 +298,12 @@ pub async fn run(
     }
     store.commit(&mut batch, true)?;
     let allowed = Arc::new(RwLock::new(
-        config.peers.keys().copied().collect::<HashSet<u64>>(),
+        config
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| !initialized || store.is_member(*id))
+            .collect::<HashSet<u64>>(),
     ));
     let info = PeerInfo {
         addr: config.advertise.clone(),
@@ -312,6 +364,8 @@ pub async fn run(
     // whole node: serving clients without a state machine would only mislead them.
     let stop = shutdown.child_token();
     let raft_stop = stop.clone();
+    // Set by a forced membership (the API's ForceNewCluster): `stop` then means "restart".
+    let restart = Arc::new(AtomicBool::new(false));
     let raft_thread = std::thread::Builder::new()
         .name(format!("raft-{}", config.id))
         .spawn(move || {
@@ -337,6 +391,7 @@ pub async fn run(
         ),
         "coordinator started"
     );
+    let mut http_task = None;
     if let Some(listener) = http_listener {
         let state = http::AppState {
             node: handle.clone(),
@@ -346,11 +401,11 @@ pub async fn run(
         };
         let http_stop = stop.clone();
         info!(http = %http_advertise, "HTTP API listening");
-        tokio::spawn(async move {
+        http_task = Some(tokio::spawn(async move {
             if let Err(e) = http::serve(listener, state, http_stop).await {
                 error!(error = %e, "HTTP API stopped");
             }
-        });
+        }));
     }
     // grpc.health.v1: SERVING only while this node knows a leader (a node cut from its quorum
     // answers NOT_SERVING), for the whole server ("") and the Coordinator service.
@@ -416,6 +471,12 @@ pub async fn run(
             CoordinatorServer::new(api::Api {
                 node: handle.clone(),
                 evidence_key: config.evidence_key.clone(),
+                force: api::ForceSwitch {
+                    id: config.id,
+                    data_dir: config.data_dir.clone(),
+                    stop: stop.clone(),
+                    requested: restart.clone(),
+                },
             })
             .max_decoding_message_size(MAX_MESSAGE),
         )
@@ -438,10 +499,19 @@ pub async fn run(
         } => Ok(()),
     };
     handle.shutdown();
+    // The HTTP listener and its connections go too (its grace was the one above), so that a
+    // restart can bind the port again.
+    if let Some(task) = http_task {
+        task.abort();
+        let _ = task.await;
+    }
     let stopped = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     served.map_err(|e| CoordinatorError::Serve(e.to_string()))?;
     match stopped {
-        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Ok(()))) if !shutdown.is_cancelled() && restart.load(Ordering::SeqCst) => {
+            Ok(Ended::Restart)
+        }
+        Ok(Ok(Ok(()))) => Ok(Ended::Shutdown),
         Ok(Ok(Err(e))) => {
             error!(error = %e, "raft thread stopped on a storage error");
             Err(e.into())

@@ -308,13 +308,30 @@ impl RaftStore {
     /// Disaster recovery: makes this node the only voter, keeping its log and state. For when a
     /// majority is gone for good and will not come back (see docs/cluster.md); the others must
     /// never be restarted with their old data dirs afterwards.
-    pub fn force_single_voter(&mut self, id: u64) -> Result<(), StoreError> {
-        self.conf = ConfState::from((vec![id], Vec::new()));
+    /// Disaster recovery: replaces the membership with `voters` and `learners`, keeping the log
+    /// and the state machine, and forgets the addresses of everyone else (their raft messages are
+    /// refused from now on). Every survivor of a forced new cluster is given the same sets.
+    pub fn force_conf(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), StoreError> {
+        self.conf = ConfState::from((voters.to_vec(), learners.to_vec()));
         let mut batch = Batch {
             conf: true,
             ..Batch::default()
         };
+        let gone: Vec<u64> = self
+            .peers
+            .keys()
+            .filter(|id| !voters.contains(id) && !learners.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.remove_peer(&mut batch, id);
+        }
         self.commit(&mut batch, true)
+    }
+
+    /// Whether `id` is a voter or a learner of the stored membership.
+    pub fn is_member(&self, id: u64) -> bool {
+        self.conf.voters.contains(&id) || self.conf.learners.contains(&id)
     }
 
     pub fn hard_state(&self) -> &HardState {

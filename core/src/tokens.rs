@@ -205,6 +205,10 @@ mod tests {
             Need::Admin
         );
         assert_eq!(
+            need_grpc("/rehearse.v1.Coordinator/ForceNewCluster"),
+            Need::Admin
+        );
+        assert_eq!(
             need_grpc("/rehearse.v1.Coordinator/SomethingNew"),
             Need::Admin
         );

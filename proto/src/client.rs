@@ -281,6 +281,25 @@ impl Client {
         Ok(first)
     }
 
+    /// Tells the node this client talks to (use a client of that one address) to restart into
+    /// a forced membership (`cluster failover --force`); the index it had applied.
+    pub async fn force_new_cluster(
+        &mut self,
+        voters: &[u64],
+        learners: &[u64],
+    ) -> Result<u64, ClientError> {
+        let req = pb::ForceNewClusterRequest {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.force_new_cluster(req).await }
+        })
+        .await
+        .map(|r| r.applied)
+    }
+
     pub async fn membership(
         &mut self,
         kind: pb::membership_request::Kind,
