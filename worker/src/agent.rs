@@ -194,7 +194,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     );
     shared.config.metrics.set_slots(shared.config.slots);
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), heartbeat_every));
-    let result = assignment_loop(shared, client, lease, shutdown).await;
+    // The leader sends on the stream at least every heartbeat interval: three intervals of
+    // silence (at most a lease) is a dead stream (a hung, partitioned or deposed leader), so the
+    // worker looks for the new leader well before its lease runs out.
+    let silence = (heartbeat_every * 3).min(lease);
+    let result = assignment_loop(shared, client, silence, shutdown).await;
     heartbeats.abort();
     result
 }
@@ -232,7 +236,7 @@ const REFUSAL_RETRY: Duration = Duration::from_millis(200);
 async fn assignment_loop(
     shared: Arc<Shared>,
     mut client: Client,
-    lease: Duration,
+    silence: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let mut running: HashMap<String, Running> = HashMap::new();
@@ -272,9 +276,8 @@ async fn assignment_loop(
         debug!("assignment stream open");
         loop {
             tokio::select! {
-                // The leader sends at least every heartbeat interval: a lease of silence is a
-                // dead stream (a hung or partitioned leader), so reconnect.
-                msg = tokio::time::timeout(lease, stream.message()) => match msg {
+                // A dead stream (see `silence`): reconnect.
+                msg = tokio::time::timeout(silence, stream.message()) => match msg {
                     Ok(Ok(Some(set))) => {
                         refusals = 0;
                         reconcile(&shared, &mut running, &finished, &done_tx, set);
@@ -293,7 +296,7 @@ async fn assignment_loop(
                         }
                         break;
                     }
-                    Err(_) => { warn!("assignment stream silent for a lease; reconnecting"); break; }
+                    Err(_) => { warn!(?silence, "assignment stream silent; reconnecting"); break; }
                 },
                 Some((job, token)) = done_rx.recv() => {
                     if running.get(&job).is_some_and(|r| r.token == token) {

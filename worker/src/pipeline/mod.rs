@@ -158,7 +158,12 @@ impl Verifier {
     /// Sets up the runtime, reaps sandboxes left by dead processes, finds each engine's tools.
     pub fn new(opts: VerifyOptions) -> Result<Verifier, VerifyError> {
         let rt = ProcessRuntime::new(&opts.work_root, &opts.sandbox_user)?;
-        if rt.user().is_some() && !sandbox::in_path("unshare") {
+        // Only restores run as processes need unshare: a docker-only worker (e.g. in a container
+        // of the binary image, which has no util-linux) runs none.
+        if opts.runtime != RuntimeChoice::Docker
+            && rt.user().is_some()
+            && !sandbox::in_path("unshare")
+        {
             return Err(VerifyError::NoServer(
                 "unshare (util-linux) is needed to isolate the sandbox but is not in PATH".into(),
             ));
