@@ -883,6 +883,31 @@ async fn a_forced_failover_without_quorum_keeps_the_survivors_data_and_fences_th
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--yes"), "{err}");
+    // On a terminal (util-linux's `script` gives it one) it asks for the chosen node's id; another
+    // answer stops it, with nothing changed.
+    let asked = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} cluster failover --to-region us --force",
+            env!("CARGO_BIN_EXE_rehearse")
+        ))
+        .arg("/dev/null")
+        .env("REHEARSE_COORDINATORS", &survivors)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().expect("stdin").write_all(b"42\n")?;
+            child.wait_with_output()
+        })
+        .expect("run under script");
+    let said = String::from_utf8_lossy(&asked.stdout);
+    assert_eq!(asked.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("to force the new cluster on node") && said.contains("not confirmed"),
+        "{said}"
+    );
 
     let out = failover(&["--force", "--yes"]);
     let err = String::from_utf8_lossy(&out.stderr);

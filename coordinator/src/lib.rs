@@ -63,6 +63,9 @@ use crate::transport::{MAX_MESSAGE, PeerService, Transport};
 
 /// How long in-flight requests may finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// The same before a restart into a forced membership: the cluster has no leader then, so no
+/// request is waiting on this node, and the failover waits on the restart.
+const RESTART_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -495,7 +498,8 @@ async fn run_once(
         r = &mut server => r,
         () = async {
             stop.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            let restarting = restart.load(Ordering::SeqCst) && !shutdown.is_cancelled();
+            tokio::time::sleep(if restarting { RESTART_GRACE } else { SHUTDOWN_GRACE }).await;
         } => Ok(()),
     };
     handle.shutdown();
