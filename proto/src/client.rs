@@ -196,6 +196,12 @@ impl Client {
                 Err(status) if status.code() == Code::NotFound => {
                     return Err(ClientError::NotFound(status.message().to_owned()));
                 }
+                // A coordinator of an older release, during a rolling upgrade.
+                Err(status) if status.code() == Code::Unimplemented => {
+                    return Err(ClientError::Refused(format!(
+                        "{addr} does not know this call: it runs an older release (upgrade every coordinator first)"
+                    )));
+                }
                 Err(status) => return Err(ClientError::Refused(status.message().to_owned())),
             }
         }

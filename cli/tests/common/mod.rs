@@ -41,6 +41,8 @@ pub struct TestCluster {
     pub extra: Vec<String>,
     /// Extra flags for one node (e.g. another command version, as another release would run).
     pub node_extra: BTreeMap<u64, Vec<String>>,
+    /// Another `rehearse` binary for one node (an older release, in the rolling-upgrade test).
+    pub node_bin: BTreeMap<u64, PathBuf>,
     pub procs: BTreeMap<u64, Child>,
     pub compact_after: u64,
     /// The token the test's clients send (a cluster run with `--auth required`).
@@ -56,6 +58,7 @@ impl TestCluster {
             peer_lists: BTreeMap::new(),
             extra: Vec::new(),
             node_extra: BTreeMap::new(),
+            node_bin: BTreeMap::new(),
             procs: BTreeMap::new(),
             compact_after,
             token: None,
@@ -97,7 +100,10 @@ impl TestCluster {
             .get(&id)
             .cloned()
             .unwrap_or_else(|| self.peers());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearse"));
+        let mut cmd = match self.node_bin.get(&id) {
+            Some(bin) => Command::new(bin),
+            None => Command::new(env!("CARGO_BIN_EXE_rehearse")),
+        };
         cmd.args([
             "coordinator",
             "--id",
