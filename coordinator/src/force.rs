@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(ok.check(7), Ok(()));
         assert!(
             ok.check(1)
-                .unwrap_err()
+                .expect_err("node 1 is left out")
                 .contains("leaves this node (1) out")
         );
         let none = ForcedConf {
@@ -100,7 +100,11 @@ mod tests {
             voters: vec![3],
             learners: vec![3],
         };
-        assert!(both.check(3).unwrap_err().contains("both"));
+        assert!(
+            both.check(3)
+                .expect_err("voter and learner")
+                .contains("both")
+        );
     }
 
     #[test]
@@ -118,7 +122,7 @@ mod tests {
         std::fs::write(dir.path().join(FORCE_FILE), "{").expect("write");
         assert!(
             pending(dir.path())
-                .unwrap_err()
+                .expect_err("a damaged file")
                 .contains("not a forced membership")
         );
     }
