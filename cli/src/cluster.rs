@@ -6,6 +6,8 @@ use clap::Subcommand;
 use rehearse_proto::v1 as pb;
 use serde_json::json;
 
+use rehearse_coordinator::client::ClientError;
+
 use crate::CouldNotVerify;
 use crate::args::{ClientArgs, ClientOutput, client, print_json};
 
@@ -308,11 +310,26 @@ async fn force_new_cluster(
         .chain(std::iter::once(chosen));
     for m in order {
         let mut one = args.cluster.client_of(vec![m.addr.clone()])?;
-        one.force_new_cluster(&[chosen.id], &learners)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("node {} did not take the forced membership: {e}", m.id)
-            })?;
+        // A voter that has just lost its quorum still knows its leader for an election timeout
+        // (until check_quorum or pre-vote notice): it refuses until then.
+        let patience = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match one.force_new_cluster(&[chosen.id], &learners).await {
+                Ok(_) => break,
+                Err(ClientError::Refused(why))
+                    if why.contains("knows a leader") && std::time::Instant::now() < patience =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "node {} did not take the forced membership: {e}",
+                        m.id
+                    )
+                    .into());
+                }
+            }
+        }
         eprintln!(
             "rehearse: node {} stores the forced membership and restarts",
             m.id

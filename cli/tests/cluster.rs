@@ -855,6 +855,12 @@ async fn a_forced_failover_without_quorum_keeps_the_survivors_data_and_fences_th
     c.leader().await;
     let before = submit_n(&mut c.client(), 5).await;
     add_learners(&mut c, &[3, 5]).await;
+    // While the cluster has its quorum, a voter refuses a forced membership.
+    let refused = c.client_of(&[1]).force_new_cluster(&[1], &[3, 5]).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Refused(why)) if why.contains("knows a leader")),
+        "{refused:?}"
+    );
     c.kill(2);
     c.kill(4);
     let survivors = addrs_of(&c, &[1, 3, 5]);

@@ -296,7 +296,21 @@ impl Coordinator for Api {
         };
         conf.check(self.force.id)
             .map_err(Status::invalid_argument)?;
-        let applied = self.node.status().await.map_err(status_of)?.applied;
+        let status = self.node.status().await.map_err(status_of)?;
+        // A voter knows a leader only while a majority answers it (check_quorum deposes a leader
+        // that lost it, pre-vote forgets one that went silent): then there is a quorum, and
+        // forcing would split this node off a working cluster. (A learner cannot tell.)
+        let voter = status
+            .members
+            .iter()
+            .any(|m| m.id == status.id && m.role == "voter");
+        if voter && status.leader != 0 {
+            return Err(Status::aborted(format!(
+                "node {} is a voter that knows a leader (node {}): the cluster has a quorum, and a forced membership is only for one without",
+                status.id, status.leader
+            )));
+        }
+        let applied = status.applied;
         let (dir, stored) = (self.force.data_dir.clone(), conf.clone());
         tokio::task::spawn_blocking(move || crate::force::write(&dir, &stored))
             .await
