@@ -33,6 +33,24 @@ async fn add_learners(c: &mut TestCluster, ids: &[u64]) {
     }
 }
 
+/// `rehearse cluster failover --to-region us --output json EXTRA` against these coordinators.
+fn failover_to_us(coordinators: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rehearse"))
+        .args([
+            "cluster",
+            "failover",
+            "--to-region",
+            "us",
+            "--output",
+            "json",
+        ])
+        .args(extra)
+        .env("REHEARSE_COORDINATORS", coordinators)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run")
+}
+
 /// The addresses of these nodes, as REHEARSE_COORDINATORS takes them.
 fn addrs_of(c: &TestCluster, ids: &[u64]) -> String {
     ids.iter()
@@ -784,20 +802,7 @@ async fn failover_promotes_the_region_s_learners_and_removes_the_lost_members() 
     c.kill(2);
     c.kill(4);
     let coordinators = addrs_of(&c, &[1, 3, 5]);
-    let failover = |coordinators: &str| {
-        Command::new(env!("CARGO_BIN_EXE_rehearse"))
-            .args([
-                "cluster",
-                "failover",
-                "--to-region",
-                "us",
-                "--output",
-                "json",
-            ])
-            .env("REHEARSE_COORDINATORS", coordinators)
-            .output()
-            .expect("run")
-    };
+    let failover = |coordinators: &str| failover_to_us(coordinators, &[]);
     let out = failover(&coordinators);
     assert!(
         out.status.success(),
@@ -864,22 +869,7 @@ async fn a_forced_failover_without_quorum_keeps_the_survivors_data_and_fences_th
     c.kill(2);
     c.kill(4);
     let survivors = addrs_of(&c, &[1, 3, 5]);
-    let failover = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_rehearse"))
-            .args([
-                "cluster",
-                "failover",
-                "--to-region",
-                "us",
-                "--output",
-                "json",
-            ])
-            .args(extra)
-            .env("REHEARSE_COORDINATORS", &survivors)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run")
-    };
+    let failover = |extra: &[&str]| failover_to_us(&survivors, extra);
     let out = failover(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
