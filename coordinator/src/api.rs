@@ -295,7 +295,7 @@ impl Coordinator for Api {
             learners: req.learners,
         };
         conf.check(self.force.id)
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let status = self.node.status().await.map_err(status_of)?;
         // A voter knows a leader only while a majority answers it (check_quorum deposes a leader
         // that lost it, pre-vote forgets one that went silent): then there is a quorum, and

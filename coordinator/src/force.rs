@@ -13,6 +13,23 @@ use serde::{Deserialize, Serialize};
 /// The file in the data dir that holds a forced membership until the next start applies it.
 pub const FORCE_FILE: &str = "force-new-cluster.json";
 
+/// Why a forced membership cannot be taken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForceError {
+    #[error("a forced membership needs a voter")]
+    NoVoter,
+    #[error("id 0 is reserved")]
+    ZeroId,
+    #[error("node {0} cannot be both voter and learner")]
+    Both(u64),
+    #[error("the forced membership leaves this node ({0}) out")]
+    LeavesOut(u64),
+    #[error("{path}: not a forced membership: {reason}")]
+    Damaged { path: String, reason: String },
+    #[error("read {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+}
+
 /// The membership a survivor is told to take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForcedConf {
@@ -23,18 +40,18 @@ pub struct ForcedConf {
 impl ForcedConf {
     /// Refuses a membership that could not work for node `me`: no voter, a node both voter and
     /// learner, id 0, or one that leaves `me` out.
-    pub fn check(&self, me: u64) -> Result<(), String> {
+    pub fn check(&self, me: u64) -> Result<(), ForceError> {
         if self.voters.is_empty() {
-            return Err("a forced membership needs a voter".into());
+            return Err(ForceError::NoVoter);
         }
         if self.voters.iter().chain(&self.learners).any(|id| *id == 0) {
-            return Err("id 0 is reserved".into());
+            return Err(ForceError::ZeroId);
         }
         if let Some(both) = self.voters.iter().find(|id| self.learners.contains(id)) {
-            return Err(format!("node {both} cannot be both voter and learner"));
+            return Err(ForceError::Both(*both));
         }
         if !self.voters.contains(&me) && !self.learners.contains(&me) {
-            return Err(format!("the forced membership leaves this node ({me}) out"));
+            return Err(ForceError::LeavesOut(me));
         }
         Ok(())
     }
@@ -59,14 +76,20 @@ pub fn write(data_dir: &Path, conf: &ForcedConf) -> std::io::Result<()> {
 }
 
 /// The membership waiting in the data dir, if any.
-pub fn pending(data_dir: &Path) -> Result<Option<ForcedConf>, String> {
+pub fn pending(data_dir: &Path) -> Result<Option<ForcedConf>, ForceError> {
     let p = path(data_dir);
     match std::fs::read(&p) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| format!("{}: not a forced membership: {e}", p.display())),
+            .map_err(|e| ForceError::Damaged {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("read {}: {e}", p.display())),
+        Err(e) => Err(ForceError::Unreadable {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -86,25 +109,17 @@ mod tests {
             learners: vec![5, 7],
         };
         assert_eq!(ok.check(7), Ok(()));
-        assert!(
-            ok.check(1)
-                .expect_err("node 1 is left out")
-                .contains("leaves this node (1) out")
-        );
+        assert_eq!(ok.check(1), Err(ForceError::LeavesOut(1)));
         let none = ForcedConf {
             voters: vec![],
             learners: vec![3],
         };
-        assert!(none.check(3).is_err());
+        assert_eq!(none.check(3), Err(ForceError::NoVoter));
         let both = ForcedConf {
             voters: vec![3],
             learners: vec![3],
         };
-        assert!(
-            both.check(3)
-                .expect_err("voter and learner")
-                .contains("both")
-        );
+        assert_eq!(both.check(3), Err(ForceError::Both(3)));
     }
 
     #[test]
@@ -120,10 +135,9 @@ mod tests {
         done(dir.path()).expect("done");
         assert_eq!(pending(dir.path()), Ok(None));
         std::fs::write(dir.path().join(FORCE_FILE), "{").expect("write");
-        assert!(
-            pending(dir.path())
-                .expect_err("a damaged file")
-                .contains("not a forced membership")
-        );
+        assert!(matches!(
+            pending(dir.path()),
+            Err(ForceError::Damaged { .. })
+        ));
     }
 }

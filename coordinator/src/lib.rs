@@ -130,6 +130,8 @@ pub enum CoordinatorError {
     Storage(#[from] StoreError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    #[error(transparent)]
+    Force(#[from] force::ForceError),
     #[error("serve: {0}")]
     Serve(String),
 }
@@ -263,8 +265,8 @@ async fn run_once(
             "forcing a new cluster with this node as its only voter (--force-new-cluster)"
         );
         store.force_conf(&[config.id], &[])?;
-    } else if let Some(conf) = force::pending(&config.data_dir).map_err(CoordinatorError::Config)? {
-        conf.check(config.id).map_err(CoordinatorError::Config)?;
+    } else if let Some(conf) = force::pending(&config.data_dir)? {
+        conf.check(config.id)?;
         warn!(
             id = config.id,
             voters = ?conf.voters,
