@@ -247,6 +247,8 @@ struct Forced {
     node: u64,
     applied: u64,
     lost: Vec<u64>,
+    /// The chosen node's own status once it leads.
+    status: pb::ClusterStatusResponse,
 }
 
 /// No quorum survives: the most up-to-date survivor of `to_region` (a voter first on a tie)
@@ -348,6 +350,7 @@ async fn force_new_cluster(
                 node: chosen.id,
                 applied,
                 lost,
+                status: s,
             });
         }
         if std::time::Instant::now() > deadline {
@@ -413,13 +416,7 @@ async fn failover(
             .into());
         };
         let done = force_new_cluster(to_region, &status, &reachable, confirm, args).await?;
-        let addr = status
-            .members
-            .iter()
-            .find(|m| m.id == done.node)
-            .map(|m| m.addr.clone())
-            .unwrap_or_default();
-        status = args.cluster.client_of(vec![addr])?.local_status().await?;
+        status = done.status.clone();
         own_regions(&mut status, &regions);
         forced = Some(done);
     }
